@@ -1,0 +1,316 @@
+"""Stage 1: Integrated Gradients for both models.
+
+:class:`PairedAttribution` runs Integrated Gradients (captum) for two models over batches of
+decoded images. Work that a plain per-model captum loop repeats is done once:
+
+* each image is decoded and preprocessed once for both models;
+* predictions come from one forward pass under ``torch.inference_mode``, and the
+  convergence delta is computed from those logits and the baseline's (captum's
+  ``return_convergence_delta`` would run two more forward passes per batch);
+* the baseline's logits are computed once per run when the baseline does not depend on
+  the image;
+* parameters are frozen, so backward passes only compute gradients for the inputs;
+* interpolation steps are batched with the images, in chunks sized to a memory budget.
+
+Models are plain ``forward`` calls: no hooks, so TorchScript models work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import IntegratedGradients
+from PIL import Image
+from torch import nn
+
+from .errors import InputError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Baseline = Literal["black", "gray", "blur"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a model input.
+
+    Args:
+        image_size (tuple[int, int]): (height, width) the image is resized to. Default: 224x224.
+        mean (tuple[float, float, float], optional): per-channel mean subtracted after scaling
+            pixels to [0, 1]. Default: None (no normalisation).
+        std (tuple[float, float, float], optional): per-channel divisor. Default: None.
+    """
+
+    image_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        h, w = self.image_size
+        if h < 8 or w < 8 or h > 4096 or w > 4096:
+            raise InputError(f"--image-size {h}x{w}: each side must be between 8 and 4096")
+        if (self.mean is None) != (self.std is None):
+            raise InputError("--mean and --std go together: give both or neither")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise InputError("--std: every value must be positive")
+
+    def to_array(self, im: Image.Image) -> np.ndarray:
+        """Resize an RGB image and return it as float32 (3, H, W) in [0, 1]."""
+        h, w = self.image_size
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.Resampling.BILINEAR)
+        arr = np.asarray(im, dtype=np.float32) / 255.0
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map a batch in [0, 1] pixel space to model input space."""
+        if self.mean is None or self.std is None:
+            return x
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Integrated Gradients settings.
+
+    Args:
+        steps (int): interpolation steps from baseline to image. Default: 50.
+        baseline (str): ``"black"`` (all-zero pixels), ``"gray"`` (0.5) or ``"blur"`` (a
+            strongly blurred copy of the image). Default: ``"black"``.
+        target (str): ``"pred"`` explains each model's own predicted class, ``"label"`` the
+            true class. Default: ``"pred"``.
+        method (str): captum's integral approximation. Default: ``"gausslegendre"``.
+        batch_size (int): images per Integrated Gradients call. Default: 16.
+        internal_batch_size (int, optional): scaled inputs per forward/backward pass;
+            None sizes it to a memory budget. Default: None.
+        device (str): ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``. Default: ``"auto"``.
+        precision (str): ``"fp32"`` or ``"bf16"`` (autocast; meant for GPUs). Default: fp32.
+    """
+
+    steps: int = 50
+    baseline: str = "black"
+    target: str = "pred"
+    method: str = "gausslegendre"
+    batch_size: int = 16
+    internal_batch_size: int | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.steps <= 1000:
+            raise InputError(f"--steps {self.steps}: use a value between 2 and 1000")
+        if self.baseline not in ("black", "gray", "blur"):
+            raise InputError(f"--baseline {self.baseline}: choose black, gray or blur")
+        if self.target not in ("pred", "label"):
+            raise InputError(f"--target {self.target}: choose pred or label")
+        if self.method not in ("gausslegendre", "riemann_trapezoid", "riemann_middle"):
+            raise InputError(f"method {self.method}: choose gausslegendre or riemann_trapezoid")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.precision not in ("fp32", "bf16"):
+            raise InputError(f"--precision {self.precision}: choose fp32 or bf16")
+
+    def cache_fields(self) -> dict[str, object]:
+        """The settings that change the numbers (not batch sizes or the device)."""
+        return {
+            "steps": self.steps,
+            "baseline": self.baseline,
+            "target": self.target,
+            "method": self.method,
+            "precision": self.precision,
+        }
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:i`` into a device, checking that it exists."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise InputError(f"--device {spec}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {spec}: no CUDA device is available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present"
+            )
+    elif dev.type != "cpu":
+        raise InputError(f"--device {spec}: unsupported; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+@dataclass
+class BatchResult:
+    """Attribution of one model over one batch of images."""
+
+    maps: np.ndarray  #: (n, H, W) float32, attribution summed over colour channels
+    probs: np.ndarray  #: (n, classes) float32 softmax probabilities
+    pred: np.ndarray  #: (n,) int64 predicted class
+    target: np.ndarray  #: (n,) int64 class that was explained
+    delta: np.ndarray  #: (n,) float32 convergence delta (completeness error)
+
+
+class PairedAttribution:
+    """Integrated Gradients for several models over shared, decoded batches.
+
+    Args:
+        models (dict[str, torch.nn.Module]): models by role, e.g. ``{"a": m1, "b": m2}``.
+        preprocess (Preprocess): resizing and normalisation.
+        settings (AttributionSettings): Integrated Gradients settings.
+        names (dict[str, str], optional): display names for error messages.
+    """
+
+    def __init__(
+        self,
+        models: dict[str, nn.Module],
+        preprocess: Preprocess,
+        settings: AttributionSettings,
+        names: dict[str, str] | None = None,
+    ) -> None:
+        self.models = models
+        self.preprocess = preprocess
+        self.settings = settings
+        self.names = names or {r: f"model {r.upper()}" for r in models}
+        self.device = resolve_device(settings.device)
+        self._baseline_logits: dict[str, torch.Tensor] = {}
+        self._num_classes: dict[str, int] = {}
+        for m in models.values():
+            m.to(self.device)
+
+    @property
+    def autocast_enabled(self) -> bool:
+        return self.settings.precision == "bf16"
+
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
+        if not self.autocast_enabled:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _forward(self, role: str) -> object:
+        model = self.models[role]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out = model(self.preprocess.normalize(x))
+            return out.float()
+
+        return forward
+
+    def _baseline(self, x: torch.Tensor) -> torch.Tensor:
+        kind = self.settings.baseline
+        if kind == "black":
+            return torch.zeros_like(x)
+        if kind == "gray":
+            return torch.full_like(x, 0.5)
+        # blur: a box blur over a quarter of the image side removes shapes, keeps colour
+        k = max(3, (min(x.shape[-2:]) // 4) | 1)
+        return F.avg_pool2d(F.pad(x, [k // 2] * 4, mode="replicate"), k, stride=1)
+
+    def _logits(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        try:
+            with torch.inference_mode():
+                out = self._forward(role)(x)
+        except Exception as exc:  # user model code: anything can come out
+            h, w = x.shape[-2:]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise InputError(
+                f"{self.names[role]} fails on a batch of {x.shape[0]}x3x{h}x{w} inputs ({first}); "
+                "check --image-size, --mean/--std and that the file is an image classifier"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(
+                f"{self.names[role]} returns {shape} for a batch of {x.shape[0]}; an image "
+                "classifier must return logits of shape (batch, classes)"
+            )
+        if out.shape[1] < 2:
+            raise InputError(f"{self.names[role]} returns one output per image; need >= 2 classes")
+        if not torch.isfinite(out).all():
+            raise InputError(
+                f"{self.names[role]} returns NaN or infinite logits; check the model and "
+                "--mean/--std"
+            )
+        self._num_classes.setdefault(role, int(out.shape[1]))
+        return out
+
+    def num_classes(self, role: str, probe: np.ndarray) -> int:
+        """Number of classes ``role`` outputs, probing it on ``probe`` (n, 3, H, W)."""
+        if role not in self._num_classes:
+            self._logits(role, torch.from_numpy(probe).to(self.device))
+        return self._num_classes[role]
+
+    def _internal_batch_size(self, n: int, pixels: int) -> int:
+        if self.settings.internal_batch_size:
+            return max(n, self.settings.internal_batch_size)
+        # ~48 MB of float32 inputs per pass keeps activations of small/medium CNNs in
+        # check on a CPU and lets GPUs run large batches.
+        budget = 12_000_000 if self.device.type == "cpu" else 100_000_000
+        per_pass = max(1, budget // (3 * pixels))
+        return max(n, min(n * self.settings.steps, per_pass))
+
+    def attribute(
+        self, role: str, images: np.ndarray, labels: np.ndarray | None = None
+    ) -> BatchResult:
+        """Integrated Gradients of model ``role`` for a batch.
+
+        Args:
+            role (str): which model.
+            images (numpy.ndarray): (n, 3, H, W) float32 pixels in [0, 1].
+            labels (numpy.ndarray, optional): (n,) true classes; needed for target="label".
+        """
+        x = torch.from_numpy(images).to(self.device)
+        logits = self._logits(role, x)
+        probs = torch.softmax(logits, dim=1)
+        pred = logits.argmax(dim=1)
+        if self.settings.target == "label":
+            if labels is None:
+                raise InputError("--target label needs labels for every image")
+            target = torch.as_tensor(labels, device=self.device, dtype=torch.long)
+            if int(target.max()) >= logits.shape[1]:
+                raise InputError(
+                    f"a label index ({int(target.max())}) is beyond {self.names[role]}'s "
+                    f"{logits.shape[1]} outputs; check --classes"
+                )
+        else:
+            target = pred
+        baseline = self._baseline(x)
+        base_logits = self._baseline_logits_for(role, baseline)
+        ig = IntegratedGradients(self._forward(role), multiply_by_inputs=True)
+        h, w = x.shape[-2:]
+        attr = ig.attribute(
+            x,
+            baselines=baseline,
+            target=target,
+            n_steps=self.settings.steps,
+            method=self.settings.method,
+            internal_batch_size=self._internal_batch_size(x.shape[0], h * w),
+        ).detach()
+        # completeness: sum of attributions should equal f(x) - f(baseline) for the target
+        idx = torch.arange(x.shape[0], device=x.device)
+        expected = logits[idx, target] - base_logits[idx, target]
+        delta = attr.sum(dim=(1, 2, 3)) - expected
+        maps = attr.sum(dim=1)
+        return BatchResult(
+            maps=maps.float().cpu().numpy(),
+            probs=probs.float().cpu().numpy(),
+            pred=pred.cpu().numpy().astype(np.int64),
+            target=target.cpu().numpy().astype(np.int64),
+            delta=delta.float().cpu().numpy(),
+        )
+
+    def _baseline_logits_for(self, role: str, baseline: torch.Tensor) -> torch.Tensor:
+        if self.settings.baseline == "blur":
+            return self._logits(role, baseline)
+        if role not in self._baseline_logits:
+            self._baseline_logits[role] = self._logits(role, baseline[:1])
+        return self._baseline_logits[role].expand(baseline.shape[0], -1)

@@ -1,0 +1,282 @@
+"""The ``imacs`` command line.
+
+Every error caused by the user's input is printed as one line, ``imacs: error: ...``, and
+exits with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ImacsError, InputError
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    try:
+        if "x" in text.lower():
+            h, w = text.lower().split("x")
+            return (int(h), int(w))
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use N or HxW, e.g. 224 or 224x320") from None
+
+
+def _triple(text: str) -> tuple[float, float, float] | str:
+    if text.lower() == "imagenet":
+        return "imagenet"
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use three numbers, e.g. 0.5,0.5,0.5, or imagenet"
+        ) from None
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give three comma-separated numbers")
+    return vals  # type: ignore[return-value]
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as argparse does, plus a hint
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="imacs", description="Compare two image classifiers by where they look.")
+    p.add_argument("--version", action="version", version=f"imacs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    a = sub.add_parser(
+        "analyze",
+        help="compute Integrated Gradients, patches, clusters and the comparison into a run",
+        description="Compute a run directory comparing where model A and model B look.",
+    )
+    g = a.add_argument_group("models")
+    g.add_argument(
+        "--model-a",
+        required=True,
+        metavar="PATH",
+        help="TorchScript file, or package.module:factory",
+    )
+    g.add_argument(
+        "--model-b",
+        required=True,
+        metavar="PATH",
+        help="TorchScript file, or package.module:factory",
+    )
+    g.add_argument(
+        "--weights-a",
+        metavar="FILE",
+        help="weights for a factory model A (.safetensors or state_dict)",
+    )
+    g.add_argument("--weights-b", metavar="FILE", help="weights for a factory model B")
+    g.add_argument("--name-a", help="display name of model A")
+    g.add_argument("--name-b", help="display name of model B")
+    g = a.add_argument_group("data")
+    g.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="ImageFolder tree, or the folder --labels-csv paths are relative to",
+    )
+    g.add_argument(
+        "--labels-csv",
+        metavar="FILE",
+        help="CSV with path,label and optional meta-annotation columns",
+    )
+    g.add_argument(
+        "--classes", metavar="FILE", help="class names in the models' output order, one per line"
+    )
+    g.add_argument(
+        "--image-size",
+        type=_size,
+        default=224,
+        metavar="N|HxW",
+        help="model input size (default 224)",
+    )
+    g.add_argument(
+        "--mean", type=_triple, metavar="R,G,B|imagenet", help="normalisation mean (default: none)"
+    )
+    g.add_argument(
+        "--std", type=_triple, metavar="R,G,B|imagenet", help="normalisation std (default: none)"
+    )
+    g.add_argument(
+        "--strict", action="store_true", help="stop at an unreadable image instead of skipping it"
+    )
+    g = a.add_argument_group("attribution")
+    g.add_argument(
+        "--steps", type=_positive, default=50, help="Integrated Gradients steps (default 50)"
+    )
+    g.add_argument(
+        "--baseline",
+        choices=("black", "gray", "blur"),
+        default="black",
+        help="baseline image (default black)",
+    )
+    g.add_argument(
+        "--target",
+        choices=("pred", "label"),
+        default="pred",
+        help="explain each model's prediction or the true label (default pred)",
+    )
+    g.add_argument("--batch-size", type=_positive, default=16, help="images per batch (default 16)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 autocast, for GPUs (default fp32)",
+    )
+    g = a.add_argument_group("patches and clusters")
+    g.add_argument(
+        "--patch-size",
+        type=_positive,
+        metavar="PX",
+        help="patch side in model-input pixels (default: input side / 4)",
+    )
+    g.add_argument(
+        "--patches-per-image", type=_positive, default=4, help="most patches per image (default 4)"
+    )
+    g.add_argument(
+        "--clusters",
+        type=_positive,
+        metavar="K",
+        help="number of clusters (default about sqrt(patches)/2)",
+    )
+    g.add_argument(
+        "--projection",
+        choices=("umap", "pca"),
+        default="umap",
+        help="2-D map of the patches (default umap)",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed: same inputs and seed give the same run (default 0)",
+    )
+    g = a.add_argument_group("output")
+    g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    g.add_argument(
+        "--overwrite", action="store_true", help="replace a different run already in --out"
+    )
+    g.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="attribution cache (default $IMACS_CACHE_DIR or ~/.cache/imacs)",
+    )
+    g.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write the attribution cache"
+    )
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
+
+    e = sub.add_parser("export", help="write a run's patch and cluster tables as CSV")
+    e.add_argument("run", metavar="RUN_DIR")
+    e.add_argument("--patches", metavar="FILE.csv", help="patch table destination")
+    e.add_argument("--clusters", metavar="FILE.csv", help="cluster table destination")
+
+    s = sub.add_parser("info", help="print a run's summary")
+    s.add_argument("run", metavar="RUN_DIR")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except InputError as exc:
+        print(f"imacs: error: {exc}", file=sys.stderr)
+        return 2
+    except ImacsError as exc:
+        print(f"imacs: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "imacs: interrupted; finished attribution chunks are kept in the cache", file=sys.stderr
+        )
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "analyze":
+        return _analyze(args)
+    from .run import load_run
+
+    if args.command == "export":
+        if not args.patches and not args.clusters:
+            raise InputError(
+                "export: name at least one of --patches FILE.csv or --clusters FILE.csv"
+            )
+        run = load_run(args.run)
+        run.export(patches_csv=args.patches, clusters_csv=args.clusters)
+        for what, path in (("patches", args.patches), ("clusters", args.clusters)):
+            if path:
+                print(f"wrote {what} to {path}")
+        return 0
+    if args.command == "info":
+        print(load_run(args.run).summary())
+        return 0
+    raise AssertionError(args.command)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from .pipeline import analyze
+
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/imacs/numba"))
+    quiet = args.quiet
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"imacs: {msg}", file=sys.stderr, flush=True)
+
+    run = analyze(
+        args.model_a,
+        args.model_b,
+        args.data,
+        args.out,
+        weights_a=args.weights_a,
+        weights_b=args.weights_b,
+        name_a=args.name_a,
+        name_b=args.name_b,
+        labels_csv=args.labels_csv,
+        classes=args.classes,
+        image_size=args.image_size,
+        mean=args.mean,
+        std=args.std,
+        steps=args.steps,
+        baseline=args.baseline,
+        target=args.target,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        clusters=args.clusters,
+        projection=args.projection,
+        patch_size=args.patch_size,
+        patches_per_image=args.patches_per_image,
+        seed=args.seed,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        cache_dir=None if args.no_cache else (args.cache_dir or True),
+        progress=not quiet and sys.stderr.isatty(),
+        log=log,
+    )
+    if not quiet:
+        print(run.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Evaluation sets: an ImageFolder tree, or a folder plus a CSV of ``path,label[,meta...]``.
+
+Class indices follow torchvision's ImageFolder convention: the i-th class is the i-th class
+name in sorted order, unless a classes file (one name per line, in the models' output order)
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import InputError
+from .imaging import IMAGE_EXTENSIONS
+
+#: Column names that carry meaning in imacs' own tables and cannot be meta-annotations.
+RESERVED_COLUMNS = frozenset(
+    {"image_id", "image", "path", "label", "label_name", "width", "height"}
+    | {f"{k}_{m}" for k in ("pred", "prob", "correct", "delta", "target") for m in "ab"}
+)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of the evaluation set."""
+
+    path: Path  #: absolute path of the file
+    relpath: str  #: path relative to the data folder, with forward slashes
+    label: int  #: class index
+    size: int  #: file size in bytes (part of the cache key)
+    mtime_ns: int  #: modification time (part of the cache key)
+
+    def fingerprint(self) -> str:
+        return f"{self.relpath}\x1f{self.size}\x1f{self.mtime_ns}\x1f{self.label}"
+
+
+@dataclass
+class Dataset:
+    """An evaluation set: the images, their labels, class names and meta-annotations."""
+
+    root: Path
+    records: list[ImageRecord]
+    classes: list[str]
+    #: extra CSV columns, one row per record (empty frame when there are none)
+    meta: pd.DataFrame = field(default_factory=pd.DataFrame)
+    labels_csv: Path | None = None
+    #: True when class names were made up from integer labels (they can be extended to
+    #: the models' class count)
+    classes_inferred: bool = False
+    #: CSV rows naming files that do not exist: (relpath, reason)
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def fingerprint(self) -> str:
+        """A hash of every image's path, size, mtime and label, the classes and meta."""
+        h = hashlib.sha256()
+        for r in self.records:
+            h.update(r.fingerprint().encode())
+            h.update(b"\n")
+        h.update("\x1e".join(self.classes).encode())
+        if not self.meta.empty:
+            h.update(pd.util.hash_pandas_object(self.meta, index=False).values.tobytes())
+        return h.hexdigest()
+
+
+def load_dataset(
+    root: str | Path,
+    labels_csv: str | Path | None = None,
+    classes_file: str | Path | None = None,
+) -> Dataset:
+    """Scan an evaluation set.
+
+    Args:
+        root (str or Path): the data folder. Without ``labels_csv`` it must hold one
+            subfolder per class (ImageFolder layout); images are found recursively.
+        labels_csv (str or Path, optional): a CSV with columns ``path`` (relative to
+            ``root``) and ``label`` (a class name or index); any other column is carried
+            into the run as a meta-annotation. Default: None.
+        classes_file (str or Path, optional): class names in the models' output order,
+            one per line. Default: None (folder names, or CSV labels, sorted).
+
+    Raises:
+        InputError: the folder is missing or empty, the CSV lacks columns or labels, or a
+            label is not one of the classes.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: data folder not found; pass --data an existing folder")
+    root = root.resolve()
+    given_classes = _read_classes_file(Path(classes_file)) if classes_file else None
+    if labels_csv is not None:
+        return _from_csv(root, Path(labels_csv).expanduser(), given_classes)
+    return _from_folders(root, given_classes)
+
+
+def _read_classes_file(path: Path) -> list[str]:
+    try:
+        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError:
+        raise InputError(f"{path}: classes file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read classes file ({exc})") from None
+    names = [n for n in names if n]
+    if not names:
+        raise InputError(f"{path}: classes file is empty; write one class name per line")
+    if len(set(names)) != len(names):
+        raise InputError(f"{path}: classes file names a class twice; names must be unique")
+    return names
+
+
+def _record(root: Path, path: Path, label: int) -> ImageRecord:
+    st = path.stat()
+    return ImageRecord(path, path.relative_to(root).as_posix(), label, st.st_size, st.st_mtime_ns)
+
+
+def _from_folders(root: Path, given: list[str] | None) -> Dataset:
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not subdirs:
+        loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        hint = (
+            "it holds images but no class subfolders; " if loose else "it has no class subfolders; "
+        )
+        raise InputError(
+            f"{root}: {hint}arrange it as DATA/<class>/<image> or pass --labels-csv "
+            "with path,label columns"
+        )
+    names = [d.name for d in subdirs]
+    if given is not None:
+        unknown = [n for n in names if n not in given]
+        if unknown:
+            raise InputError(
+                f"{root}: class folder(s) {', '.join(unknown[:5])} are not in the classes "
+                "file; add them or remove the folders"
+            )
+        classes = given
+    else:
+        classes = names
+    index = {c: i for i, c in enumerate(classes)}
+    records: list[ImageRecord] = []
+    for d in subdirs:
+        files = sorted(
+            p
+            for p in d.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and p.is_file()
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
+        records.extend(_record(root, p, index[d.name]) for p in files)
+    if not records:
+        raise InputError(
+            f"{root}: no images found in its class subfolders "
+            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return Dataset(root=root, records=records, classes=classes)
+
+
+def _from_csv(root: Path, csv_path: Path, given: list[str] | None) -> Dataset:
+    try:
+        with csv_path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+            fieldnames = (rows and list(rows[0].keys())) or []
+    except FileNotFoundError:
+        raise InputError(f"{csv_path}: labels CSV not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{csv_path}: cannot read labels CSV ({exc})") from None
+    if not rows:
+        raise InputError(f"{csv_path}: labels CSV has no rows; it needs a header path,label")
+    if "path" not in fieldnames or "label" not in fieldnames:
+        raise InputError(
+            f"{csv_path}: labels CSV needs columns 'path' and 'label' "
+            f"(found {', '.join(str(c) for c in fieldnames)})"
+        )
+    clash = sorted((set(fieldnames) - {"path", "label"}) & RESERVED_COLUMNS)
+    if clash:
+        raise InputError(
+            f"{csv_path}: column(s) {', '.join(clash)} clash with imacs' own columns; rename them"
+        )
+    for lineno, row in enumerate(rows, start=2):
+        if None in row or any(v is None for v in row.values()):
+            raise InputError(f"{csv_path}:{lineno}: wrong number of fields for the header")
+        if not (row["label"] or "").strip():
+            raise InputError(
+                f"{csv_path}:{lineno}: missing label for {row['path']!r}; every row needs one"
+            )
+        if not (row["path"] or "").strip():
+            raise InputError(f"{csv_path}:{lineno}: empty path")
+
+    labels = [row["label"].strip() for row in rows]
+    classes_inferred = False
+    if given is not None:
+        classes = given
+        lookup = {c: i for i, c in enumerate(classes)}
+        # labels may be names from the file or indices into it
+        for i in range(len(classes)):
+            lookup.setdefault(str(i), i)
+    elif all(_is_int(v) for v in labels):
+        top = max(int(v) for v in labels)
+        classes = [str(i) for i in range(top + 1)]
+        lookup = {str(i): i for i in range(top + 1)}
+        classes_inferred = True
+    else:
+        classes = sorted(set(labels))
+        lookup = {c: i for i, c in enumerate(classes)}
+
+    records: list[ImageRecord] = []
+    missing: list[tuple[str, str]] = []
+    keep_rows: list[int] = []
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        key = str(int(label)) if _is_int(label) and label not in lookup else label
+        if key not in lookup:
+            raise InputError(
+                f"{csv_path}:{i + 2}: label {label!r} is not a known class; "
+                "fix the label or list it in --classes"
+            )
+        if int(lookup[key]) < 0:
+            raise InputError(f"{csv_path}:{i + 2}: negative class index {label!r}")
+        rel = row["path"].strip()
+        p = Path(rel) if Path(rel).is_absolute() else root / rel
+        if not p.is_file():
+            missing.append((rel, "file not found"))
+            continue
+        p = p.resolve()
+        try:
+            relpath = p.relative_to(root).as_posix()
+        except ValueError:
+            relpath = p.as_posix()
+        st = p.stat()
+        records.append(ImageRecord(p, relpath, int(lookup[key]), st.st_size, st.st_mtime_ns))
+        keep_rows.append(i)
+    if not records:
+        raise InputError(
+            f"{csv_path}: none of its {len(rows)} paths exist under {root}; "
+            "paths are relative to --data"
+        )
+    meta_cols = [c for c in fieldnames if c not in ("path", "label")]
+    meta = pd.DataFrame([{c: rows[i][c] for c in meta_cols} for i in keep_rows], columns=meta_cols)
+    for c in meta_cols:  # numbers stay numbers when every value is one
+        converted = pd.to_numeric(meta[c], errors="coerce")
+        if converted.notna().all():
+            meta[c] = converted
+    return Dataset(
+        root=root,
+        records=records,
+        classes=classes,
+        meta=meta,
+        labels_csv=csv_path.resolve(),
+        classes_inferred=classes_inferred,
+        missing=missing,
+    )
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+    except ValueError:
+        return False
+    return True

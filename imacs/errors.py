@@ -1,0 +1,42 @@
+"""Errors that reach the user as one line.
+
+Every problem with a user's input (a file that is not a model, an empty data folder, a
+mismatched class count, a full disk) is raised as :class:`InputError`. Its message names the
+file and says how to fix it; the CLI prints it on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+class ImacsError(Exception):
+    """Base class for errors imacs raises on purpose."""
+
+
+class InputError(ImacsError):
+    """Bad input from the user: the message names the file and the fix."""
+
+    def __init__(self, message: str) -> None:
+        # One line, always: the CLI prints it as is.
+        super().__init__(" ".join(str(message).split()))
+
+
+class ImageDecodeError(ImacsError):
+    """One image could not be decoded; the pipeline skips it (or stops under --strict)."""
+
+
+def disk_error(exc: OSError, path: str | os.PathLike[str]) -> InputError:
+    """Turn an ``OSError`` raised while writing ``path`` into a user-facing error."""
+    if exc.errno == errno.ENOSPC:
+        return InputError(
+            f"{Path(path)}: no space left on the device; free some space or choose a folder "
+            "on another disk (finished attribution work is kept in the cache and reused)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return InputError(
+            f"{Path(path)}: not writable ({exc.strerror}); choose a folder you can write to"
+        )
+    return InputError(f"{Path(path)}: {exc.strerror or exc}")

@@ -1,0 +1,208 @@
+"""Reading a run directory (no torch import: the web app uses this module).
+
+Layout of a run directory (format version 1)::
+
+    run.json                 manifest: models, data, settings, versions, timings, skipped
+                             inputs, summary metrics, and the files below
+    images.parquet           one row per analysed image
+    patches.parquet          one row per salient patch
+    clusters.parquet         one row per cluster, sorted by rank
+    cluster_classes.parquet  one row per (cluster, class)
+    attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
+                             by its largest absolute value (``attr_scale_a/b`` in images)
+    probs_a.npy, probs_b.npy (images, classes) float32 class probabilities
+    embedding.npy            (patches, k) float32 patch embeddings
+    thumbs/images/ID.jpg     image thumbnails (longest side 256 px)
+    thumbs/patches/ID.jpg    patch thumbnails (96 x 96 px)
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .store import FORMAT, FORMAT_VERSION, MANIFEST
+
+_TABLES = ("images", "patches", "clusters", "cluster_classes")
+
+
+class Run:
+    """A finished analysis, read from its run directory.
+
+    Tables are pandas DataFrames read on first use; arrays are memory-mapped.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).expanduser().resolve()
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise InputError(
+                f"{self.path}: not an imacs run (no {MANIFEST}); make one with imacs analyze"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{manifest_path}: unreadable run manifest ({exc})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise InputError(f"{manifest_path}: not an imacs run manifest")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise InputError(
+                f"{self.path}: run format {version} is not the supported format "
+                f"{FORMAT_VERSION}; re-run imacs analyze with this version"
+            )
+        self.manifest: dict = manifest
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (
+            f"Run({str(self.path)!r}, {m['models']['a']['name']} vs {m['models']['b']['name']}, "
+            f"{m['summary']['n_images']} images, {m['summary']['n_clusters']} clusters)"
+        )
+
+    def _table(self, name: str) -> pd.DataFrame:
+        path = self.path / self.manifest["files"][name]
+        try:
+            return pd.read_parquet(path)
+        except FileNotFoundError:
+            raise InputError(f"{path}: missing from the run; re-run imacs analyze") from None
+        except Exception as exc:  # pyarrow raises its own types for truncated files
+            raise InputError(
+                f"{path}: unreadable ({type(exc).__name__}); re-run imacs analyze"
+            ) from None
+
+    @cached_property
+    def images(self) -> pd.DataFrame:
+        """One row per image: ``image_id, image, label, label_name, pred_a, pred_b, ...``."""
+        return self._table("images")
+
+    @cached_property
+    def patches(self) -> pd.DataFrame:
+        """One row per patch: ``patch_id, image_id, x0, y0, x1, y1, attr_a, attr_b, cluster...``."""
+        return self._table("patches")
+
+    @cached_property
+    def clusters(self) -> pd.DataFrame:
+        """One row per cluster, sorted by rank (1 = largest absolute ``diff``)."""
+        return self._table("clusters")
+
+    @cached_property
+    def cluster_classes(self) -> pd.DataFrame:
+        """Per-cluster, per-class breakdown."""
+        return self._table("cluster_classes")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["data"]["classes"])
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Display names of the models: ``{"a": ..., "b": ...}``."""
+        return {r: self.manifest["models"][r]["name"] for r in ("a", "b")}
+
+    def _array(self, name: str) -> np.ndarray:
+        path = self.path / self.manifest["files"][name]
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise InputError(f"{path}: missing from the run; re-run imacs analyze") from None
+        except ValueError as exc:
+            raise InputError(f"{path}: unreadable ({exc}); re-run imacs analyze") from None
+
+    def attribution_map(self, role: str, image_id: int) -> np.ndarray:
+        """(H, W) float32 attribution map of model ``role`` ("a" or "b") for one image."""
+        if role not in ("a", "b"):
+            raise ValueError("role must be 'a' or 'b'")
+        maps = self._array(f"attr_{role}")
+        scale = float(
+            self.images.loc[self.images["image_id"] == image_id, f"attr_scale_{role}"].iloc[0]
+        )
+        return np.asarray(maps[image_id], dtype=np.float32) * scale
+
+    def probabilities(self, role: str) -> np.ndarray:
+        """(images, classes) class probabilities of model ``role``."""
+        return self._array(f"probs_{role}")
+
+    @property
+    def embedding(self) -> np.ndarray:
+        return self._array("embedding")
+
+    def image_path(self, image_id: int) -> Path:
+        """The original image file (in the data folder the run was made from)."""
+        rel = self.images.loc[self.images["image_id"] == image_id, "image"].iloc[0]
+        return Path(self.manifest["data"]["root"]) / rel
+
+    def image_thumbnail(self, image_id: int) -> Path:
+        return self.path / "thumbs" / "images" / f"{int(image_id)}.jpg"
+
+    def patch_thumbnail(self, patch_id: int) -> Path:
+        return self.path / "thumbs" / "patches" / f"{int(patch_id)}.jpg"
+
+    def patch_rows(self) -> pd.DataFrame:
+        """Patches joined with their image's label, predictions and meta-annotations."""
+        img = self.images
+        meta = list(self.manifest["data"].get("meta_columns", []))
+        cols = ["image_id", "image", "label_name", "pred_a", "pred_b", *meta]
+        p = self.patches.merge(img[cols], on="image_id", how="left")
+        classes = np.asarray(self.classes, dtype=object)
+        p["pred_a"] = classes[p["pred_a"].to_numpy()]
+        p["pred_b"] = classes[p["pred_b"].to_numpy()]
+        p = p.rename(columns={"label_name": "label"})
+        front = ["patch_id", "image_id", "image", "label", "x0", "y0", "x1", "y1", "cluster"]
+        front += ["attr_a", "attr_b", "diff"]
+        return p[front + [c for c in p.columns if c not in front]]
+
+    def export(
+        self, patches_csv: str | Path | None = None, clusters_csv: str | Path | None = None
+    ) -> None:
+        """Write the patch table and/or the cluster table as CSV."""
+        for target, frame in (
+            (patches_csv, self.patch_rows),
+            (clusters_csv, lambda: self.clusters),
+        ):
+            if target is None:
+                continue
+            target = Path(target).expanduser()
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                frame().to_csv(target, index=False)
+            except OSError as exc:
+                from .errors import disk_error
+
+                raise disk_error(exc, target) from None
+
+    def summary(self) -> str:
+        """A few lines for a terminal: accuracies and the top clusters."""
+        m, s = self.manifest, self.manifest["summary"]
+        a, b = self.names["a"], self.names["b"]
+        lines = [
+            f"run {self.path}",
+            f"  {s['n_images']} images ({s['n_skipped']} skipped), {s['n_patches']} patches, "
+            f"{s['n_clusters']} clusters",
+            f"  accuracy: A {a} {s['accuracy_a']:.3f}  B {b} {s['accuracy_b']:.3f}  "
+            f"agreement {s['agreement']:.3f}",
+            "  top clusters (diff = B - A share of attribution):",
+        ]
+        for row in self.clusters.head(5).itertuples():
+            lines.append(
+                f"    #{row.rank} cluster {row.cluster}: diff {row.diff:+.3f} "
+                f"[{row.diff_lo:+.3f}, {row.diff_hi:+.3f}], {row.n_patches} patches "
+                f"in {row.n_images} images, mostly {row.top_class}"
+            )
+        total = sum(m["timings"].values())
+        lines.append(f"  computed in {total:.1f}s")
+        return "\n".join(lines)
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory written by ``imacs analyze``.
+
+    Raises:
+        InputError: the folder holds no run, or one of another format version.
+    """
+    return Run(path)

@@ -1,0 +1,145 @@
+"""Writing run directories atomically.
+
+A run is assembled in a hidden temporary folder beside its destination and renamed into
+place only when complete (``run.json`` is written last). A crash, an error or a full disk
+leaves either the previous run or nothing, never a half-written run that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError, disk_error
+
+FORMAT = "imacs-run"
+FORMAT_VERSION = 1
+MANIFEST = "run.json"
+
+
+def _tmp_prefix(out: Path) -> str:
+    return f".{out.name}.imacs-tmp-"
+
+
+def check_destination(out: Path, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to replace something that is not this run (fail before any compute).
+
+    An existing run with the same fingerprint is replaced (it is recomputed from the
+    cache); a different run needs ``overwrite``; anything else that is not empty is refused.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        raise InputError(
+            f"{out}: folder is not empty and holds no imacs run; choose a new or empty --out"
+        )
+    try:
+        old = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    if old.get("fingerprint") != fingerprint and not overwrite:
+        raise InputError(
+            f"{out}: already holds a different run; choose another --out or pass --overwrite"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary folders of ``out`` left by runs that were killed."""
+    if not out.parent.is_dir():
+        return
+    prefix = _tmp_prefix(out)
+    for p in out.parent.iterdir():
+        if p.name.startswith(prefix) and p.is_dir():
+            pid = p.name[len(prefix) :]
+            if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging(out: Path) -> Iterator[Path]:
+    """A temporary folder for a run; the caller commits it with :func:`commit`.
+
+    The folder is removed if the block raises.
+    """
+    out = out.expanduser().absolute()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        tmp = out.parent / f"{_tmp_prefix(out)}{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise disk_error(exc, out) from None
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_table(tmp: Path, name: str, df: pd.DataFrame) -> str:
+    path = tmp / f"{name}.parquet"
+    try:
+        df.to_parquet(path, index=False)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    return path.name
+
+
+def write_array(tmp: Path, name: str, arr: np.ndarray) -> str:
+    path = tmp / f"{name}.npy"
+    try:
+        np.save(path, arr, allow_pickle=False)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    return path.name
+
+
+def commit(tmp: Path, out: Path, manifest: dict[str, object]) -> None:
+    """Write ``run.json`` last, then move the finished run into place."""
+    out = out.expanduser().absolute()
+    try:
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.imacs-old-{os.getpid()}"
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise disk_error(exc, out) from None
+
+
+def _json_default(o: object) -> object:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

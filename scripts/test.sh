@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment in .venv (first run only), installs imacs with its test
+# tools, lints, and runs the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+  [[ -x .venv/bin/python ]] || python3 -m venv .venv
+  # shellcheck disable=SC1091
+  source .venv/bin/activate
+fi
+bash scripts/install.sh --dev
+
+# numba (behind umap-learn) compiles on first use; keep its cache so that cost is paid once.
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.cache/numba}"
+mkdir -p "$NUMBA_CACHE_DIR"
+
+ruff check imacs tests benchmarks
+ruff format --check imacs tests benchmarks
+
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+# pytest exits 5 when it collected no tests: that is a broken suite here, not a pass.
+if [[ $rc -eq 5 ]]; then
+  echo "pytest collected no tests" >&2
+  exit 1
+fi
+exit $rc
