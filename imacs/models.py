@@ -17,6 +17,7 @@ import importlib
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,7 +161,9 @@ def _load_torchscript(path: Path, flag: str) -> nn.Module:
             "torch.jit.script(model).save(PATH)"
         )
     try:
-        return torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch >= 2.10 deprecates jit
+            return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError and friends with long C++ traces
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"{path}: cannot load as TorchScript ({first[:200]})") from None

@@ -3,9 +3,11 @@
 For each image, each model's attribution map is reduced to its positive part and normalised
 to sum to 1: the model's *share* map. The union saliency is the mean of the two share maps,
 so a region salient to either model is a candidate. Square windows are scored by their union
-mass (integral images make every window O(1)) and picked greedily, largest first, skipping
-windows that overlap a picked one too much. Each patch records the share of A's and of B's
-positive attribution that falls inside it.
+mass (integral images make every window O(1)) and picked greedily by the mass they *add*:
+mass already inside a picked patch does not count again, so each patch brings new evidence
+and a single hot spot does not yield several near-copies. Windows that overlap a picked one
+by more than ``max_overlap`` (IoU) are not candidates. Each patch records the share of A's
+and of B's positive attribution that falls inside it.
 """
 
 from __future__ import annotations
@@ -111,24 +113,27 @@ def image_patches(
     ys, xs = _positions(h, side), _positions(w, side)
     mass_a = _window_sums(sa, side, ys, xs)
     mass_b = _window_sums(sb, side, ys, xs)
+    union_map = 0.5 * (sa + sb)
     union = 0.5 * (mass_a + mass_b)
     uniform = side * side / (h * w)
-    # every candidate window, best first; ties broken by position for determinism
-    order = np.lexsort((np.arange(union.size), -union.ravel()))
+    n_x = len(xs)
+    wy, wx = np.repeat(ys, n_x), np.tile(xs, len(ys))  # top-left corner of every window
+    covered = np.zeros((h, w), dtype=bool)
+    blocked = np.zeros(len(wy), dtype=bool)
+    marginal = union.ravel().copy()
     picked: list[int] = []
-    for flat in order:
-        if len(picked) >= settings.per_image:
+    while len(picked) < settings.per_image and not blocked.all():
+        # best window by the salient mass it adds; argmax takes the first of equals
+        flat = int(np.argmax(np.where(blocked, -np.inf, marginal)))
+        if picked and marginal[flat] < settings.min_saliency * uniform:
             break
-        score = union.flat[flat]
-        if picked and score < settings.min_saliency * uniform:
-            break
-        iy, ix = divmod(int(flat), len(xs))
-        y, x = ys[iy], xs[ix]
-        if all(
-            _iou(y, x, ys[j // len(xs)], xs[j % len(xs)], side) <= settings.max_overlap
-            for j in picked
-        ):
-            picked.append(int(flat))
+        picked.append(flat)
+        y, x = wy[flat], wx[flat]
+        covered[y : y + side, x : x + side] = True
+        inter = np.clip(side - np.abs(wy - y), 0, None) * np.clip(side - np.abs(wx - x), 0, None)
+        blocked |= inter / (2 * side * side - inter) > settings.max_overlap
+        blocked[flat] = True
+        marginal = _window_sums(np.where(covered, 0.0, union_map), side, ys, xs).ravel()
     iy, ix = np.divmod(np.asarray(picked, dtype=np.int64), len(xs))
     y0, x0 = ys[iy], xs[ix]
     boxes = np.stack([x0, y0, x0 + side, y0 + side], axis=1).astype(np.int32)
@@ -138,13 +143,6 @@ def image_patches(
         mass_b.ravel()[picked].astype(np.float32),
         (union.ravel()[picked] / uniform).astype(np.float32),
     )
-
-
-def _iou(y0: int, x0: int, y1: int, x1: int, side: int) -> float:
-    dy = max(0, side - abs(int(y0) - int(y1)))
-    dx = max(0, side - abs(int(x0) - int(x1)))
-    inter = dy * dx
-    return inter / (2 * side * side - inter)
 
 
 def extract_patches(maps_a: np.ndarray, maps_b: np.ndarray, settings: PatchSettings) -> PatchTable:

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import helpers
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own attribution cache, never the user's."""
+    cache = tmp_path / "imacs-cache"
+    monkeypatch.setenv("IMACS_CACHE_DIR", str(cache))
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path(".cache/numba").absolute()))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def shortcut(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two trained tiny models with a planted shortcut, and an eval set with the mark.
+
+    Returns a dict with ``a``, ``b`` (TorchScript files), ``a_weights``, ``b_weights``
+    (safetensors), ``data`` (ImageFolder) and ``marks`` ({relpath: box or None}).
+    """
+    root = tmp_path_factory.mktemp("shortcut")
+    models = helpers.save_models(root / "models")
+    marks = helpers.write_eval_set(root / "data", n_per_class=40)
+    (root / "marks.json").write_text(json.dumps(marks))
+    return {**models, "data": root / "data", "marks": marks, "root": root}
+
+
+@pytest.fixture(scope="session")
+def shortcut_run(shortcut: dict, tmp_path_factory: pytest.TempPathFactory):
+    """One analysis of the shortcut set (PCA projection: fast), shared by read-only tests."""
+    import imacs
+
+    out = tmp_path_factory.mktemp("runs") / "shortcut"
+    return imacs.analyze(
+        shortcut["a"],
+        shortcut["b"],
+        shortcut["data"],
+        out,
+        image_size=32,
+        steps=24,
+        projection="pca",
+        progress=False,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+    )
