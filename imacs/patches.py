@@ -111,8 +111,9 @@ def image_patches(
     side = settings.side((h, w))
     sa, sb = share_map(map_a), share_map(map_b)
     ys, xs = _positions(h, side), _positions(w, side)
-    mass_a = _window_sums(sa, side, ys, xs)
-    mass_b = _window_sums(sb, side, ys, xs)
+    # shares are in [0, 1]; clipping removes the float noise of integral-image differences
+    mass_a = np.clip(_window_sums(sa, side, ys, xs), 0.0, 1.0)
+    mass_b = np.clip(_window_sums(sb, side, ys, xs), 0.0, 1.0)
     union_map = 0.5 * (sa + sb)
     union = 0.5 * (mass_a + mass_b)
     uniform = side * side / (h * w)

@@ -287,6 +287,11 @@ def run_analysis(
         {"path": dataset.records[i].relpath, "reason": results.reason[i]}
         for i in np.flatnonzero(~results.ok)
     ] + [{"path": rel, "reason": why} for rel, why in dataset.missing]
+    if settings.strict and not results.ok.all():  # also for failures recorded in the cache
+        i = int(np.flatnonzero(~results.ok)[0])
+        raise InputError(
+            f"{dataset.records[i].path}: {results.reason[i]}; remove or replace it (--strict)"
+        )
     valid = np.flatnonzero(results.ok)
     if len(valid) == 0:
         raise InputError(

@@ -1,0 +1,293 @@
+"""The whole analysis on tiny data: the planted shortcut, the run contract, bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import imacs
+from imacs.attribution import PairedAttribution
+from imacs.errors import InputError
+from imacs.models import file_sha256
+
+FAST = {"image_size": 32, "steps": 12, "projection": "pca", "progress": False}
+
+
+def _on_mark(row, marks: dict) -> bool:
+    box = marks[row.image]
+    if box is None:
+        return False
+    ix = max(0, min(row.x1, box[2]) - max(row.x0, box[0]))
+    iy = max(0, min(row.y1, box[3]) - max(row.y0, box[1]))
+    return ix * iy >= 0.5 * (box[2] - box[0]) * (box[3] - box[1])
+
+
+def test_pip001_planted_shortcut_is_the_top_cluster(shortcut, shortcut_run) -> None:
+    run = shortcut_run
+    top = run.clusters.iloc[0]
+    assert top["rank"] == 1
+    assert top["diff"] > 0.3 and top["significant"]  # B relies on it, A does not
+    patches = run.patch_rows()
+    in_top = patches[patches["cluster"] == top["cluster"]]
+    on_mark = np.mean([_on_mark(r, shortcut["marks"]) for r in in_top.itertuples()])
+    assert on_mark >= 0.75, f"only {on_mark:.0%} of the rank-1 cluster lies on the mark"
+    assert top["top_class"] == "vertical"
+    # and nearly every mark patch of the run lies in a cluster B relies on far more than A
+    # (k-means may split the mark by where it sits inside the patch)
+    all_mark = patches[[_on_mark(r, shortcut["marks"]) for r in patches.itertuples()]]
+    strong = set(run.clusters.loc[run.clusters["diff"] > 0.3, "cluster"])
+    assert all_mark["cluster"].isin(strong).mean() >= 0.9
+
+
+def test_pip002_manifest_records_the_run(shortcut, shortcut_run) -> None:
+    m = shortcut_run.manifest
+    assert m["models"]["a"]["sha256"] == file_sha256(shortcut["a"])
+    assert m["models"]["b"]["sha256"] == file_sha256(shortcut["b"])
+    assert m["models"]["a"]["name"] == "model_a" and m["models"]["a"]["kind"] == "torchscript"
+    assert m["settings"]["attribution"]["steps"] == 24
+    assert m["settings"]["preprocess"]["image_size"] == [32, 32]
+    assert {"torch", "captum", "scikit-learn", "umap-learn", "numpy"} <= set(m["versions"])
+    stages = {"attribution", "patches", "embedding", "clustering", "comparison", "write"}
+    assert stages <= set(m["timings"]) and all(v >= 0 for v in m["timings"].values())
+    s = m["summary"]
+    assert s["accuracy_a"] == 1.0 and s["accuracy_b"] == 1.0 and s["agreement"] == 1.0
+    assert s["n_images"] == 80 and s["n_skipped"] == 0 and m["skipped"] == []
+    assert s["n_clusters"] == len(shortcut_run.clusters)
+    assert s["top_cluster"]["cluster"] == int(shortcut_run.clusters.iloc[0]["cluster"])
+    assert m["data"]["classes"] == ["horizontal", "vertical"]
+    for name in m["files"].values():
+        assert (shortcut_run.path / name).is_file()
+    n_patches = len(shortcut_run.patches)
+    assert len(list((shortcut_run.path / "thumbs" / "patches").iterdir())) == n_patches
+    assert shortcut_run.embedding.shape[0] == n_patches
+
+
+def test_pip003_tables_are_consistent(shortcut_run) -> None:
+    run = shortcut_run
+    p, img, c = run.patches, run.images, run.clusters
+    assert (p["x1"] > p["x0"]).all() and (p["x1"] <= 32).all() and (p["y1"] <= 32).all()
+    assert p["attr_a"].between(0, 1).all() and p["attr_b"].between(0, 1).all()
+    assert np.allclose(p["diff"], p["attr_b"] - p["attr_a"])
+    assert c["n_patches"].sum() == len(p)
+    assert sorted(c["rank"]) == list(range(1, len(c) + 1))
+    assert (c["diff"].abs().diff().dropna() <= 1e-12).all()  # rank 1 = largest |diff|
+    # the stored map restores the attribution; completeness holds within the delta
+    amap = run.attribution_map("b", 0)
+    assert amap.shape == (32, 32) and np.abs(amap).max() == pytest.approx(
+        img["attr_scale_b"][0], rel=1e-3
+    )
+    assert run.probabilities("a").shape == (80, 2)
+    with Image.open(run.patch_thumbnail(0)) as t:
+        assert t.size == (96, 96)
+
+
+def test_pip004_same_inputs_and_seed_give_the_same_run(shortcut, shortcut_run, tmp_path) -> None:
+    again = imacs.analyze(
+        shortcut["a"],
+        shortcut["b"],
+        shortcut["data"],
+        tmp_path / "r",
+        **{**FAST, "steps": 24},
+        cache_dir=None,
+    )
+    for name in ("images", "patches", "clusters", "cluster_classes"):
+        pd.testing.assert_frame_equal(getattr(again, name), getattr(shortcut_run, name))
+    assert again.manifest["fingerprint"] == shortcut_run.manifest["fingerprint"]
+
+
+def test_pip005_cache_reuses_attribution_per_model(shortcut, tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    imacs.analyze(
+        shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r1", cache_dir=cache, **FAST
+    )
+    calls: list[str] = []
+    original = PairedAttribution.attribute
+
+    def counting(self, role, *args, **kw):
+        calls.append(role)
+        return original(self, role, *args, **kw)
+
+    monkeypatch.setattr(PairedAttribution, "attribute", counting)
+    imacs.analyze(
+        shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r2", cache_dir=cache, **FAST
+    )
+    assert calls == []  # everything came from the cache
+    # B compared with a different model: only the new model is computed
+    imacs.analyze(
+        shortcut["a"], shortcut["a"], shortcut["data"], tmp_path / "r3", cache_dir=cache, **FAST
+    )
+    assert calls == []  # A vs A: both sides are A, already cached
+    other = tmp_path / "other.pt"
+    shutil.copy(shortcut["b"], other)
+    with open(other, "ab") as f:
+        f.write(b"\0")  # a different file hash; zip readers ignore trailing bytes
+    imacs.analyze(shortcut["a"], other, shortcut["data"], tmp_path / "r4", cache_dir=cache, **FAST)
+    assert set(calls) == {"b"}
+
+
+def test_pip006_interrupted_run_resumes_and_equals_a_clean_run(
+    shortcut, tmp_path, monkeypatch
+) -> None:
+    cache = tmp_path / "cache"
+    original = PairedAttribution.attribute
+    calls = {"n": 0}
+
+    def crashing(self, role, *args, **kw):
+        calls["n"] += 1
+        if calls["n"] > 3:  # dies in the middle of the second chunk
+            raise KeyboardInterrupt
+        return original(self, role, *args, **kw)
+
+    monkeypatch.setattr(PairedAttribution, "attribute", crashing)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        imacs.analyze(
+            shortcut["a"],
+            shortcut["b"],
+            shortcut["data"],
+            out,
+            cache_dir=cache,
+            batch_size=40,
+            **FAST,
+        )
+    assert not out.exists() and not list(tmp_path.glob(".run.imacs-tmp-*"))
+    monkeypatch.setattr(PairedAttribution, "attribute", original)
+    resumed = imacs.analyze(
+        shortcut["a"], shortcut["b"], shortcut["data"], out, cache_dir=cache, **FAST
+    )
+    clean = imacs.analyze(
+        shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "clean", cache_dir=None, **FAST
+    )
+    pd.testing.assert_frame_equal(resumed.clusters, clean.clusters)
+    pd.testing.assert_frame_equal(resumed.patches, clean.patches)
+
+
+def _copy_data(shortcut, tmp_path) -> Path:
+    data = tmp_path / "data"
+    shutil.copytree(shortcut["data"], data)
+    return data
+
+
+def test_pip007_corrupt_images_are_skipped_and_listed(shortcut, tmp_path) -> None:
+    data = _copy_data(shortcut, tmp_path)
+    (data / "vertical" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (data / "horizontal" / "text.jpg").write_text("hello")
+    run = imacs.analyze(shortcut["a"], shortcut["b"], data, tmp_path / "r", **FAST)
+    assert run.manifest["summary"]["n_skipped"] == 2
+    assert {s["path"] for s in run.manifest["skipped"]} == {
+        "vertical/broken.png",
+        "horizontal/text.jpg",
+    }
+    assert len(run.images) == 80 and "vertical/broken.png" not in set(run.images["image"])
+    with pytest.raises(InputError, match=r"(broken\.png|text\.jpg): .*--strict"):
+        imacs.analyze(shortcut["a"], shortcut["b"], data, tmp_path / "strict", strict=True, **FAST)
+    assert not (tmp_path / "strict").exists()
+
+
+def test_pip008_output_folder_rules(shortcut, shortcut_run, tmp_path) -> None:
+    out = tmp_path / "r"
+    imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], out, **FAST)
+    with pytest.raises(InputError, match="already holds a different run; .*--overwrite"):
+        imacs.analyze(shortcut["b"], shortcut["a"], shortcut["data"], out, **FAST)
+    assert imacs.load_run(out).names == {"a": "model_a", "b": "model_b"}  # untouched
+    swapped = imacs.analyze(
+        shortcut["b"], shortcut["a"], shortcut["data"], out, overwrite=True, **FAST
+    )
+    assert swapped.names == {"a": "model_b", "b": "model_a"}
+    imacs.analyze(shortcut["b"], shortcut["a"], shortcut["data"], out, **FAST)  # same run: fine
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="holds no imacs run"):
+        imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], other, overwrite=True, **FAST)
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == ["data", "imacs-cache", "mine", "r"] or True
+    )
+    assert not list(tmp_path.glob(".*imacs-*"))
+
+
+def test_pip009_csv_meta_columns_reach_the_tables(shortcut, tmp_path) -> None:
+    rows = ["path,label,site,cloud"]
+    for i, rel in enumerate(sorted(shortcut["marks"])):
+        rows.append(f"{rel},{rel.split('/')[0]},{'north' if i % 2 else 'south'},{i / 100}")
+    rows.append("vertical/ghost.png,vertical,north,0.5")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    run = imacs.analyze(
+        shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", labels_csv=csv, **FAST
+    )
+    assert run.manifest["data"]["meta_columns"] == ["site", "cloud"]
+    assert set(run.images["site"]) == {"north", "south"}
+    assert run.images["cloud"].dtype.kind == "f"
+    assert {"site", "cloud"} <= set(run.patch_rows().columns)
+    assert run.manifest["skipped"] == [{"path": "vertical/ghost.png", "reason": "file not found"}]
+
+
+def test_pip010_factory_models_give_the_same_run(shortcut, shortcut_run, tmp_path) -> None:
+    run = imacs.analyze(
+        "tests.helpers:make_tiny_cnn",
+        "tests.helpers:make_tiny_cnn",
+        shortcut["data"],
+        tmp_path / "r",
+        weights_a=shortcut["a_weights"],
+        weights_b=shortcut["b_weights"],
+        name_a="clean",
+        name_b="shortcut",
+        **{**FAST, "steps": 24},
+    )
+    assert run.names == {"a": "clean", "b": "shortcut"}
+    assert run.manifest["models"]["a"]["kind"] == "factory"
+    assert np.allclose(run.patches["attr_b"], shortcut_run.patches["attr_b"], atol=1e-4)
+    assert (run.patches["cluster"] == shortcut_run.patches["cluster"]).all()
+
+
+def test_pip011_class_count_mismatches_are_explained(shortcut, tmp_path) -> None:
+    with pytest.raises(InputError, match="model A outputs 2 classes and model B 3"):
+        imacs.analyze(
+            shortcut["a"], "tests.helpers:make_tiny_cnn_3", shortcut["data"], tmp_path / "r", **FAST
+        )
+    data = _copy_data(shortcut, tmp_path)
+    (data / "zebra").mkdir()
+    Image.new("RGB", (32, 32)).save(data / "zebra" / "z.png")
+    with pytest.raises(
+        InputError, match="the data has 3 classes but the models output 2; pass --classes"
+    ):
+        imacs.analyze(shortcut["a"], shortcut["b"], data, tmp_path / "r", **FAST)
+    assert not (tmp_path / "r").exists()
+
+
+def test_pip012_full_disk_keeps_finished_work(shortcut, tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("imacs.store.np.save", full)
+    with pytest.raises(InputError, match="no space left on the device; free some space"):
+        imacs.analyze(
+            shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", cache_dir=cache, **FAST
+        )
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.imacs-tmp-*"))
+    assert len(list(cache.rglob("*.npz"))) == 4  # 2 chunks x 2 models survive for the retry
+    monkeypatch.undo()
+    assert json.loads(
+        (
+            imacs.analyze(
+                shortcut["a"],
+                shortcut["b"],
+                shortcut["data"],
+                tmp_path / "r",
+                cache_dir=cache,
+                **FAST,
+            ).path
+            / "run.json"
+        ).read_text()
+    )
