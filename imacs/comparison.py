@@ -63,6 +63,7 @@ def compare_clusters(
     """
     settings = settings or ComparisonSettings()
     p = patches.join(images[["label", "pred_a", "pred_b"]], on="image_id")
+    p = p.astype({"attr_a": np.float64, "attr_b": np.float64})  # means and diff in float64
     alpha = (1.0 - settings.ci) / 2.0
     rows = []
     for cluster, grp in p.groupby("cluster", sort=True):
@@ -75,7 +76,8 @@ def compare_clusters(
         boot = _bootstrap_mean(
             per_image["sum_d"].to_numpy(), per_image["count"].to_numpy(), settings.n_boot, rng
         )
-        diff = float(grp["attr_b"].mean() - grp["attr_a"].mean())
+        attr_a, attr_b = float(grp["attr_a"].mean()), float(grp["attr_b"].mean())
+        diff = attr_b - attr_a
         lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
         img_ids = per_image.index.to_numpy()
         img = images.loc[img_ids]
@@ -86,8 +88,8 @@ def compare_clusters(
                 "cluster": int(cluster),
                 "n_patches": len(grp),
                 "n_images": len(img_ids),
-                "attr_a": float(grp["attr_a"].mean()),
-                "attr_b": float(grp["attr_b"].mean()),
+                "attr_a": attr_a,
+                "attr_b": attr_b,
                 "diff": diff,
                 "diff_se": float(boot.std(ddof=1)) if len(boot) > 1 else 0.0,
                 "diff_lo": float(lo),

@@ -194,7 +194,7 @@ def test_pip007_corrupt_images_are_skipped_and_listed(shortcut, tmp_path) -> Non
 def test_pip008_output_folder_rules(shortcut, shortcut_run, tmp_path) -> None:
     out = tmp_path / "r"
     imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], out, **FAST)
-    with pytest.raises(InputError, match="already holds a different run; .*--overwrite"):
+    with pytest.raises(InputError, match=r"already holds a different run; .*--overwrite"):
         imacs.analyze(shortcut["b"], shortcut["a"], shortcut["data"], out, **FAST)
     assert imacs.load_run(out).names == {"a": "model_a", "b": "model_b"}  # untouched
     swapped = imacs.analyze(

@@ -1,0 +1,128 @@
+"""The imacs command, run as a user runs it (a real subprocess of the console script)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IMACS = [sys.executable, "-m", "imacs"]
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [*IMACS, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
+    )
+
+
+def _analyze(shortcut, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _run(
+        "analyze",
+        "--model-a", str(shortcut["a"]),
+        "--model-b", str(shortcut["b"]),
+        "--data", str(shortcut["data"]),
+        "--out", str(out),
+        "--image-size", "32",
+        "--steps", "16",
+        *extra,
+    )  # fmt: skip
+
+
+def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("imacs: error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_cli001_analyze_export_info_end_to_end(shortcut, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _analyze(shortcut, out, "--name-a", "clean", "--name-b", "shortcut", "--clusters", "6")
+    assert proc.returncode == 0, proc.stderr
+    assert "top clusters" in proc.stdout and "#1 cluster" in proc.stdout
+    assert "run written to" in proc.stderr
+    assert (out / "run.json").is_file()
+
+    patches_csv, clusters_csv = tmp_path / "p.csv", tmp_path / "exports" / "c.csv"
+    proc = _run("export", str(out), "--patches", str(patches_csv), "--clusters", str(clusters_csv))
+    assert proc.returncode == 0, proc.stderr
+    with patches_csv.open() as f:
+        rows = list(csv.DictReader(f))
+    need = {"image", "label", "x0", "y0", "x1", "y1", "cluster", "attr_a", "attr_b"}
+    assert need <= set(rows[0])
+    assert {r["label"] for r in rows} == {"horizontal", "vertical"}
+    assert all((shortcut["data"] / r["image"]).is_file() for r in rows)
+    with clusters_csv.open() as f:
+        clusters = list(csv.DictReader(f))
+    need = {"cluster", "rank", "n_patches", "n_images", "attr_a", "attr_b", "diff"}
+    assert need <= set(clusters[0]) and len(clusters) == 6
+    assert [int(c["rank"]) for c in clusters] == list(range(1, 7))
+    for c in clusters:
+        assert float(c["diff"]) == pytest.approx(float(c["attr_b"]) - float(c["attr_a"]), abs=1e-9)
+    assert sum(int(c["n_patches"]) for c in clusters) == len(rows)
+
+    proc = _run("info", str(out))
+    assert proc.returncode == 0 and "accuracy: A clean 1.000  B shortcut 1.000" in proc.stdout
+
+
+def test_cli002_bad_model_file(shortcut, tmp_path: Path) -> None:
+    bogus = tmp_path / "model.pt"
+    bogus.write_text("not a model")
+    proc = _run("analyze", "--model-a", str(bogus), "--model-b", str(shortcut["b"]),
+                "--data", str(shortcut["data"]), "--out", str(tmp_path / "r"))  # fmt: skip
+    _assert_one_line_error(proc, str(bogus), "not a TorchScript model file", "torch.jit.script")
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli003_empty_data_folder(shortcut, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _run("analyze", "--model-a", str(shortcut["a"]), "--model-b", str(shortcut["b"]),
+                "--data", str(empty), "--out", str(tmp_path / "r"))  # fmt: skip
+    _assert_one_line_error(proc, str(empty), "no class subfolders", "--labels-csv")
+
+
+def test_cli004_mismatched_classes(shortcut, tmp_path: Path) -> None:
+    three = "tests.helpers:make_tiny_cnn_3"
+    proc = _run("analyze", "--model-a", str(shortcut["a"]), "--model-b", three,
+                "--data", str(shortcut["data"]), "--out", str(tmp_path / "r"), "--image-size", "32",
+                cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    _assert_one_line_error(proc, "model A outputs 2 classes and model B 3")
+
+
+def test_cli005_output_holds_a_different_run(shortcut, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    assert _analyze(shortcut, out, "--projection", "pca", "-q").returncode == 0
+    swapped = {**shortcut, "a": shortcut["b"], "b": shortcut["a"]}
+    proc = _analyze(swapped, out, "--projection", "pca")
+    _assert_one_line_error(proc, str(out), "already holds a different run", "--overwrite")
+
+
+def test_cli006_usage_errors_exit_2(tmp_path: Path) -> None:
+    proc = _run("analyze", "--model-a", "x.pt")
+    assert proc.returncode == 2 and "required" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run("analyze", "--model-a", "a", "--model-b", "b", "--data", ".", "--out", "o",
+                "--image-size", "big")  # fmt: skip
+    assert proc.returncode == 2 and "use N or HxW" in proc.stderr
+    proc = _run("export", str(tmp_path))
+    _assert_one_line_error(proc, "--patches")
+    proc = _run("export", str(tmp_path), "--clusters", str(tmp_path / "c.csv"))
+    _assert_one_line_error(proc, str(tmp_path.resolve()), "not an imacs run")
+
+
+def test_cli007_corrupt_run_table(shortcut, shortcut_run, tmp_path: Path) -> None:
+    broken = tmp_path / "run"
+    shutil.copytree(shortcut_run.path, broken)
+    data = (broken / "clusters.parquet").read_bytes()
+    (broken / "clusters.parquet").write_bytes(data[: len(data) // 2])
+    proc = _run("export", str(broken), "--clusters", str(tmp_path / "c.csv"))
+    _assert_one_line_error(proc, "clusters.parquet", "unreadable", "re-run imacs analyze")
