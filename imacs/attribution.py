@@ -10,7 +10,12 @@ decoded images. Work that a plain per-model captum loop repeats is done once:
 * the baseline's logits are computed once per run when the baseline does not depend on
   the image;
 * parameters are frozen, so backward passes only compute gradients for the inputs;
-* interpolation steps are batched with the images, in chunks sized to a memory budget.
+* interpolation steps are batched with the images, in passes sized for the device: on a
+  CPU small passes that stay in cache are much faster than one huge pass (captum's default);
+* on a CPU the model runs in channels-last memory format when a probe shows it gives the
+  same logits (models that ``.view()`` a conv output fall back to the default layout).
+
+BENCHMARKS.md has the measurements behind both choices.
 
 Models are plain ``forward`` calls: no hooks, so TorchScript models work.
 """
@@ -184,6 +189,7 @@ class PairedAttribution:
         self.device = resolve_device(settings.device)
         self._baseline_logits: dict[str, torch.Tensor] = {}
         self._num_classes: dict[str, int] = {}
+        self._channels_last: dict[str, bool] = {}
         for m in models.values():
             m.to(self.device)
 
@@ -199,9 +205,14 @@ class PairedAttribution:
     def _forward(self, role: str) -> object:
         model = self.models[role]
 
+        channels_last = self._channels_last.get(role, False)
+
         def forward(x: torch.Tensor) -> torch.Tensor:
+            x = self.preprocess.normalize(x)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
-                out = model(self.preprocess.normalize(x))
+                out = model(x)
             return out.float()
 
         return forward
@@ -240,8 +251,28 @@ class PairedAttribution:
                 f"{self.names[role]} returns NaN or infinite logits; check the model and "
                 "--mean/--std"
             )
-        self._num_classes.setdefault(role, int(out.shape[1]))
+        if role not in self._num_classes:
+            self._num_classes[role] = int(out.shape[1])
+            self._choose_layout(role, x, out)
         return out
+
+    def _choose_layout(self, role: str, x: torch.Tensor, reference: torch.Tensor) -> None:
+        """Use channels-last on the CPU if the model accepts it and agrees with itself."""
+        self._channels_last[role] = False
+        if self.device.type != "cpu":
+            return
+        model = self.models[role]
+        try:
+            model.to(memory_format=torch.channels_last)
+            self._channels_last[role] = True
+            with torch.inference_mode():
+                out = self._forward(role)(x)
+            same = torch.allclose(out, reference, rtol=1e-3, atol=1e-4 * reference.abs().max())
+        except Exception:  # e.g. .view() on a channels-last tensor inside the model
+            same = False
+        if not same:
+            model.to(memory_format=torch.contiguous_format)
+            self._channels_last[role] = False
 
     def num_classes(self, role: str, probe: np.ndarray) -> int:
         """Number of classes ``role`` outputs, probing it on ``probe`` (n, 3, H, W)."""
@@ -252,9 +283,10 @@ class PairedAttribution:
     def _internal_batch_size(self, n: int, pixels: int) -> int:
         if self.settings.internal_batch_size:
             return max(n, self.settings.internal_batch_size)
-        # ~48 MB of float32 inputs per pass keeps activations of small/medium CNNs in
-        # check on a CPU and lets GPUs run large batches.
-        budget = 12_000_000 if self.device.type == "cpu" else 100_000_000
+        # Scaled inputs per forward/backward pass, in floats. On a CPU, passes of ~2 MB of
+        # input (e.g. 48 images of 64x64) keep activations in cache and ran 1.4-2.5x faster
+        # than one pass of every step (BENCHMARKS.md); GPUs want large passes.
+        budget = 600_000 if self.device.type == "cpu" else 100_000_000
         per_pass = max(1, budget // (3 * pixels))
         return max(n, min(n * self.settings.steps, per_pass))
 

@@ -121,3 +121,30 @@ def test_att008_bf16_autocast_agrees_with_fp32(models, images) -> None:
     bf16 = _engine(models, steps=16, precision="bf16").attribute("a", images)
     corr = np.corrcoef(fp32.maps.ravel(), bf16.maps.ravel())[0, 1]
     assert corr > 0.95
+
+
+class _ViewNet(nn.Module):
+    """Flattens a conv output with .view(), which channels-last memory breaks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 16 * 16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_att009_memory_layout_is_chosen_per_model_without_changing_results(models, images) -> None:
+    torch.manual_seed(1)
+    view_net = _ViewNet().eval()
+    eng = _engine({"a": torch.jit.script(models["a"]), "b": view_net}, steps=8)
+    res_a = eng.attribute("a", images)
+    res_b = eng.attribute("b", images)  # would raise if channels-last were forced on it
+    assert eng._channels_last == {"a": True, "b": False}
+    plain = IntegratedGradients(lambda x: models["a"](eng.preprocess.normalize(x)))
+    x = torch.from_numpy(images)
+    ref = plain.attribute(x, target=torch.from_numpy(res_a.pred), n_steps=8).sum(1).numpy()
+    assert np.allclose(res_a.maps, ref, atol=1e-5)
+    assert res_b.maps.shape == (5, 16, 16)
