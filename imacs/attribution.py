@@ -283,10 +283,11 @@ class PairedAttribution:
     def _internal_batch_size(self, n: int, pixels: int) -> int:
         if self.settings.internal_batch_size:
             return max(n, self.settings.internal_batch_size)
-        # Scaled inputs per forward/backward pass, in floats. On a CPU, passes of ~2 MB of
-        # input (e.g. 48 images of 64x64) keep activations in cache and ran 1.4-2.5x faster
-        # than one pass of every step (BENCHMARKS.md); GPUs want large passes.
-        budget = 600_000 if self.device.type == "cpu" else 100_000_000
+        # Scaled inputs per forward/backward pass, in floats. On a CPU, passes of ~1.2 MB of
+        # input (32 images of 32x32, 16 of 64x64) keep activations in cache and ran up to
+        # 2x faster than captum's one pass of every step (BENCHMARKS.md); GPUs want large
+        # passes.
+        budget = 300_000 if self.device.type == "cpu" else 100_000_000
         per_pass = max(1, budget // (3 * pixels))
         return max(n, min(n * self.settings.steps, per_pass))
 

@@ -473,7 +473,14 @@ def _attribute_all(
 
     out: dict[str, dict[str, np.ndarray]] = {}
     for r in ROLES:
-        out[r] = {k: np.concatenate(v) for k, v in per_role[r].items()}  # type: ignore[arg-type]
+        parts: dict[str, list[np.ndarray]] = per_role[r]  # type: ignore[assignment]
+        # a chunk with no readable image does not know the class count: widen its zeros
+        n_classes = max(p.shape[1] for p in parts["probs"])
+        parts["probs"] = [
+            p if p.shape[1] == n_classes else np.zeros((len(p), n_classes), np.float32)
+            for p in parts["probs"]
+        ]
+        out[r] = {k: np.concatenate(v) for k, v in parts.items()}
     if not checked:  # everything came from the cache: check what the cache recorded
         _check_class_counts(dataset, {r: out[r]["probs"].shape[1] for r in ROLES})
     return _ImageResults(ok=ok, reason=reason, size=size, per_role=out)

@@ -191,6 +191,16 @@ def test_pip007_corrupt_images_are_skipped_and_listed(shortcut, tmp_path) -> Non
     assert not (tmp_path / "strict").exists()
 
 
+def test_pip013_a_chunk_of_only_unreadable_images(shortcut, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("imacs.pipeline.CHUNK", 4)
+    data = _copy_data(shortcut, tmp_path)
+    for i in range(4):  # the whole first chunk
+        (data / "horizontal" / f"{i:03d}.png").write_bytes(b"garbage")
+    run = imacs.analyze(shortcut["a"], shortcut["b"], data, tmp_path / "r", **FAST)
+    assert run.manifest["summary"]["n_skipped"] == 4 and len(run.images) == 76
+    assert run.probabilities("a").shape == (76, 2)
+
+
 def test_pip008_output_folder_rules(shortcut, shortcut_run, tmp_path) -> None:
     out = tmp_path / "r"
     imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], out, **FAST)
