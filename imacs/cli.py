@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="print a run's summary")
     s.add_argument("run", metavar="RUN_DIR")
+
+    v = sub.add_parser("serve", help="serve the dashboard for a run or a folder of runs")
+    v.add_argument("runs", metavar="RUN_DIR_OR_FOLDER_OF_RUNS")
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    v.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    v.add_argument("--debug", action="store_true", help="Dash debug mode: development only")
     return p
 
 
@@ -229,7 +235,34 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "info":
         print(load_run(args.run).summary())
         return 0
+    if args.command == "serve":
+        return _serve(args)
     raise AssertionError(args.command)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .run import Run
+
+    root = Path(args.runs).expanduser()
+    if not root.is_dir():
+        raise InputError(f"{root}: not a folder; pass a run directory or a folder of runs")
+    if (root / "run.json").is_file():
+        Run(root)  # a clear error now rather than a broken page later
+    elif not any(root.glob("*/run.json")) and not any(root.glob("*/*/run.json")):
+        raise InputError(
+            f"{root}: holds no imacs runs; make one with imacs analyze --out {root}/NAME"
+        )
+    from app.main import serve  # the web stack loads only for this command
+
+    print(
+        f"imacs: serving {root.resolve()} at http://{args.host}:{args.port}/",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve(root, host=args.host, port=args.port, debug=args.debug)
+    return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:

@@ -11,6 +11,16 @@ if [[ -z "${VIRTUAL_ENV:-}" ]]; then
 fi
 bash scripts/install.sh --dev
 
+# The dashboard's browser tests drive Debian's Chromium (Playwright's own browser download
+# is not reachable here). Install it when missing and we may (root, e.g. CI).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: chromium is not installed; browser tests will be skipped" >&2
+  fi
+fi
+
 # numba (behind umap-learn) compiles on first use; keep its cache so that cost is paid once.
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.cache/numba}"
 mkdir -p "$NUMBA_CACHE_DIR"

@@ -1,0 +1,202 @@
+"""Plotly figures. Pure functions from tables to figures; no data access here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+COLOUR_A = "#3b6fb6"
+COLOUR_B = "#d1603d"
+PALETTE = [
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+    "#1f77b4",
+    "#aec7e8",
+    "#ff7f0e",
+    "#ffbb78",
+    "#2ca02c",
+    "#98df8a",
+    "#d62728",
+    "#ff9896",
+    "#9467bd",
+    "#c5b0d5",
+    "#8c564b",
+    "#c49c94",
+    "#e377c2",
+    "#f7b6d2",
+    "#7f7f7f",
+    "#c7c7c7",
+    "#bcbd22",
+    "#dbdb8d",
+    "#17becf",
+    "#9edae5",
+]
+
+
+def _layout(fig: go.Figure, height: int) -> go.Figure:
+    fig.update_layout(
+        height=height,
+        margin={"l": 10, "r": 10, "t": 30, "b": 40},
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        font={"size": 12},
+        legend={"orientation": "h", "y": -0.02, "yanchor": "top", "x": 0},
+    )
+    return fig
+
+
+def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None) -> go.Figure:
+    """Paired bars of A's and B's mean share per cluster, and B - A with its interval."""
+    from plotly.subplots import make_subplots
+
+    c = clusters.sort_values("rank")
+    labels = [f"#{r} · c{k}" for r, k in zip(c["rank"], c["cluster"], strict=True)]
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        column_widths=[0.55, 0.45],
+        horizontal_spacing=0.03,
+        subplot_titles=("mean share of attribution", "B − A (95% interval)"),
+    )
+    custom = c["cluster"].to_numpy()
+    fig.add_bar(
+        y=labels,
+        x=c["attr_a"],
+        name=f"A: {names['a']}",
+        orientation="h",
+        marker_color=COLOUR_A,
+        customdata=custom,
+        row=1,
+        col=1,
+    )
+    fig.add_bar(
+        y=labels,
+        x=c["attr_b"],
+        name=f"B: {names['b']}",
+        orientation="h",
+        marker_color=COLOUR_B,
+        customdata=custom,
+        row=1,
+        col=1,
+    )
+    colours = np.where(c["diff"] >= 0, COLOUR_B, COLOUR_A)
+    fig.add_bar(
+        y=labels,
+        x=c["diff"],
+        orientation="h",
+        marker_color=colours,
+        showlegend=False,
+        customdata=custom,
+        name="B − A",
+        error_x={
+            "type": "data",
+            "symmetric": False,
+            "array": c["diff_hi"] - c["diff"],
+            "arrayminus": c["diff"] - c["diff_lo"],
+            "color": "#444",
+            "thickness": 1,
+        },
+        row=1,
+        col=2,
+    )
+    if selected is not None and selected in set(custom.tolist()):
+        i = int(np.flatnonzero(custom == selected)[0])
+        fig.add_hrect(
+            y0=i - 0.5,
+            y1=i + 0.5,
+            fillcolor="#ffe680",
+            opacity=0.5,
+            line_width=0,
+            layer="below",
+            row=1,
+            col="all",
+        )
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(gridcolor="#eee", zerolinecolor="#999")
+    fig.update_layout(barmode="group", bargap=0.25, clickmode="event")
+    return _layout(fig, max(260, 26 * len(c) + 80))
+
+
+def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Figure:
+    """WebGL scatter of every patch's 2-D projection (stays responsive at 100k+ points)."""
+    fig = go.Figure()
+    x = patches["proj_x"].to_numpy().round(3)
+    y = patches["proj_y"].to_numpy().round(3)
+    cl = patches["cluster"].to_numpy()
+    if colour == "diff":
+        d = patches["diff"].to_numpy().round(3)
+        lim = float(np.abs(d).max()) if len(d) else 1.0
+        marker = {
+            "color": d,
+            "colorscale": "RdBu",
+            "reversescale": True,
+            "cmin": -lim,
+            "cmax": lim,
+            "size": 4,
+            "colorbar": {"title": "B − A", "thickness": 10},
+        }
+    else:
+        k = max(n_clusters, 1)
+        scale = []
+        for i in range(k):
+            col = PALETTE[i % len(PALETTE)]
+            scale += [[i / k, col], [(i + 1) / k, col]]
+        marker = {"color": cl, "colorscale": scale, "cmin": -0.5, "cmax": k - 0.5, "size": 4}
+    fig.add_trace(
+        go.Scattergl(
+            x=x,
+            y=y,
+            mode="markers",
+            marker=marker,
+            customdata=cl,
+            hovertemplate="cluster %{customdata}<extra></extra>",
+            name="patches",
+        )
+    )
+    fig.add_trace(
+        go.Scattergl(
+            x=[],
+            y=[],
+            mode="markers",
+            hoverinfo="skip",
+            name="selected",
+            marker={"size": 7, "color": "rgba(0,0,0,0)", "line": {"width": 1.5, "color": "#111"}},
+        )
+    )
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_layout(showlegend=False, dragmode="pan", uirevision="map")
+    return _layout(fig, 460)
+
+
+def share_histogram(p: pd.DataFrame, names: dict[str, str]) -> go.Figure:
+    fig = go.Figure()
+    bins = {"start": 0, "end": 1, "size": 0.05}
+    fig.add_histogram(
+        x=p["attr_a"], name=f"A: {names['a']}", marker_color=COLOUR_A, opacity=0.65, xbins=bins
+    )
+    fig.add_histogram(
+        x=p["attr_b"], name=f"B: {names['b']}", marker_color=COLOUR_B, opacity=0.65, xbins=bins
+    )
+    fig.update_layout(barmode="overlay", title={"text": "share of attribution per patch", "x": 0})
+    fig.update_xaxes(range=[0, 1], gridcolor="#eee")
+    fig.update_yaxes(gridcolor="#eee", title="patches")
+    return _layout(fig, 240)
+
+
+def class_mix(p: pd.DataFrame) -> go.Figure:
+    counts = p["label_name"].value_counts()
+    fig = go.Figure(go.Bar(x=counts.index.astype(str), y=counts.to_numpy(), marker_color="#777"))
+    fig.update_layout(title={"text": "classes of the patches' images", "x": 0})
+    fig.update_yaxes(gridcolor="#eee", title="patches")
+    return _layout(fig, 240)

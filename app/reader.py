@@ -1,0 +1,337 @@
+"""The dashboard's one data object: runs on disk, filters, derived tables and renderings.
+
+Everything the web app shows comes through :class:`RunCatalog`. It reads run directories
+written by ``imacs analyze`` (through :mod:`imacs.run`, which never imports torch), keeps a
+small per-process cache of loaded runs, and never writes to a run. Components only render
+what it returns.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw
+
+from imacs.comparison import ComparisonSettings, compare_clusters
+from imacs.errors import InputError
+from imacs.run import Run
+
+OUTCOMES = {
+    "both_right": "both right",
+    "only_a": "only A right",
+    "only_b": "only B right",
+    "both_wrong": "both wrong",
+}
+#: meta columns with more distinct values than this are not offered as filters
+MAX_META_VALUES = 50
+#: representative thumbnails shown per cluster in the ranking
+STRIP = 8
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the user filtered on; empty means everything."""
+
+    classes: tuple[str, ...] = ()
+    outcome: str | None = None
+    meta: tuple[tuple[str, str], ...] = ()  # (column, value) pairs
+
+    @property
+    def active(self) -> bool:
+        return bool(self.classes or self.outcome or self.meta)
+
+
+@dataclass
+class RunView:
+    """A loaded run plus the derived tables the dashboard needs."""
+
+    run_id: str
+    run: Run
+    mtime: float
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @cached_property
+    def images(self) -> pd.DataFrame:
+        img = self.run.images.copy()
+        a, b = img["correct_a"].to_numpy(), img["correct_b"].to_numpy()
+        img["outcome"] = np.select(
+            [a & b, a & ~b, ~a & b], ["both_right", "only_a", "only_b"], "both_wrong"
+        )
+        return img.set_index("image_id", drop=False)
+
+    @cached_property
+    def patches(self) -> pd.DataFrame:
+        p = self.run.patches
+        img = self.images
+        cols = ["label_name", "outcome", *self.meta_columns]
+        joined = p.join(img[cols], on="image_id")
+        return joined
+
+    @cached_property
+    def meta_columns(self) -> list[str]:
+        return list(self.run.manifest["data"].get("meta_columns", []))
+
+    @cached_property
+    def meta_options(self) -> list[tuple[str, str]]:
+        """(column, value) pairs offered as filters (columns with few distinct values)."""
+        out = []
+        for c in self.meta_columns:
+            values = self.run.images[c].dropna().unique()
+            if len(values) <= MAX_META_VALUES:
+                out.extend((c, str(v)) for v in sorted(values, key=str))
+        return out
+
+    @cached_property
+    def representatives(self) -> dict[int, list[int]]:
+        """Up to :data:`STRIP` patch ids per cluster, nearest the cluster's centre first."""
+        emb = np.asarray(self.run.embedding, dtype=np.float32)
+        labels = self.run.patches["cluster"].to_numpy()
+        out: dict[int, list[int]] = {}
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            centre = emb[idx].mean(axis=0)
+            dist = ((emb[idx] - centre) ** 2).sum(axis=1)
+            out[int(c)] = idx[np.argsort(dist, kind="stable")[:STRIP]].tolist()
+        return out
+
+    def image_mask(self, f: Filters) -> np.ndarray:
+        img = self.images
+        mask = np.ones(len(img), dtype=bool)
+        if f.classes:
+            mask &= img["label_name"].isin(f.classes).to_numpy()
+        if f.outcome:
+            mask &= (img["outcome"] == f.outcome).to_numpy()
+        by_col: dict[str, list[str]] = {}
+        for col, val in f.meta:
+            if col in self.meta_columns:
+                by_col.setdefault(col, []).append(val)
+        for col, vals in by_col.items():  # OR within a column, AND across columns
+            mask &= img[col].astype(str).isin(vals).to_numpy()
+        return mask
+
+    def filtered_patches(self, f: Filters) -> pd.DataFrame:
+        if not f.active:
+            return self.patches
+        keep = self.images.index[self.image_mask(f)]
+        return self.patches[self.patches["image_id"].isin(keep)]
+
+    def clusters(self, f: Filters) -> pd.DataFrame:
+        """Per-cluster statistics over the filtered images (the stored table when unfiltered)."""
+        if not f.active:
+            return self.run.clusters
+        p = self.filtered_patches(f)
+        if p.empty:
+            return self.run.clusters.iloc[0:0]
+        clusters, _ = compare_clusters(
+            p[["image_id", "cluster", "attr_a", "attr_b", "saliency"]],
+            self.images,
+            self.run.classes,
+            ComparisonSettings(n_boot=200, seed=int(self.run.manifest["settings"]["seed"])),
+        )
+        return clusters
+
+    def export_patches(self, f: Filters) -> pd.DataFrame:
+        rows = self.run.patch_rows()
+        if not f.active:
+            return rows
+        keep = set(self.images.index[self.image_mask(f)].tolist())
+        return rows[rows["image_id"].isin(keep)]
+
+
+class RunCatalog:
+    """Runs under a root folder: the root itself if it is a run, or runs one or two levels down.
+
+    Args:
+        root (str or Path): a run directory or a folder of run directories.
+        max_cached (int): loaded runs kept in memory per process. Default: 8.
+    """
+
+    def __init__(self, root: str | Path, max_cached: int = 8) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.max_cached = max_cached
+        self._cache: OrderedDict[str, RunView] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def run_dirs(self) -> dict[str, Path]:
+        """Run id (path relative to the root, or the root's name) -> run directory."""
+        if (self.root / "run.json").is_file():
+            return {self.root.name: self.root}
+        found: dict[str, Path] = {}
+        if not self.root.is_dir():
+            return found
+        for manifest in sorted(self.root.glob("*/run.json")) + sorted(
+            self.root.glob("*/*/run.json")
+        ):
+            d = manifest.parent
+            if any(part.startswith(".") for part in d.relative_to(self.root).parts):
+                continue  # temporary folders of runs being written
+            found[d.relative_to(self.root).as_posix()] = d
+        return found
+
+    def default_run(self) -> str | None:
+        dirs = self.run_dirs()
+        if not dirs:
+            return None
+        # newest first: the run a user just made is the one they want to see
+        return max(dirs, key=lambda k: (dirs[k] / "run.json").stat().st_mtime)
+
+    def get(self, run_id: str | None) -> RunView:
+        """The run with this id (or the default one); raises InputError if unknown."""
+        dirs = self.run_dirs()
+        if run_id is None or run_id not in dirs:
+            if run_id is not None:
+                raise InputError(f"no run named {run_id!r} under {self.root}")
+            run_id = self.default_run()
+            if run_id is None:
+                raise InputError(f"{self.root}: no imacs runs found; make one with imacs analyze")
+        path = dirs[run_id]
+        mtime = (path / "run.json").stat().st_mtime
+        with self._lock:
+            view = self._cache.get(run_id)
+            if view is not None and view.mtime == mtime:
+                self._cache.move_to_end(run_id)
+                return view
+        view = RunView(run_id=run_id, run=Run(path), mtime=mtime)
+        with self._lock:
+            self._cache[run_id] = view
+            self._cache.move_to_end(run_id)
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return view
+
+    def safe_file(self, run_id: str, subpath: str) -> Path | None:
+        """A thumbnail file inside the run's ``thumbs/`` folder, or None (never outside)."""
+        dirs = self.run_dirs()
+        if run_id not in dirs:
+            return None
+        base = (dirs[run_id] / "thumbs").resolve()
+        target = (base / subpath).resolve()
+        if not target.is_relative_to(base) or target.suffix.lower() not in (".jpg", ".png"):
+            return None
+        return target if target.is_file() else None
+
+
+# ---- renderings --------------------------------------------------------------------------
+
+_INFERNO = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float64,
+)
+_DIVERGING = np.array(
+    [
+        [33, 102, 172],
+        [103, 169, 207],
+        [209, 229, 240],
+        [247, 247, 247],
+        [253, 219, 199],
+        [239, 138, 98],
+        [178, 24, 43],
+    ],
+    dtype=np.float64,
+)
+
+
+def _lut(anchors: np.ndarray, t: np.ndarray) -> np.ndarray:
+    t = np.clip(t, 0.0, 1.0) * (len(anchors) - 1)
+    lo = np.floor(t).astype(int)
+    hi = np.minimum(lo + 1, len(anchors) - 1)
+    w = (t - lo)[..., None]
+    return anchors[lo] * (1 - w) + anchors[hi] * w
+
+
+def _share(view: RunView, role: str, image_id: int) -> np.ndarray:
+    m = np.clip(view.run.attribution_map(role, image_id), 0, None)
+    total = m.sum()
+    return m / total if total > 0 else m
+
+
+#: renderings are at least this many pixels on their longest side
+RENDER_SIDE = 256
+
+
+def _base_image(view: RunView, image_id: int) -> Image.Image:
+    path = view.run.image_thumbnail(image_id)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+    except (FileNotFoundError, OSError):  # a missing thumbnail: grey stand-in, same shape
+        row = view.images.loc[image_id]
+        w, h = int(row["width"]), int(row["height"])
+        scale = RENDER_SIDE / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return Image.new("RGB", size, (200, 200, 200))
+    factor = max(1, RENDER_SIDE // max(im.size))
+    if factor > 1:  # small images: enlarge with crisp pixels so outlines stay thin
+        im = im.resize((im.width * factor, im.height * factor), Image.Resampling.NEAREST)
+    return im
+
+
+def _outline(view: RunView, im: Image.Image, image_id: int, highlight: int | None = None) -> None:
+    row = view.images.loc[image_id]
+    sx, sy = im.width / float(row["width"]), im.height / float(row["height"])
+    draw = ImageDraw.Draw(im)
+    patches = view.patches[view.patches["image_id"] == image_id]
+    for p in patches.itertuples():
+        box = (
+            p.x0 * sx,
+            p.y0 * sy,
+            max(p.x0 * sx + 1, p.x1 * sx - 1),
+            max(p.y0 * sy + 1, p.y1 * sy - 1),
+        )
+        strong = highlight is None or p.patch_id == highlight
+        draw.rectangle(
+            box, outline=(255, 220, 0) if strong else (255, 255, 255), width=2 if strong else 1
+        )
+
+
+def render_png(view: RunView, image_id: int, kind: str, patch_id: int | None = None) -> bytes:
+    """A PNG of an image: ``image`` (patches outlined), ``a``/``b`` (each model's share of
+    attribution, on one shared scale), ``diff`` (B minus A) or ``context`` (one patch outlined).
+    """
+    if image_id not in view.images.index:
+        raise KeyError(image_id)
+    base = _base_image(view, image_id)
+    if kind in ("image", "context"):
+        im = base.copy()
+        _outline(view, im, image_id, highlight=patch_id if kind == "context" else None)
+    else:
+        sa, sb = _share(view, "a", image_id), _share(view, "b", image_id)
+        if kind == "diff":
+            d = sb - sa
+            vmax = float(np.abs(d).max()) or 1.0
+            field_ = d / vmax * 0.5 + 0.5
+            rgb = _lut(_DIVERGING, field_)
+            alpha = np.abs(d) / vmax
+        elif kind in ("a", "b"):
+            vmax = float(max(sa.max(), sb.max())) or 1.0  # one scale for both models
+            s = sa if kind == "a" else sb
+            rgb = _lut(_INFERNO, s / vmax)
+            alpha = np.sqrt(np.clip(s / vmax, 0, 1))
+        else:
+            raise KeyError(kind)
+        heat = Image.fromarray(np.uint8(rgb)).resize(base.size, Image.Resampling.BILINEAR)
+        mask = Image.fromarray(np.uint8(np.clip(alpha * 0.85, 0, 1) * 255)).resize(
+            base.size, Image.Resampling.BILINEAR
+        )
+        grey = base.convert("L").convert("RGB")
+        im = Image.composite(heat, grey, mask)
+        _outline(view, im, image_id)
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=False)
+    return buf.getvalue()

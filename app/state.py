@@ -1,0 +1,76 @@
+"""The page URL holds the view state, so a pasted link opens the same view.
+
+``?run=ID&cluster=3&image=12&class=cat&class=dog&outcome=only_b&meta=site%3Dnorth&color=diff``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qs, urlencode
+
+from .reader import OUTCOMES, Filters
+
+
+@dataclass(frozen=True)
+class ViewState:
+    run: str | None = None
+    cluster: int | None = None
+    image: int | None = None
+    classes: tuple[str, ...] = ()
+    outcome: str | None = None
+    meta: tuple[tuple[str, str], ...] = ()
+    color: str = "cluster"
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def filters(self) -> Filters:
+        return Filters(classes=self.classes, outcome=self.outcome, meta=self.meta)
+
+    def with_(self, **kw: object) -> ViewState:
+        return replace(self, **kw)  # type: ignore[arg-type]
+
+    def to_search(self) -> str:
+        q: list[tuple[str, str]] = []
+        if self.run is not None:
+            q.append(("run", self.run))
+        if self.cluster is not None:
+            q.append(("cluster", str(self.cluster)))
+        if self.image is not None:
+            q.append(("image", str(self.image)))
+        q.extend(("class", c) for c in self.classes)
+        if self.outcome:
+            q.append(("outcome", self.outcome))
+        q.extend(("meta", f"{k}={v}") for k, v in self.meta)
+        if self.color != "cluster":
+            q.append(("color", self.color))
+        return "?" + urlencode(q) if q else ""
+
+
+def _int(values: list[str] | None) -> int | None:
+    if not values:
+        return None
+    try:
+        return int(values[0])
+    except ValueError:
+        return None
+
+
+def parse_search(search: str | None) -> ViewState:
+    """Parse ``?...`` into a state; anything malformed is ignored rather than fatal."""
+    q = parse_qs((search or "").lstrip("?"), keep_blank_values=False)
+    outcome = (q.get("outcome") or [None])[0]
+    meta = []
+    for item in q.get("meta", []):
+        if "=" in item:
+            k, v = item.split("=", 1)
+            meta.append((k, v))
+    color = (q.get("color") or ["cluster"])[0]
+    return ViewState(
+        run=(q.get("run") or [None])[0],
+        cluster=_int(q.get("cluster")),
+        image=_int(q.get("image")),
+        classes=tuple(dict.fromkeys(q.get("class", []))),
+        outcome=outcome if outcome in OUTCOMES else None,
+        meta=tuple(dict.fromkeys(meta)),
+        color=color if color in ("cluster", "diff") else "cluster",
+    )

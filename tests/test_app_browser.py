@@ -1,0 +1,131 @@
+"""The dashboard in a real browser (headless Chromium, driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from werkzeug.serving import make_server
+
+from app.main import create_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]  # fmt: skip
+
+if not os.path.exists(CHROMIUM):
+    if os.environ.get("IMACS_REQUIRE_BROWSER"):
+        pytest.fail("chromium is not installed but IMACS_REQUIRE_BROWSER is set", pytrace=False)
+    pytest.skip("chromium is not installed (scripts/test.sh installs it)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(shortcut_run) -> Iterator[str]:
+    app = create_app(shortcut_run.path.parent)
+    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.console_errors = []
+    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    yield page
+    page.close()
+
+
+def _query(page) -> dict[str, list[str]]:
+    return parse_qs(urlparse(page.url).query)
+
+
+def test_brw001_click_cluster_then_patch(page, server, shortcut_run) -> None:
+    run_id = shortcut_run.path.name
+    page.goto(server + "/")
+    page.wait_for_selector(".strip")
+    assert page.locator(".summary").inner_text().count("100.0%") == 3  # both accuracies, agreement
+    assert _query(page)["run"] == [run_id]
+    top = shortcut_run.clusters.iloc[0]
+    assert page.locator(".strip").first.inner_text().startswith(f"#1 cluster {int(top['cluster'])}")
+
+    page.locator(".strip").first.click()
+    page.wait_for_selector(".gallery .patch")
+    detail = page.locator("#cluster-detail")
+    assert f"Cluster {int(top['cluster'])} · rank 1" in detail.inner_text()
+    assert (
+        f"{int(top['n_patches'])} patches in {int(top['n_images'])} images" in detail.inner_text()
+    )
+    assert _query(page)["cluster"] == [str(int(top["cluster"]))]
+
+    first = page.locator(".gallery .patch").first
+    first.click()
+    page.wait_for_selector(".panels img")
+    image_id = int(_query(page)["image"][0])
+    row = shortcut_run.images.set_index("image_id").loc[image_id]
+    text = page.locator("#image-detail").inner_text()
+    assert f"Image {image_id}: {row['image']}" in text
+    assert "model_a predicts vertical" in text and "model_b predicts vertical" in text
+    # all four renderings loaded as image files (not inline data)
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('.panels img'))"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+    srcs = page.eval_on_selector_all(".panels img", "els => els.map(e => e.getAttribute('src'))")
+    assert [s.split("/")[-1] for s in srcs] == ["image.png", "a.png", "b.png", "diff.png"]
+    assert all(s.startswith("/render/") for s in srcs)
+    assert page.console_errors == []
+
+
+def test_brw002_shared_url_opens_the_same_view(page, server, shortcut_run) -> None:
+    run_id = shortcut_run.path.name
+    p = shortcut_run.patches
+    cluster = int(shortcut_run.clusters.iloc[1]["cluster"])
+    image = int(p[p["cluster"] == cluster]["image_id"].iloc[0])
+    label = shortcut_run.images.set_index("image_id").loc[image, "label_name"]
+    url = f"{server}/?run={run_id}&cluster={cluster}&image={image}&class={label}&color=diff"
+    page.goto(url)
+    page.wait_for_selector(".panels img")
+    assert f"Cluster {cluster} ·" in page.locator("#cluster-detail").inner_text()
+    assert f"Image {image}:" in page.locator("#image-detail").inner_text()
+    assert (
+        label in page.locator("#f-class").inner_text()
+    )  # the filter control shows the URL's filter
+    assert page.locator("#map-color input[value=diff]").is_checked()
+    n = int((shortcut_run.images["label_name"] == label).sum())
+    assert f"{n} / {len(shortcut_run.images)}" in page.locator(".summary").inner_text()
+    page.wait_for_timeout(500)  # nothing rewrites the state after load
+    q = _query(page)
+    assert q["cluster"] == [str(cluster)] and q["image"] == [str(image)] and q["class"] == [label]
+    assert page.console_errors == []
+
+
+def test_brw003_filter_and_close_update_the_url(page, server, shortcut_run) -> None:
+    run_id = shortcut_run.path.name
+    cluster = int(shortcut_run.clusters.iloc[0]["cluster"])
+    page.goto(f"{server}/?run={run_id}&cluster={cluster}")
+    page.wait_for_selector(".gallery .patch")
+    page.locator("#cluster-detail .close").click()
+    page.wait_for_function("!location.search.includes('cluster=')")
+    page.wait_for_selector("#cluster-detail >> text=Pick a cluster")
+    page.locator(".strip").nth(1).click()
+    page.wait_for_function("location.search.includes('cluster=')")
+    assert _query(page)["cluster"] == [str(int(shortcut_run.clusters.iloc[1]["cluster"]))]
+    assert page.console_errors == []

@@ -1,0 +1,130 @@
+"""The dashboard's HTTP surface, without a browser: health, files, renderings, downloads."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.main import create_app
+from app.reader import RunCatalog
+from app.state import ViewState, parse_search
+
+
+@pytest.fixture(scope="module")
+def runs_root(shortcut_run, tmp_path_factory) -> Path:
+    """A folder of two runs: the shortcut run and a copy under a nested name."""
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(shortcut_run.path, root / "shortcut")
+    shutil.copytree(shortcut_run.path, root / "team" / "copy")
+    (root / ".shortcut.imacs-tmp-1").mkdir()  # a run being written is not listed
+    shutil.copy(shortcut_run.path / "run.json", root / ".shortcut.imacs-tmp-1" / "run.json")
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(runs_root):
+    app = create_app(runs_root)
+    assert app.server.debug is False
+    return app.server.test_client()
+
+
+def test_app001_healthz(client, tmp_path) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.get_json() == {"status": "ok", "runs": 2}
+    empty = create_app(tmp_path).server.test_client().get("/healthz")
+    assert empty.status_code == 503
+
+
+def test_app002_catalog_finds_runs(runs_root, shortcut_run) -> None:
+    cat = RunCatalog(runs_root)
+    assert sorted(cat.run_dirs()) == ["shortcut", "team/copy"]
+    single = RunCatalog(shortcut_run.path)
+    assert list(single.run_dirs()) == [shortcut_run.path.name]
+
+
+def test_app003_files_only_from_inside_the_run(client) -> None:
+    ok = client.get("/files/shortcut/thumbs/patches/0.jpg")
+    assert ok.status_code == 200 and ok.mimetype == "image/jpeg"
+    assert "max-age=3600" in ok.headers["Cache-Control"] and ok.headers.get("ETag")
+    again = client.get(
+        "/files/shortcut/thumbs/patches/0.jpg", headers={"If-None-Match": ok.headers["ETag"]}
+    )
+    assert again.status_code == 304
+    for bad in (
+        "/files/shortcut/thumbs/../run.json",
+        "/files/shortcut/thumbs/..%2Frun.json",
+        "/files/shortcut/thumbs/%2e%2e/%2e%2e/shortcut/run.json",
+        "/files/shortcut/thumbs/patches/../../images.parquet",
+        "/files/nope/thumbs/patches/0.jpg",
+        "/files/shortcut/thumbs/patches/999999.jpg",
+    ):
+        r = client.get(bad)
+        assert r.status_code == 404 or b"imacs-run" not in r.data, bad
+        assert not r.data.startswith(b"PAR1") and b'"fingerprint"' not in r.data, bad
+
+
+def test_app004_renderings_are_cacheable_pngs(client) -> None:
+    for kind in ("image", "a", "b", "diff"):
+        r = client.get(f"/render/shortcut/3/{kind}.png")
+        assert r.status_code == 200 and r.mimetype == "image/png", kind
+        im = Image.open(io.BytesIO(r.data))
+        assert max(im.size) >= 256  # small images are enlarged for display
+    r = client.get("/render/shortcut/3/a.png")
+    assert (
+        client.get(
+            "/render/shortcut/3/a.png", headers={"If-None-Match": r.headers["ETag"]}
+        ).status_code
+        == 304
+    )
+    assert client.get("/render/shortcut/3/evil.png").status_code == 404
+    assert client.get("/render/shortcut/99999/a.png").status_code == 404
+
+
+def test_app005_downloads_honour_filters(client, shortcut_run) -> None:
+    r = client.get("/download/shortcut/clusters.csv")
+    assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(r.data.decode())))
+    assert len(rows) == len(shortcut_run.clusters) and rows[0]["rank"] == "1"
+    all_patches = list(
+        csv.DictReader(io.StringIO(client.get("/download/shortcut/patches.csv").data.decode()))
+    )
+    filt = client.get("/download/shortcut/patches.csv?class=horizontal")
+    assert "filtered" in filt.headers["Content-Disposition"]
+    some = list(csv.DictReader(io.StringIO(filt.data.decode())))
+    assert 0 < len(some) < len(all_patches) and {r["label"] for r in some} == {"horizontal"}
+    filtered_clusters = list(
+        csv.DictReader(
+            io.StringIO(
+                client.get("/download/shortcut/clusters.csv?class=horizontal").data.decode()
+            )
+        )
+    )
+    assert sum(int(c["n_patches"]) for c in filtered_clusters) == len(some)
+
+
+def test_app006_url_state_round_trip() -> None:
+    s = ViewState(run="team/copy", cluster=3, image=7, classes=("a b", "c"), outcome="only_b",
+                  meta=(("site", "north"),), color="diff")  # fmt: skip
+    assert parse_search(s.to_search()) == s
+    junk = parse_search("?cluster=x&outcome=evil&color=red&image=")
+    assert junk == ViewState()
+
+
+def test_app007_web_process_never_imports_torch(runs_root) -> None:
+    code = (
+        "import sys; from app.main import create_app; "
+        f"c = create_app({str(runs_root)!r}).server.test_client(); "
+        "assert c.get('/render/shortcut/1/diff.png').status_code == 200; "
+        "assert c.get('/download/shortcut/clusters.csv?class=vertical').status_code == 200; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
