@@ -56,6 +56,7 @@ class RunView:
     run: Run
     mtime: float
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _filtered: dict[Filters, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @cached_property
     def images(self) -> pd.DataFrame:
@@ -123,9 +124,25 @@ class RunView:
         return self.patches[self.patches["image_id"].isin(keep)]
 
     def clusters(self, f: Filters) -> pd.DataFrame:
-        """Per-cluster statistics over the filtered images (the stored table when unfiltered)."""
+        """Per-cluster statistics over the filtered images (the stored table when unfiltered).
+
+        Filtered tables are memoised (a few per run): the ranking and the cluster detail ask
+        for the same one, and the bootstrap is the slowest step of the dashboard.
+        """
         if not f.active:
             return self.run.clusters
+        with self._lock:
+            hit = self._filtered.get(f)
+        if hit is not None:
+            return hit
+        table = self._filtered_clusters(f)
+        with self._lock:
+            self._filtered[f] = table
+            while len(self._filtered) > 16:
+                self._filtered.pop(next(iter(self._filtered)))
+        return table
+
+    def _filtered_clusters(self, f: Filters) -> pd.DataFrame:
         p = self.filtered_patches(f)
         if p.empty:
             return self.run.clusters.iloc[0:0]

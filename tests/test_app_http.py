@@ -128,3 +128,16 @@ def test_app007_web_process_never_imports_torch(runs_root) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_app008_wsgi_entry_serves_the_runs_folder(runs_root) -> None:
+    code = (
+        "from app.wsgi import application; c = application.test_client(); "
+        "r = c.get('/healthz'); print(r.status_code, r.get_json()['runs'])"
+    )
+    env = {**__import__("os").environ, "IMACS_RUNS": str(runs_root)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["200", "2"]
