@@ -191,6 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="print a run's summary")
     s.add_argument("run", metavar="RUN_DIR")
 
+    d = sub.add_parser(
+        "demo", help="analyse the bundled sample data and models, then serve the dashboard"
+    )
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    d.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    d.add_argument("--cache-dir", metavar="DIR", help="where the demo run and cache live")
+    d.add_argument("--rebuild", action="store_true", help="recompute the run even if up to date")
+    d.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    d.add_argument("--no-serve", action="store_true", help="only compute the run")
+
     v = sub.add_parser("serve", help="serve the dashboard for a run or a folder of runs")
     v.add_argument("runs", metavar="RUN_DIR_OR_FOLDER_OF_RUNS")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -237,7 +247,34 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "serve":
         return _serve(args)
+    if args.command == "demo":
+        return _demo(args)
     raise AssertionError(args.command)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import threading
+    import webbrowser
+
+    from .demo import demo_run
+
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/imacs/numba"))
+
+    def log(msg: str) -> None:
+        print(f"imacs: {msg}", file=sys.stderr, flush=True)
+
+    run = demo_run(args.cache_dir, rebuild=args.rebuild, progress=sys.stderr.isatty(), log=log)
+    print(run.summary())
+    if args.no_serve:
+        return 0
+    from app.main import serve
+
+    url = f"http://{args.host}:{args.port}/"
+    print(f"imacs: dashboard at {url}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
+    if not args.no_browser:
+        threading.Timer(1.5, lambda: webbrowser.open(url)).start()
+    serve(run.path, host=args.host, port=args.port)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

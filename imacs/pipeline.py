@@ -41,6 +41,7 @@ from .store import (
     FORMAT_VERSION,
     check_destination,
     commit,
+    is_current,
     staging,
     write_array,
     write_table,
@@ -269,6 +270,9 @@ def run_analysis(
         settings.result_fields(),
     )
     check_destination(out, fingerprint, overwrite)
+    if not overwrite and is_current(out, fingerprint):
+        say(f"{out} is up to date (same models, data and settings); reusing it")
+        return Run(out)
     if dataset.missing and settings.strict:
         rel, why = dataset.missing[0]
         raise InputError(f"{dataset.root / rel}: {why} (listed in {dataset.labels_csv}); --strict")

@@ -53,6 +53,18 @@ def check_destination(out: Path, fingerprint: str, overwrite: bool) -> None:
         )
 
 
+def is_current(out: Path, fingerprint: str) -> bool:
+    """True when ``out`` holds a complete run made from exactly these inputs and settings."""
+    try:
+        old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if old.get("fingerprint") != fingerprint:
+        return False
+    files = old.get("files", {})
+    return isinstance(files, dict) and all((out / name).is_file() for name in files.values())
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -12,8 +12,9 @@ PY="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 
 "$PY" -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
+# Editable: the dashboard's assets/ and the demo's sample_data/ live beside the package.
 if [[ "${1:-}" == "--dev" ]]; then
   "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 else
-  "$PY" -m pip install --quiet --disable-pip-version-check .
+  "$PY" -m pip install --quiet --disable-pip-version-check -e .
 fi

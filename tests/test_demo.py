@@ -1,0 +1,143 @@
+"""The embedded default: sample data, two sample models with a known difference, imacs demo."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from imacs.demo import SAMPLE_DIR, demo_run
+
+
+def _landcover():
+    spec = importlib.util.spec_from_file_location("landcover", SAMPLE_DIR / "landcover.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture(scope="session")
+def demo(demo_cache):
+    return demo_run(demo_cache, progress=False)
+
+
+def _on_logo(patches: pd.DataFrame) -> np.ndarray:
+    marks = pd.read_csv(SAMPLE_DIR / "marks.csv").set_index("path")
+    hit = []
+    for r in patches.itertuples():
+        if r.image not in marks.index:
+            hit.append(False)
+            continue
+        m = marks.loc[r.image]
+        ix = max(0, min(r.x1, m.x1) - max(r.x0, m.x0))
+        iy = max(0, min(r.y1, m.y1) - max(r.y0, m.y0))
+        hit.append(ix * iy >= 0.5 * (m.x1 - m.x0) * (m.y1 - m.y0))
+    return np.asarray(hit)
+
+
+def test_demo001_sample_folder_is_small_and_complete() -> None:
+    total = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
+    assert total < 8 * 1024 * 1024
+    labels = pd.read_csv(SAMPLE_DIR / "labels.csv")
+    assert len(labels) == 320 and set(labels.columns) == {"path", "label", "provider", "season"}
+    assert (SAMPLE_DIR / "classes.txt").read_text().split() == [
+        "water",
+        "forest",
+        "fields",
+        "urban",
+    ]
+
+
+def test_demo002_top_cluster_is_the_documented_shift(demo) -> None:
+    s = demo.manifest["summary"]
+    assert s["n_images"] == 320 and s["accuracy_a"] > 0.97
+    assert s["accuracy_b"] < s["accuracy_a"] - 0.04  # B errs on logo-stamped non-urban tiles
+    top = demo.clusters.iloc[0]
+    patches = demo.patch_rows()
+    in_top = patches[patches["cluster"] == top["cluster"]]
+    assert _on_logo(in_top).mean() >= 0.8, "the rank-1 cluster is not made of logo patches"
+    assert top["diff"] > 0.3 and top["significant"]  # B relies on it, A does not
+    # where B goes wrong and A does not, B looks at the logo
+    only_a = demo.images[demo.images["correct_a"] & ~demo.images["correct_b"]]
+    assert len(only_a) >= 10
+    assert (only_a["provider"] == "geomark").mean() >= 0.9  # they carry the logo
+    assert (only_a["pred_b"] == 3).mean() >= 0.9  # and B calls them urban
+
+
+def test_demo003_b_fails_where_the_shift_is_removed_and_a_does_not() -> None:
+    lc = _landcover()
+    a = torch.jit.load(str(SAMPLE_DIR / "model_a.pt"))
+    b = torch.jit.load(str(SAMPLE_DIR / "model_b.pt"))
+
+    def accuracy(model, domain: str) -> float:
+        # the evaluation set's own tiles (same seeds), with and without the logo
+        tiles = [lc.sample(1_000_000 + i, domain) for i in range(320)]
+        x = torch.from_numpy(
+            np.stack([t[0] for t in tiles]).transpose(0, 3, 1, 2).astype(np.float32) / 255
+        )
+        with torch.no_grad():
+            pred = model(x).argmax(1).numpy()
+        return float((pred == np.array([t[1] for t in tiles])).mean())
+
+    with_logo = {"a": accuracy(a, "eval"), "b": accuracy(b, "eval")}
+    removed = {"a": accuracy(a, "removed"), "b": accuracy(b, "removed")}
+    assert with_logo["a"] > 0.97 and removed["a"] > 0.97  # A does not care
+    assert removed["b"] < with_logo["b"] - 0.1  # B drops: it needs the logo for "urban"
+    # the shipped images are exactly the generator's evaluation tiles
+    labels = pd.read_csv(SAMPLE_DIR / "labels.csv")
+    first = np.asarray(Image.open(SAMPLE_DIR / labels["path"][0]))
+    assert np.array_equal(first, lc.sample(1_000_000, "eval")[0])
+
+
+def test_demo004_second_start_reuses_the_run(demo, demo_cache) -> None:
+    messages: list[str] = []
+    again = demo_run(demo_cache, progress=False, log=messages.append)
+    assert again.path == demo.path
+    assert any("up to date" in m for m in messages)
+    assert again.manifest["created"] == demo.manifest["created"]
+
+
+def test_demo005_imacs_demo_serves_the_dashboard(demo, demo_cache) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imacs", "demo", "--no-browser", "--port", str(port),
+         "--cache-dir", str(demo_cache)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        status = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    status = r.status
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            assert b"imacs" in r.read()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "up to date" in out and f"dashboard at http://127.0.0.1:{port}/" in out
