@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dash import Dash
 
-from . import callbacks
+from . import auth, callbacks
 from .layout import layout
 from .reader import RunCatalog
 from .server import register_routes
@@ -14,11 +14,13 @@ from .server import register_routes
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-def create_app(runs: str | Path) -> Dash:
+def create_app(runs: str | Path, accounts: dict[str, str] | None = None) -> Dash:
     """A Dash app serving every run under ``runs`` (a run directory or a folder of runs).
 
     Nothing per-user lives in the process: the view state is in the page URL, and the
     catalog only caches read-only run data, so several gunicorn workers serve alike.
+    ``accounts`` (default: from ``IMACS_BASIC_AUTH`` / ``IMACS_BASIC_AUTH_FILE``) turns on
+    HTTP basic authentication for every route but ``/healthz``.
     """
     catalog = RunCatalog(runs)
     app = Dash(
@@ -31,6 +33,7 @@ def create_app(runs: str | Path) -> Dash:
     app.layout = layout
     callbacks.register(app, catalog)
     register_routes(app.server, catalog)
+    auth.install(app.server, auth.load_accounts() if accounts is None else accounts)
     app.server.config["IMACS_CATALOG"] = catalog
     return app
 

@@ -33,7 +33,7 @@ from captum.attr import IntegratedGradients
 from PIL import Image
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, ModelFailure
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -234,7 +234,7 @@ class PairedAttribution:
         except Exception as exc:  # user model code: anything can come out
             h, w = x.shape[-2:]
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise InputError(
+            raise ModelFailure(
                 f"{self.names[role]} fails on a batch of {x.shape[0]}x3x{h}x{w} inputs ({first}); "
                 "check --image-size, --mean/--std and that the file is an image classifier"
             ) from None
@@ -247,7 +247,7 @@ class PairedAttribution:
         if out.shape[1] < 2:
             raise InputError(f"{self.names[role]} returns one output per image; need >= 2 classes")
         if not torch.isfinite(out).all():
-            raise InputError(
+            raise ModelFailure(
                 f"{self.names[role]} returns NaN or infinite logits; check the model and "
                 "--mean/--std"
             )
@@ -320,14 +320,22 @@ class PairedAttribution:
         base_logits = self._baseline_logits_for(role, baseline)
         ig = IntegratedGradients(self._forward(role), multiply_by_inputs=True)
         h, w = x.shape[-2:]
-        attr = ig.attribute(
-            x,
-            baselines=baseline,
-            target=target,
-            n_steps=self.settings.steps,
-            method=self.settings.method,
-            internal_batch_size=self._internal_batch_size(x.shape[0], h * w),
-        ).detach()
+        try:
+            attr = ig.attribute(
+                x,
+                baselines=baseline,
+                target=target,
+                n_steps=self.settings.steps,
+                method=self.settings.method,
+                internal_batch_size=self._internal_batch_size(x.shape[0], h * w),
+            ).detach()
+        except Exception as exc:  # user model code, on interpolated inputs
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ModelFailure(
+                f"{self.names[role]} fails during Integrated Gradients ({first})"
+            ) from None
+        if not torch.isfinite(attr).all():
+            raise ModelFailure(f"{self.names[role]} gives NaN or infinite gradients")
         # completeness: sum of attributions should equal f(x) - f(baseline) for the target
         idx = torch.arange(x.shape[0], device=x.device)
         expected = logits[idx, target] - base_logits[idx, target]

@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a different run already in --out"
     )
     g.add_argument(
+        "--rebuild", action="store_true", help="recompute even if --out already holds this run"
+    )
+    g.add_argument(
         "--cache-dir",
         metavar="DIR",
         help="attribution cache (default $IMACS_CACHE_DIR or ~/.cache/imacs)",
@@ -339,6 +342,7 @@ def _analyze(args: argparse.Namespace) -> int:
         seed=args.seed,
         strict=args.strict,
         overwrite=args.overwrite,
+        rebuild=args.rebuild,
         cache_dir=None if args.no_cache else (args.cache_dir or True),
         progress=not quiet and sys.stderr.isatty(),
         log=log,

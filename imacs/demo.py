@@ -64,7 +64,8 @@ def demo_run(
         root / "demo" / "landcover",
         labels_csv=files["labels_csv"],
         classes=files["classes"],
-        overwrite=rebuild,
+        overwrite=True,  # the demo owns this folder: a changed sample replaces the old run
+        rebuild=rebuild,
         cache_dir=root,
         progress=progress,
         log=log,

@@ -24,6 +24,12 @@ class InputError(ImacsError):
         super().__init__(" ".join(str(message).split()))
 
 
+class ModelFailure(InputError):
+    """A model raised, or returned NaN/inf, on some inputs. The pipeline retries image by
+    image and skips only the images the model fails on; if it fails on all, this is the
+    error the user sees."""
+
+
 class ImageDecodeError(ImacsError):
     """One image could not be decoded; the pipeline skips it (or stops under --strict)."""
 

@@ -31,7 +31,7 @@ from .clustering import PatchClusterer
 from .comparison import ComparisonSettings, compare_clusters
 from .data import Dataset, ImageRecord, load_dataset
 from .embedding import PatchEmbedder
-from .errors import ImageDecodeError, InputError
+from .errors import ImageDecodeError, InputError, ModelFailure
 from .imaging import load_rgb
 from .models import LoadedModel, ModelSpec, load_model
 from .patches import PatchSettings, PatchTable, extract_patches, to_original_pixels
@@ -115,6 +115,7 @@ def analyze(
     seed: int = 0,
     strict: bool = False,
     overwrite: bool = False,
+    rebuild: bool = False,
     cache_dir: str | Path | bool | None = True,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -151,6 +152,8 @@ def analyze(
         seed (int): seed for clustering, projection and bootstrap. Default: 0.
         strict (bool): stop at the first unreadable image instead of skipping it.
         overwrite (bool): replace a different run already in ``out``. Default: False.
+        rebuild (bool): recompute even when ``out`` already holds this very run (otherwise
+            it is reused). Cached attribution is still used. Default: False.
         cache_dir (str, Path, bool or None): attribution cache; True for the default
             folder (``$IMACS_CACHE_DIR`` or ``~/.cache/imacs``), None/False for none.
         progress (bool): show progress bars. Default: True.
@@ -213,6 +216,7 @@ def analyze(
         labels_csv=labels_csv,
         classes_file=classes,
         overwrite=overwrite,
+        rebuild=rebuild,
         cache=StageCache(cache_root),
         progress=progress,
         log=log,
@@ -242,6 +246,7 @@ def run_analysis(
     labels_csv: str | Path | None = None,
     classes_file: str | Path | None = None,
     overwrite: bool = False,
+    rebuild: bool = False,
     cache: StageCache | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -270,7 +275,7 @@ def run_analysis(
         settings.result_fields(),
     )
     check_destination(out, fingerprint, overwrite)
-    if not overwrite and is_current(out, fingerprint):
+    if not rebuild and is_current(out, fingerprint):
         say(f"{out} is up to date (same models, data and settings); reusing it")
         return Run(out)
     if dataset.missing and settings.strict:
@@ -299,7 +304,7 @@ def run_analysis(
     valid = np.flatnonzero(results.ok)
     if len(valid) == 0:
         raise InputError(
-            f"{dataset.root}: none of its {len(dataset)} images could be read "
+            f"{dataset.root}: none of its {len(dataset)} images could be analysed "
             f"(first: {skipped[0]['path']}: {skipped[0]['reason']})"
         )
     if skipped:
@@ -442,8 +447,7 @@ def _attribute_all(
                             )
                 good = [j for j, a in enumerate(arrays) if a is not None]
                 if not checked and good:
-                    _check_classes(dataset, engine, np.stack([arrays[good[0]]]))
-                    checked = True
+                    checked = _check_classes(dataset, engine, [arrays[j] for j in good])
                 batch = (
                     np.stack([arrays[j] for j in good])
                     if good
@@ -453,19 +457,22 @@ def _attribute_all(
                 for r in ROLES:
                     if got[r] is not None:
                         continue
-                    res = _attribute_chunk(
+                    res, failed = _attribute_chunk(
                         engine, r, batch, labels, settings.attribution.batch_size
                     )
-                    entry = _pack_chunk(res, len(idx), good, sizes, reasons, (h, w))
+                    if settings.strict and failed:
+                        j, why = next(iter(failed.items()))
+                        raise InputError(f"{recs[idx[good[j]]].path}: {why} (--strict)")
+                    entry = _pack_chunk(res, len(idx), good, failed, sizes, reasons, (h, w))
                     cache.put("attribution", keys[ci][r], entry)
                     got[r] = entry
-            first = got["a"]
-            assert first is not None
+            first, second = got["a"], got["b"]
+            assert first is not None and second is not None
             sel = np.asarray(idx)
-            ok[sel] = first["ok"]
+            ok[sel] = first["ok"] & second["ok"]  # an image either model failed on is skipped
             size[sel] = first["size"]
             for j, i in enumerate(idx):
-                reason[i] = str(first["reason"][j])
+                reason[i] = str(first["reason"][j]) or str(second["reason"][j])
             for r in ROLES:
                 entry = got[r]
                 assert entry is not None
@@ -485,39 +492,60 @@ def _attribute_all(
             for p in parts["probs"]
         ]
         out[r] = {k: np.concatenate(v) for k, v in parts.items()}
-    if not checked:  # everything came from the cache: check what the cache recorded
+    if not checked and ok.any():  # all from the cache: check what the cache recorded
         _check_class_counts(dataset, {r: out[r]["probs"].shape[1] for r in ROLES})
     return _ImageResults(ok=ok, reason=reason, size=size, per_role=out)
 
 
 def _attribute_chunk(
     engine: PairedAttribution, role: str, batch: np.ndarray, labels: np.ndarray, batch_size: int
-) -> BatchResult | None:
+) -> tuple[BatchResult | None, dict[int, str]]:
+    """Attribute ``batch`` in batches of ``batch_size``; a batch the model fails on is retried
+    image by image. Returns the result (zeros for failed images) and {index: reason}."""
     if len(batch) == 0:
-        return None
-    parts = [
-        engine.attribute(role, batch[s : s + batch_size], labels[s : s + batch_size])
-        for s in range(0, len(batch), batch_size)
-    ]
-    return BatchResult(
-        **{
-            k: np.concatenate([getattr(p, k) for p in parts])
-            for k in BatchResult.__dataclass_fields__
-        }
-    )
+        return None, {}
+    parts: list[tuple[int, BatchResult]] = []
+    failed: dict[int, str] = {}
+    for s in range(0, len(batch), batch_size):
+        xb, lb = batch[s : s + batch_size], labels[s : s + batch_size]
+        try:
+            parts.append((s, engine.attribute(role, xb, lb)))
+        except ModelFailure:
+            for j in range(len(xb)):
+                try:
+                    parts.append((s + j, engine.attribute(role, xb[j : j + 1], lb[j : j + 1])))
+                except ModelFailure as exc:
+                    failed[s + j] = str(exc).replace("a batch of 1x", "")
+    if not parts:
+        return None, failed
+    template = parts[0][1]
+    out = {
+        k: np.zeros((len(batch), *getattr(template, k).shape[1:]), getattr(template, k).dtype)
+        for k in BatchResult.__dataclass_fields__
+    }
+    for start, part in parts:
+        for k in out:
+            out[k][start : start + len(part.pred)] = getattr(part, k)
+    return BatchResult(**out), failed
 
 
 def _pack_chunk(
     res: BatchResult | None,
     n: int,
     good: list[int],
+    failed: dict[int, str],
     sizes: tuple[tuple[int, int], ...],
     reasons: tuple[str, ...],
     hw: tuple[int, int],
 ) -> dict[str, np.ndarray]:
-    """A cache entry for one chunk: rows for every record, zeros where decoding failed."""
+    """A cache entry for one chunk: rows for every record, zeros where decoding or the
+    model failed (``ok`` False, ``reason`` says why)."""
     ok = np.zeros(n, dtype=bool)
     ok[good] = True
+    reasons = list(reasons)
+    for j, why in failed.items():
+        ok[good[j]] = False
+        reasons[good[j]] = why
     n_classes = res.probs.shape[1] if res is not None else 1
     entry = {
         "ok": ok,
@@ -535,8 +563,16 @@ def _pack_chunk(
     return entry
 
 
-def _check_classes(dataset: Dataset, engine: PairedAttribution, probe: np.ndarray) -> None:
-    _check_class_counts(dataset, {r: engine.num_classes(r, probe) for r in ROLES})
+def _check_classes(dataset: Dataset, engine: PairedAttribution, probes: list[np.ndarray]) -> bool:
+    """Check class counts on the first image both models can run on; False if none."""
+    for probe in probes[:8]:
+        try:
+            counts = {r: engine.num_classes(r, probe[None]) for r in ROLES}
+        except ModelFailure:
+            continue
+        _check_class_counts(dataset, counts)
+        return True
+    return False
 
 
 def _check_class_counts(dataset: Dataset, counts: dict[str, int]) -> None:

@@ -49,3 +49,16 @@ def shortcut_run(shortcut: dict, tmp_path_factory: pytest.TempPathFactory):
         progress=False,
         cache_dir=tmp_path_factory.mktemp("cache"),
     )
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture(scope="session")
+def demo(demo_cache: Path):
+    """The demo run (bundled sample data and models), computed once per session."""
+    from imacs.demo import demo_run
+
+    return demo_run(demo_cache, progress=False)

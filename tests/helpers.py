@@ -43,6 +43,35 @@ def make_tiny_cnn() -> nn.Module:
     return TinyCNN()
 
 
+class Flaky(nn.Module):
+    """TinyCNN that fails on images whose top-left pixel is pure red: raises, or returns NaN."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.inner = TinyCNN()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        bad = (x[:, 0, 0, 0] > 0.99) & (x[:, 1, 0, 0] < 0.01)
+        if bool(bad.any()):
+            if self.mode == "raise":
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            out = torch.where(bad[:, None], torch.full_like(out, float("nan")), out)
+        return out
+
+    def load_state_dict(self, state, strict=True, assign=False):  # weights of a TinyCNN
+        return self.inner.load_state_dict(state, strict=strict, assign=assign)
+
+
+def make_flaky_raise() -> nn.Module:
+    return Flaky("raise")
+
+
+def make_flaky_nan() -> nn.Module:
+    return Flaky("nan")
+
+
 def make_tiny_cnn_3() -> nn.Module:
     torch.manual_seed(0)
     return TinyCNN(num_classes=3)

@@ -141,3 +141,41 @@ def test_app008_wsgi_entry_serves_the_runs_folder(runs_root) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["200", "2"]
+
+
+def test_app009_basic_auth_guards_everything_but_healthz(runs_root) -> None:
+    import base64
+
+    c = create_app(runs_root, accounts={"ana": "s3cret:with:colons"}).server.test_client()
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    assert c.get("/healthz").status_code == 200
+    for path in ("/", "/_dash-layout", "/files/shortcut/thumbs/patches/0.jpg",
+                 "/render/shortcut/1/a.png", "/download/shortcut/clusters.csv"):  # fmt: skip
+        r = c.get(path)
+        assert r.status_code == 401 and "Basic" in r.headers["WWW-Authenticate"], path
+        assert c.get(path, headers=basic("ana", "wrong")).status_code == 401
+        assert c.get(path, headers=basic("bob", "s3cret:with:colons")).status_code == 401
+        assert c.get(path, headers=basic("ana", "s3cret:with:colons")).status_code == 200, path
+
+
+def test_app010_auth_accounts_from_environment(tmp_path) -> None:
+    from app.auth import load_accounts
+    from imacs.errors import InputError
+
+    assert load_accounts({}) == {}
+    assert load_accounts({"IMACS_BASIC_AUTH": "ana:pw"}) == {"ana": "pw"}
+    f = tmp_path / "users"
+    f.write_text("# team\nbob:hunter2\n\ncarol:x:y\n")
+    assert load_accounts({"IMACS_BASIC_AUTH_FILE": str(f), "IMACS_BASIC_AUTH": "ana:pw"}) == {
+        "ana": "pw", "bob": "hunter2", "carol": "x:y",
+    }  # fmt: skip
+    f.write_text("bob:hunter2\nnot-a-pair-topsecret\n")
+    with pytest.raises(InputError, match=r"users:2: expected user:password") as err:
+        load_accounts({"IMACS_BASIC_AUTH_FILE": str(f)})
+    assert "topsecret" not in str(err.value) and "hunter2" not in str(err.value)
+    with pytest.raises(InputError, match="IMACS_BASIC_AUTH must be user:password"):
+        load_accounts({"IMACS_BASIC_AUTH": "nopassword"})

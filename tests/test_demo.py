@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from PIL import Image
 
+import imacs
 from imacs.demo import SAMPLE_DIR, demo_run
 
 
@@ -24,16 +26,6 @@ def _landcover():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("demo-cache")
-
-
-@pytest.fixture(scope="session")
-def demo(demo_cache):
-    return demo_run(demo_cache, progress=False)
 
 
 def _on_logo(patches: pd.DataFrame) -> np.ndarray:
@@ -141,3 +133,18 @@ def test_demo005_imacs_demo_serves_the_dashboard(demo, demo_cache) -> None:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert "up to date" in out and f"dashboard at http://127.0.0.1:{port}/" in out
+
+
+def test_demo006_a_changed_sample_replaces_the_cached_demo_run(demo_cache, tmp_path) -> None:
+    # a demo run of other inputs in the demo folder (e.g. the sample was remade since)
+    manifest = json.loads((demo_cache / "demo" / "landcover" / "run.json").read_text())
+    other = tmp_path / "cache"
+    (other / "demo").mkdir(parents=True)
+    shutil.copytree(demo_cache / "demo" / "landcover", other / "demo" / "landcover")
+    shutil.copytree(demo_cache / "attribution", other / "attribution")
+    stale = json.loads((other / "demo" / "landcover" / "run.json").read_text())
+    stale["fingerprint"] = "0" * 64
+    (other / "demo" / "landcover" / "run.json").write_text(json.dumps(stale))
+    run = demo_run(other, progress=False)
+    assert run.manifest["fingerprint"] == manifest["fingerprint"]
+    assert isinstance(run, imacs.Run)

@@ -201,6 +201,40 @@ def test_pip013_a_chunk_of_only_unreadable_images(shortcut, tmp_path, monkeypatc
     assert run.probabilities("a").shape == (76, 2)
 
 
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_pip014_a_model_failing_on_some_images_skips_only_those(shortcut, tmp_path, mode) -> None:
+    data = _copy_data(shortcut, tmp_path)
+    poisoned = ["horizontal/003.png", "vertical/010.png"]
+    for rel in poisoned:
+        img = np.asarray(Image.open(data / rel)).copy()
+        img[0, 0] = (255, 0, 0)
+        Image.fromarray(img).save(data / rel)
+    run = imacs.analyze(
+        shortcut["a"], f"tests.helpers:make_flaky_{mode}", data, tmp_path / "r",
+        weights_b=shortcut["b_weights"], **FAST,
+    )  # fmt: skip
+    skipped = {s["path"]: s["reason"] for s in run.manifest["skipped"]}
+    assert set(skipped) == set(poisoned)
+    why = "illegal memory access" if mode == "raise" else "NaN or infinite"
+    assert all("model B" in r and why in r for r in skipped.values())
+    assert len(run.images) == 78 and not set(poisoned) & set(run.images["image"])
+    with pytest.raises(InputError, match=r"003\.png: model B"):
+        imacs.analyze(shortcut["a"], f"tests.helpers:make_flaky_{mode}", data, tmp_path / "s",
+                      weights_b=shortcut["b_weights"], strict=True, **FAST)  # fmt: skip
+
+
+def test_pip015_a_model_failing_on_every_image_is_an_error(shortcut, tmp_path) -> None:
+    data = _copy_data(shortcut, tmp_path)
+    for p in data.rglob("*.png"):
+        img = np.asarray(Image.open(p)).copy()
+        img[0, 0] = (255, 0, 0)
+        Image.fromarray(img).save(p)
+    with pytest.raises(InputError, match=r"none of its 80 images could be analysed .*model B"):
+        imacs.analyze(shortcut["a"], "tests.helpers:make_flaky_raise", data, tmp_path / "r",
+                      weights_b=shortcut["b_weights"], **FAST)  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
 def test_pip008_output_folder_rules(shortcut, shortcut_run, tmp_path) -> None:
     out = tmp_path / "r"
     imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], out, **FAST)
@@ -301,3 +335,45 @@ def test_pip012_full_disk_keeps_finished_work(shortcut, tmp_path, monkeypatch) -
             / "run.json"
         ).read_text()
     )
+
+
+@pytest.mark.slow
+def test_pip016_sigkill_mid_run_then_rerun_resumes_and_equals_a_clean_run(
+    shortcut, tmp_path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests import helpers
+
+    data = tmp_path / "data"
+    helpers.write_eval_set(data, n_per_class=100, seed=3)  # 200 images: 4 chunks of 64
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = [sys.executable, "-m", "imacs", "analyze", "--model-a", str(shortcut["a"]),
+            "--model-b", str(shortcut["b"]), "--data", str(data), "--out", str(out),
+            "--image-size", "32", "--steps", "150", "--projection", "pca",
+            "--cache-dir", str(cache)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while len(list(cache.rglob("*.npz"))) < 2 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(cache.rglob("*.npz")))
+    assert 2 <= done < 8 and not (out / "run.json").exists()
+
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"attribution: {done // 2} of 4 chunks found in the cache" in again.stderr
+    assert not list(tmp_path.glob(".run.imacs-tmp-*"))  # the killed run's leftovers are gone
+
+    clean = imacs.analyze(shortcut["a"], shortcut["b"], data, tmp_path / "clean", image_size=32,
+                          steps=150, projection="pca", cache_dir=None, progress=False)  # fmt: skip
+    resumed = imacs.load_run(out)
+    for name in ("images", "patches", "clusters", "cluster_classes"):
+        pd.testing.assert_frame_equal(getattr(resumed, name), getattr(clean, name))
