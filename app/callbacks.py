@@ -4,6 +4,7 @@ only what it affects (the 100k-point map is not resent when a cluster is picked)
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote
 
 import numpy as np
@@ -33,6 +34,24 @@ def _files(view, sub: str) -> str:
 def _render(view, image_id: int, kind: str, patch: int | None = None) -> str:
     q = f"?patch={patch}" if patch is not None else ""
     return f"/render/{quote(view.run_id)}/{image_id}/{kind}.png{q}"
+
+
+def _guarded(n_outputs: int):
+    """Show a run's read error (a truncated table, a missing file) in the first output
+    instead of failing the callback; the other outputs keep what they showed."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args):
+            try:
+                return fn(*args)
+            except InputError as exc:
+                msg = html.Div(f"This run cannot be shown: {exc}", className="error")
+                return msg if n_outputs == 1 else (msg, *([no_update] * (n_outputs - 1)))
+
+        return inner
+
+    return wrap
 
 
 def register(app: Dash, catalog: RunCatalog) -> None:
@@ -162,6 +181,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Output("strips", "children"),
         Input("key-data", "data"),
     )
+    @_guarded(5)
     def data_views(key):
         s = parse_search(key)
         view = _view(catalog, s)
@@ -204,6 +224,15 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 className="settings",
             ),
         ]
+        problems = catalog.problems()
+        if problems:
+            summary.append(
+                html.Div(
+                    className="warning",
+                    children=[f"{len(problems)} run(s) here cannot be read and are not listed: "]
+                    + [html.Div(f"{k}: {why}") for k, why in sorted(problems.items())],
+                )
+            )
         qs = s.with_(run=None).to_search()
         dl_c = f"/download/{quote(view.run_id)}/clusters.csv{qs}"
         dl_p = f"/download/{quote(view.run_id)}/patches.csv{qs}"
@@ -261,8 +290,11 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     @app.callback(Output("map", "figure"), Input("key-map", "data"))
     def map_view(key):
         s = parse_search(key)
-        view = _view(catalog, s)
-        p = view.filtered_patches(s.filters)
+        try:
+            view = _view(catalog, s)
+            p = view.filtered_patches(s.filters)
+        except InputError:
+            return figures.empty("this run's patches cannot be read")
         return figures.embedding_map(p, s.color, int(view.run.manifest["summary"]["n_clusters"]))
 
     @app.callback(
@@ -273,8 +305,10 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     )
     def map_highlight(key, _fig):
         s = parse_search(key)
-        view = _view(catalog, s)
-        p = view.filtered_patches(s.filters)
+        try:
+            p = _view(catalog, s).filtered_patches(s.filters)
+        except InputError:
+            raise PreventUpdate from None
         sel = p[p["cluster"] == s.cluster] if s.cluster is not None else p.iloc[0:0]
         patch = Patch()
         patch["data"][1]["x"] = sel["proj_x"].round(3).tolist()
@@ -282,6 +316,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         return patch
 
     @app.callback(Output("cluster-detail", "children"), Input("key-cluster", "data"))
+    @_guarded(1)
     def cluster_view(key):
         s = parse_search(key)
         if s.cluster is None:
@@ -369,6 +404,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         ]
 
     @app.callback(Output("image-detail", "children"), Input("key-image", "data"))
+    @_guarded(1)
     def image_view(key):
         s = parse_search(key)
         if s.image is None:

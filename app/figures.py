@@ -200,3 +200,12 @@ def class_mix(p: pd.DataFrame) -> go.Figure:
     fig.update_layout(title={"text": "classes of the patches' images", "x": 0})
     fig.update_yaxes(gridcolor="#eee", title="patches")
     return _layout(fig, 240)
+
+
+def empty(message: str) -> go.Figure:
+    """A blank figure that says why it is blank."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, 300)

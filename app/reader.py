@@ -174,23 +174,54 @@ class RunCatalog:
         self.root = Path(root).expanduser().resolve()
         self.max_cached = max_cached
         self._cache: OrderedDict[str, RunView] = OrderedDict()
+        self._checked: dict[Path, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
-    def run_dirs(self) -> dict[str, Path]:
-        """Run id (path relative to the root, or the root's name) -> run directory."""
+    def _candidates(self) -> dict[str, Path]:
         if (self.root / "run.json").is_file():
             return {self.root.name: self.root}
         found: dict[str, Path] = {}
         if not self.root.is_dir():
             return found
-        for manifest in sorted(self.root.glob("*/run.json")) + sorted(
-            self.root.glob("*/*/run.json")
-        ):
+        manifests = sorted(self.root.glob("*/run.json")) + sorted(self.root.glob("*/*/run.json"))
+        for manifest in manifests:
             d = manifest.parent
             if any(part.startswith(".") for part in d.relative_to(self.root).parts):
                 continue  # temporary folders of runs being written
             found[d.relative_to(self.root).as_posix()] = d
         return found
+
+    def _check(self, path: Path) -> str | None:
+        """None if the run's manifest is readable and of this format, else why not."""
+        try:
+            mtime = (path / "run.json").stat().st_mtime
+        except OSError as exc:
+            return str(exc)
+        with self._lock:
+            hit = self._checked.get(path)
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        try:
+            Run(path)
+            problem = None
+        except InputError as exc:
+            problem = str(exc)
+        with self._lock:
+            self._checked[path] = (mtime, problem)
+        return problem
+
+    def run_dirs(self) -> dict[str, Path]:
+        """Readable runs: id (path relative to the root, or the root's name) -> directory."""
+        return {k: p for k, p in self._candidates().items() if self._check(p) is None}
+
+    def problems(self) -> dict[str, str]:
+        """Runs found but not readable (an older format, a broken manifest): id -> why."""
+        out = {}
+        for k, p in self._candidates().items():
+            why = self._check(p)
+            if why is not None:
+                out[k] = why
+        return out
 
     def default_run(self) -> str | None:
         dirs = self.run_dirs()

@@ -129,3 +129,26 @@ def test_brw003_filter_and_close_update_the_url(page, server, shortcut_run) -> N
     page.wait_for_function("location.search.includes('cluster=')")
     assert _query(page)["cluster"] == [str(int(shortcut_run.clusters.iloc[1]["cluster"]))]
     assert page.console_errors == []
+
+
+def test_brw004_a_truncated_table_shows_a_message_not_a_broken_page(
+    browser, shortcut_run, tmp_path
+) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(shortcut_run.path, root / "cut")
+    data = (root / "cut" / "clusters.parquet").read_bytes()
+    (root / "cut" / "clusters.parquet").write_bytes(data[: len(data) // 3])
+    srv = make_server("127.0.0.1", 0, create_app(root).server, threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(f"http://127.0.0.1:{srv.server_port}/?run=cut")
+        page.wait_for_selector(".error")
+        text = page.locator(".error").first.inner_text()
+        assert "clusters.parquet: unreadable" in text and "re-run imacs analyze" in text
+        assert errors == []
+    finally:
+        page.close()
+        srv.shutdown()

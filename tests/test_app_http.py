@@ -179,3 +179,33 @@ def test_app010_auth_accounts_from_environment(tmp_path) -> None:
     assert "topsecret" not in str(err.value) and "hunter2" not in str(err.value)
     with pytest.raises(InputError, match="IMACS_BASIC_AUTH must be user:password"):
         load_accounts({"IMACS_BASIC_AUTH": "nopassword"})
+
+
+def test_app011_unreadable_runs_are_set_aside_and_reported(runs_root, tmp_path) -> None:
+    import json
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "good")
+    shutil.copytree(runs_root / "shortcut", root / "old")
+    manifest = json.loads((root / "old" / "run.json").read_text())
+    manifest["format_version"] = 0
+    (root / "old" / "run.json").write_text(json.dumps(manifest))
+    (root / "broken").mkdir()
+    (root / "broken" / "run.json").write_text('{"format": "imacs-run", "format_ver')
+    cat = RunCatalog(root)
+    assert list(cat.run_dirs()) == ["good"]
+    problems = cat.problems()
+    assert set(problems) == {"old", "broken"}
+    assert "run format 0 is not the supported format 1; re-run imacs analyze" in problems["old"]
+    assert create_app(root).server.test_client().get("/healthz").status_code == 200
+
+
+def test_app012_missing_thumbnail(runs_root, tmp_path) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "r")
+    (root / "r" / "thumbs" / "images" / "2.jpg").unlink()
+    (root / "r" / "thumbs" / "patches" / "5.jpg").unlink()
+    c = create_app(root).server.test_client()
+    assert c.get("/files/r/thumbs/patches/5.jpg").status_code == 404
+    r = c.get("/render/r/2/diff.png")  # drawn on a grey stand-in of the right shape
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).size == (256, 256)
