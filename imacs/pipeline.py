@@ -308,7 +308,9 @@ def run_analysis(
             f"(first: {skipped[0]['path']}: {skipped[0]['reason']})"
         )
     if skipped:
-        say(f"skipped {len(skipped)} unreadable input(s); listed in run.json")
+        say(
+            f"skipped {len(skipped)} input(s) (unreadable, or a model failed on them); see run.json"
+        )
     records = [dataset.records[i] for i in valid]
     per_role = {r: {k: v[valid] for k, v in results.per_role[r].items()} for r in ROLES}
     sizes = results.size[valid]
