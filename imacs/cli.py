@@ -197,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo", help="analyse the bundled sample data and models, then serve the dashboard"
     )
-    d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    d.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    _server_options(d)
     d.add_argument("--cache-dir", metavar="DIR", help="where the demo run and cache live")
     d.add_argument("--rebuild", action="store_true", help="recompute the run even if up to date")
     d.add_argument("--no-browser", action="store_true", help="do not open a browser")
@@ -206,10 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("serve", help="serve the dashboard for a run or a folder of runs")
     v.add_argument("runs", metavar="RUN_DIR_OR_FOLDER_OF_RUNS")
-    v.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    v.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    _server_options(v)
     v.add_argument("--debug", action="store_true", help="Dash debug mode: development only")
     return p
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8050, help="port (default 8050)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
