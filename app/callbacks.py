@@ -14,7 +14,7 @@ from dash.exceptions import PreventUpdate
 from imacs.errors import InputError
 
 from . import figures
-from .reader import OUTCOMES, RunCatalog
+from .reader import RunCatalog
 from .state import ViewState, parse_search
 
 GALLERY = 24
@@ -507,6 +507,3 @@ def _close(what: str) -> html.Button:
     return html.Button(
         "×", id={"type": "close", "what": what}, n_clicks=0, className="close", title="close"
     )
-
-
-__all__ = ["OUTCOMES", "register"]

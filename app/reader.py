@@ -117,11 +117,15 @@ class RunView:
             mask &= img[col].astype(str).isin(vals).to_numpy()
         return mask
 
-    def filtered_patches(self, f: Filters) -> pd.DataFrame:
+    def _kept(self, patches: pd.DataFrame, f: Filters) -> pd.DataFrame:
+        """The rows of ``patches`` whose image passes the filters."""
         if not f.active:
-            return self.patches
+            return patches
         keep = self.images.index[self.image_mask(f)]
-        return self.patches[self.patches["image_id"].isin(keep)]
+        return patches[patches["image_id"].isin(keep)]
+
+    def filtered_patches(self, f: Filters) -> pd.DataFrame:
+        return self._kept(self.patches, f)
 
     def clusters(self, f: Filters) -> pd.DataFrame:
         """Per-cluster statistics over the filtered images (the stored table when unfiltered).
@@ -155,11 +159,7 @@ class RunView:
         return clusters
 
     def export_patches(self, f: Filters) -> pd.DataFrame:
-        rows = self.run.patch_rows()
-        if not f.active:
-            return rows
-        keep = set(self.images.index[self.image_mask(f)].tolist())
-        return rows[rows["image_id"].isin(keep)]
+        return self._kept(self.run.patch_rows(), f)
 
 
 class RunCatalog:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, urlencode
 
 from .reader import OUTCOMES, Filters
@@ -20,7 +20,6 @@ class ViewState:
     outcome: str | None = None
     meta: tuple[tuple[str, str], ...] = ()
     color: str = "cluster"
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def filters(self) -> Filters:

@@ -133,7 +133,6 @@ def main() -> None:
                 None,
             ),
         }
-        rows = []
         for name, (outs, inputs, state) in cases.items():
             payload = _payload(app, outs, inputs, state)
             times = []
@@ -148,7 +147,6 @@ def main() -> None:
                 times.append(dt)
             cold, warm = times[0], sorted(times[1:])
             p95 = _p95(warm)
-            rows.append((name, cold, statistics.median(warm), p95, size))
             print(
                 f"{name:45s} cold {cold:7.0f} ms  median {statistics.median(warm):7.0f} ms  "
                 f"p95 {p95:7.0f} ms  {size / 1e6:5.2f} MB",

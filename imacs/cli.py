@@ -219,10 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except InputError as exc:
-        print(f"imacs: error: {exc}", file=sys.stderr)
-        return 2
-    except ImacsError as exc:
+    except ImacsError as exc:  # InputError and the rest: one line, exit 2
         print(f"imacs: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -75,16 +75,12 @@ class LoadedModel:
         out: dict[str, object] = {
             "name": self.name,
             "kind": self.kind,
-            "source": self.spec.source if self.is_factory_spec else _abspath(self.spec.source),
+            "source": self.spec.source if self.kind == "factory" else _abspath(self.spec.source),
             "sha256": self.sha256,
         }
         if self.spec.weights:
             out["weights"] = _abspath(self.spec.weights)
         return out
-
-    @property
-    def is_factory_spec(self) -> bool:
-        return self.kind == "factory"
 
 
 def _abspath(p: str) -> str:

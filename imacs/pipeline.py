@@ -25,13 +25,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import __version__
-from .attribution import AttributionSettings, BatchResult, PairedAttribution, Preprocess
+from .attribution import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AttributionSettings,
+    BatchResult,
+    PairedAttribution,
+    Preprocess,
+)
 from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer
 from .comparison import ComparisonSettings, compare_clusters
 from .data import Dataset, ImageRecord, load_dataset
 from .embedding import PatchEmbedder
-from .errors import ImageDecodeError, InputError, ModelFailure
+from .errors import ImageDecodeError, InputError, ModelFailure, disk_error
 from .imaging import load_rgb
 from .models import LoadedModel, ModelSpec, load_model
 from .patches import PatchSettings, PatchTable, extract_patches, to_original_pixels
@@ -165,7 +172,6 @@ def analyze(
     Raises:
         InputError: bad input (the message names the file and the fix).
     """
-    from .attribution import IMAGENET_MEAN, IMAGENET_STD
 
     def _norm(v: object, default: tuple[float, float, float]) -> tuple[float, float, float] | None:
         if v is None:
@@ -635,8 +641,6 @@ def _thumbnails_and_pixels(
 
 
 def _save_jpeg(im: Image.Image, path: Path) -> None:
-    from .errors import disk_error
-
     try:
         im.save(path, "JPEG", quality=85)
     except OSError as exc:

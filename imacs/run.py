@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, disk_error
 from .store import FORMAT, FORMAT_VERSION, MANIFEST
 
 _TABLES = ("images", "patches", "clusters", "cluster_classes")
@@ -172,8 +172,6 @@ class Run:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 frame().to_csv(target, index=False)
             except OSError as exc:
-                from .errors import disk_error
-
                 raise disk_error(exc, target) from None
 
     def summary(self) -> str:
