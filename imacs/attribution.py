@@ -46,18 +46,24 @@ class Preprocess:
     """How an image becomes a model input.
 
     Args:
-        image_size (tuple[int, int]): (height, width) the image is resized to. Default: 224x224.
+        image_size (tuple[int, int], optional): (height, width) the image is resized to.
+            None in an analysis's settings means "as the models' configuration says, else
+            224x224" (see :func:`imacs.analyze`). Default: 224x224.
         mean (tuple[float, float, float], optional): per-channel mean subtracted after scaling
-            pixels to [0, 1]. Default: None (no normalisation).
+            pixels to [0, 1]. Default: None (no normalisation here; a timm or Hugging Face
+            model then normalises as its own configuration says).
         std (tuple[float, float, float], optional): per-channel divisor. Default: None.
     """
 
-    image_size: tuple[int, int] = (224, 224)
+    image_size: tuple[int, int] | None = (224, 224)
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
-        h, w = self.image_size
+        if self.image_size is None:
+            h = w = 224
+        else:
+            h, w = self.image_size
         if h < 8 or w < 8 or h > 4096 or w > 4096:
             raise InputError(f"--image-size {h}x{w}: each side must be between 8 and 4096")
         if (self.mean is None) != (self.std is None):
@@ -67,6 +73,8 @@ class Preprocess:
 
     def to_array(self, im: Image.Image) -> np.ndarray:
         """Resize an RGB image and return it as float32 (3, H, W) in [0, 1]."""
+        if self.image_size is None:
+            raise InputError("no image size: resolve it from the models first")
         h, w = self.image_size
         if im.size != (w, h):
             im = im.resize((w, h), Image.Resampling.BILINEAR)

@@ -69,18 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-a",
         required=True,
         metavar="PATH",
-        help="TorchScript file, or package.module:factory",
+        help="TorchScript or torch.export (.pt2) file, package.module:factory, timm:NAME or hf:DIR",
     )
     g.add_argument(
         "--model-b",
         required=True,
         metavar="PATH",
-        help="TorchScript file, or package.module:factory",
+        help="as --model-a",
     )
     g.add_argument(
         "--weights-a",
         metavar="FILE",
-        help="weights for a factory model A (.safetensors or state_dict)",
+        help="weights for a factory or timm model A (.safetensors or state_dict)",
     )
     g.add_argument("--weights-b", metavar="FILE", help="weights for a factory model B")
     g.add_argument("--name-a", help="display name of model A")
@@ -103,12 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--image-size",
         type=_size,
-        default=224,
+        default=None,
         metavar="N|HxW",
-        help="model input size (default 224)",
+        help="model input size (default: what a timm / Hugging Face / torch.export model "
+        "states, else 224)",
     )
     g.add_argument(
-        "--mean", type=_triple, metavar="R,G,B|imagenet", help="normalisation mean (default: none)"
+        "--mean",
+        type=_triple,
+        metavar="R,G,B|imagenet",
+        help="normalisation mean for both models (default: none, or a timm / Hugging "
+        "Face model's own)",
     )
     g.add_argument(
         "--std", type=_triple, metavar="R,G,B|imagenet", help="normalisation std (default: none)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def load_dataset(
     root: str | Path,
     labels_csv: str | Path | None = None,
     classes_file: str | Path | None = None,
+    model_classes: Sequence[str] | None = None,
 ) -> Dataset:
     """Scan an evaluation set.
 
@@ -84,6 +86,9 @@ def load_dataset(
             into the run as a meta-annotation. Default: None.
         classes_file (str or Path, optional): class names in the models' output order,
             one per line. Default: None (folder names, or CSV labels, sorted).
+        model_classes (sequence of str, optional): class names the models state (a
+            Hugging Face ``id2label``); used, in their order, when no ``classes_file`` is
+            given and every folder name or label is one of them (or an index into them).
 
     Raises:
         InputError: the folder is missing or empty, the CSV lacks columns or labels, or a
@@ -94,9 +99,10 @@ def load_dataset(
         raise InputError(f"{root}: data folder not found; pass --data an existing folder")
     root = root.resolve()
     given_classes = _read_classes_file(Path(classes_file)) if classes_file else None
+    suggested = list(model_classes) if model_classes and given_classes is None else None
     if labels_csv is not None:
-        return _from_csv(root, Path(labels_csv).expanduser(), given_classes)
-    return _from_folders(root, given_classes)
+        return _from_csv(root, Path(labels_csv).expanduser(), given_classes, suggested)
+    return _from_folders(root, given_classes, suggested)
 
 
 def _read_classes_file(path: Path) -> list[str]:
@@ -119,7 +125,7 @@ def _record(root: Path, path: Path, label: int) -> ImageRecord:
     return ImageRecord(path, path.relative_to(root).as_posix(), label, st.st_size, st.st_mtime_ns)
 
 
-def _from_folders(root: Path, given: list[str] | None) -> Dataset:
+def _from_folders(root: Path, given: list[str] | None, suggested: list[str] | None) -> Dataset:
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
         loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -131,6 +137,8 @@ def _from_folders(root: Path, given: list[str] | None) -> Dataset:
             "with path,label columns"
         )
     names = [d.name for d in subdirs]
+    if suggested and set(names) <= set(suggested):
+        given = suggested
     if given is not None:
         unknown = [n for n in names if n not in given]
         if unknown:
@@ -160,7 +168,9 @@ def _from_folders(root: Path, given: list[str] | None) -> Dataset:
     return Dataset(root=root, records=records, classes=classes)
 
 
-def _from_csv(root: Path, csv_path: Path, given: list[str] | None) -> Dataset:
+def _from_csv(
+    root: Path, csv_path: Path, given: list[str] | None, suggested: list[str] | None
+) -> Dataset:
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -192,6 +202,10 @@ def _from_csv(root: Path, csv_path: Path, given: list[str] | None) -> Dataset:
             raise InputError(f"{csv_path}:{lineno}: empty path")
 
     labels = [row["label"].strip() for row in rows]
+    if suggested and all(
+        v in suggested or (_is_int(v) and 0 <= int(v) < len(suggested)) for v in labels
+    ):
+        given = suggested
     classes_inferred = False
     if given is not None:
         classes = given

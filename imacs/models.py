@@ -1,13 +1,17 @@
 """Loading the two classifiers.
 
-Two ways in:
+Five ways in:
 
 * a **TorchScript** file (``torch.jit.save``): portable, needs no Python code of yours.
   TorchScript is code: loading one runs the graph it contains, so only load files you trust.
+* a **torch.export** program (``FILE.pt2``, ``torch.export.save``), TorchScript's successor.
 * ``package.module:factory`` plus a **weights** file: imacs imports the module, calls
-  ``factory()`` with no arguments and loads the weights into the returned module. Weights are
-  read as safetensors, or as a state dict with ``torch.load(weights_only=True)``; a pickle
-  that would run code when loaded is refused, never retried unsafely.
+  ``factory()`` with no arguments and loads the weights into the returned module.
+* ``timm:NAME`` plus a weights file, and ``hf:DIR`` (a local Hugging Face folder): see
+  :mod:`imacs.model_formats`.
+
+Weights are read as safetensors, or as a state dict with ``torch.load(weights_only=True)``; a
+pickle that would run code when loaded is refused, never retried unsafely.
 """
 
 from __future__ import annotations
@@ -19,13 +23,22 @@ import re
 import sys
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .attribution import Preprocess
 from .errors import InputError
+from .model_formats import (
+    ModelDefaults,
+    Triple,
+    is_exported_program,
+    load_exported,
+    load_hf,
+    load_timm,
+)
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -35,9 +48,10 @@ class ModelSpec:
     """Where a model comes from.
 
     Args:
-        source (str): a TorchScript file, or ``package.module:factory``.
-        weights (str, optional): weights file for a factory (``.safetensors`` or a
-            ``torch.save``'d state dict). Default: None.
+        source (str): a TorchScript or torch.export (``.pt2``) file,
+            ``package.module:factory``, ``timm:NAME`` or ``hf:DIR``.
+        weights (str, optional): weights file for a factory or a timm model
+            (``.safetensors`` or a ``torch.save``'d state dict). Default: None.
         name (str, optional): display name. Default: the file or factory name.
     """
 
@@ -46,16 +60,26 @@ class ModelSpec:
     name: str | None = None
 
     @property
+    def kind(self) -> str:
+        """``timm``, ``hf``, ``factory`` or ``file`` (TorchScript or torch.export)."""
+        for prefix in ("timm", "hf"):
+            if self.source.startswith(f"{prefix}:"):
+                return prefix
+        if _FACTORY_RE.match(self.source) and not Path(self.source).exists():
+            return "factory"
+        return "file"
+
+    @property
     def is_factory(self) -> bool:
-        return bool(_FACTORY_RE.match(self.source)) and not Path(self.source).exists()
+        return self.kind == "factory"
 
     @property
     def display_name(self) -> str:
         if self.name:
             return self.name
-        if self.is_factory:
-            return self.source.split(":")[1]
-        return Path(self.source).stem
+        if self.kind in ("factory", "timm"):
+            return self.source.split(":", 1)[1]
+        return Path(self.source.removeprefix("hf:")).name or self.source
 
 
 @dataclass
@@ -64,8 +88,12 @@ class LoadedModel:
 
     module: nn.Module
     spec: ModelSpec
-    kind: str  #: "torchscript" or "factory"
+    kind: str  #: "torchscript", "export", "factory", "timm" or "hf"
     sha256: str  #: identity of the model: file hash (and weights hash for a factory)
+    #: preprocessing and class names from the model's own configuration
+    defaults: ModelDefaults = field(default_factory=ModelDefaults)
+    #: the normalisation applied inside the module from its own configuration, if any
+    normalisation: dict[str, object] | None = None
 
     @property
     def name(self) -> str:
@@ -75,11 +103,17 @@ class LoadedModel:
         out: dict[str, object] = {
             "name": self.name,
             "kind": self.kind,
-            "source": self.spec.source if self.kind == "factory" else _abspath(self.spec.source),
+            "source": (
+                self.spec.source
+                if self.kind in ("factory", "timm")
+                else _abspath(self.spec.source.removeprefix("hf:"))
+            ),
             "sha256": self.sha256,
         }
         if self.spec.weights:
             out["weights"] = _abspath(self.spec.weights)
+        if self.normalisation:
+            out["normalisation"] = self.normalisation
         return out
 
 
@@ -107,23 +141,38 @@ def load_model(spec: ModelSpec, flag: str = "--model") -> LoadedModel:
         InputError: the file is missing, is not a model, is a pickle that would run code,
             or the weights do not fit the factory's module.
     """
-    if spec.is_factory:
+    defaults = ModelDefaults()
+    kind = spec.kind
+    if kind in ("file", "hf") and spec.weights:
+        raise InputError(
+            f"{spec.weights}: a weights file goes with a factory ({flag} "
+            "package.module:factory) or a timm model, not with a model file or folder"
+        )
+    if kind == "factory":
         module, digest = _load_factory(spec, flag)
-        kind = "factory"
+    elif kind == "timm":
+        wpath = Path(spec.weights).expanduser() if spec.weights else None
+        state = _read_state_dict(wpath) if wpath else None
+        module, defaults = load_timm(spec.source, state, wpath)
+        if state is not None and wpath is not None:
+            _apply_state_dict(module, state, wpath, spec.source)
+            digest = hashlib.sha256(f"{spec.source}:{file_sha256(wpath)}".encode()).hexdigest()
+    elif kind == "hf":
+        module, defaults, digest = load_hf(spec.source, flag)
     else:
-        if spec.weights:
-            raise InputError(
-                f"{spec.weights}: a weights file goes with a factory "
-                f"({flag} package.module:factory), not with a TorchScript file"
-            )
         path = Path(spec.source).expanduser()
-        module = _load_torchscript(path, flag)
-        kind = "torchscript"
+        if path.is_file() and is_exported_program(path):
+            module, defaults = load_exported(path, flag)
+            kind = "export"
+        else:
+            module = _load_torchscript(path, flag)
+            kind = "torchscript"
         digest = file_sha256(path)
-    module.eval()
+    if kind != "export":  # an exported program is traced in eval mode and has no .eval()
+        module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return LoadedModel(module=module, spec=spec, kind=kind, sha256=digest)
+    return LoadedModel(module=module, spec=spec, kind=kind, sha256=digest, defaults=defaults)
 
 
 def _load_torchscript(path: Path, flag: str) -> nn.Module:
@@ -250,3 +299,65 @@ def _apply_state_dict(
         raise InputError(
             f"{path}: weights do not fit the module from {source} ({'; '.join(detail)})"
         ) from None
+
+
+class Normalized(nn.Module):
+    """A model that normalises its [0, 1] pixel input as its own configuration says."""
+
+    def __init__(self, model: nn.Module, mean: Triple, std: Triple) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
+
+
+def model_preprocess(pre: Preprocess, models: dict[str, LoadedModel]) -> Preprocess:
+    """Fill what the user left unset from the models' own configuration.
+
+    The image size (None in ``pre``) becomes the size the models state (they must agree),
+    else 224x224. When ``pre`` has no mean/std, a model whose configuration states its
+    normalisation (timm, Hugging Face) is wrapped to apply it itself, so two models with
+    different normalisations each get their own. Mutates ``models``' modules.
+
+    Raises:
+        InputError: the two models state different input sizes and none was given.
+    """
+    size = pre.image_size
+    if size is None:
+        stated = {r: m.defaults.image_size for r, m in models.items() if m.defaults.image_size}
+        if len(set(stated.values())) > 1:
+            a, b = (f"{h}x{w}" for h, w in stated.values())
+            raise InputError(
+                f"model A is made for {a} images and model B for {b}; pass --image-size to "
+                "attribute both at one size"
+            )
+        size = next(iter(stated.values()), (224, 224))
+    if pre.mean is None:
+        for m in models.values():
+            d = m.defaults
+            if d.mean is not None and d.std is not None and m.normalisation is None:
+                m.module = Normalized(m.module, d.mean, d.std)
+                m.normalisation = {"mean": list(d.mean), "std": list(d.std), "from": "model"}
+    return replace(pre, image_size=size)
+
+
+def model_class_names(models: dict[str, LoadedModel]) -> list[str] | None:
+    """The class names the models state (Hugging Face ``id2label``), or None.
+
+    Raises:
+        InputError: both models state class names and they differ.
+    """
+    named = {r: m.defaults.class_names for r, m in models.items() if m.defaults.class_names}
+    if len(named) == 2 and named["a"] != named["b"]:
+        a, b = named["a"], named["b"]
+        i = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+        first = f"class {i} is {a[i]!r} in A and {b[i]!r} in B" if i < min(len(a), len(b)) else ""
+        raise InputError(
+            f"models A and B name their classes differently ({first or 'different counts'}); "
+            "both must classify the same classes in the same order, or pass --classes FILE"
+        )
+    names = next(iter(named.values()), None)
+    return list(names) if names else None

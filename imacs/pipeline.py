@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +40,13 @@ from .data import Dataset, ImageRecord, load_dataset
 from .embedding import PatchEmbedder
 from .errors import ImageDecodeError, InputError, ModelFailure, disk_error
 from .imaging import load_rgb
-from .models import LoadedModel, ModelSpec, load_model
+from .models import (
+    LoadedModel,
+    ModelSpec,
+    load_model,
+    model_class_names,
+    model_preprocess,
+)
 from .patches import PatchSettings, PatchTable, extract_patches, to_original_pixels
 from .run import Run
 from .store import (
@@ -106,7 +112,7 @@ def analyze(
     name_b: str | None = None,
     labels_csv: str | Path | None = None,
     classes: str | Path | None = None,
-    image_size: int | tuple[int, int] = 224,
+    image_size: int | tuple[int, int] | None = None,
     mean: tuple[float, float, float] | str | None = None,
     std: tuple[float, float, float] | str | None = None,
     steps: int = 50,
@@ -130,20 +136,25 @@ def analyze(
     """Compare where two image classifiers look, and write a run directory.
 
     Args:
-        model_a (str or Path): model A: a TorchScript file or ``package.module:factory``.
+        model_a (str or Path): model A: a TorchScript or torch.export (``.pt2``) file,
+            ``package.module:factory``, ``timm:NAME`` (with ``weights_a``) or ``hf:DIR``.
         model_b (str or Path): model B, likewise.
         data (str or Path): evaluation images: an ImageFolder tree, or a folder of images
             listed by ``labels_csv``.
         out (str or Path): the run directory to write.
-        weights_a (str or Path, optional): weights for a factory model A. Default: None.
+        weights_a (str or Path, optional): weights for a factory or timm model A.
+            Default: None.
         weights_b (str or Path, optional): weights for a factory model B. Default: None.
         name_a (str, optional): display name of model A. Default: from its file name.
         name_b (str, optional): display name of model B. Default: from its file name.
         labels_csv (str or Path, optional): CSV with ``path,label`` and meta columns.
-        classes (str or Path, optional): file of class names in output order.
-        image_size (int or tuple[int, int]): model input size, square or (height, width).
-            Default: 224.
-        mean (tuple or "imagenet", optional): normalisation mean. Default: None.
+        classes (str or Path, optional): file of class names in output order. Default: a
+            Hugging Face model's ``id2label`` when the data's class names are among them.
+        image_size (int or tuple[int, int], optional): model input size, square or
+            (height, width). Default: the size a timm, Hugging Face or torch.export model
+            states, else 224.
+        mean (tuple or "imagenet", optional): normalisation mean for both models.
+            Default: None (none, or each timm / Hugging Face model's own).
         std (tuple or "imagenet", optional): normalisation std. Default: None.
         steps (int): Integrated Gradients steps. Default: 50.
         baseline (str): ``black``, ``gray`` or ``blur``. Default: ``black``.
@@ -185,7 +196,9 @@ def analyze(
             raise InputError(f"{v!r}: give three numbers, one per colour channel")
         return vals  # type: ignore[return-value]
 
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if size is not None:
+        size = tuple(size)  # type: ignore[assignment]
     settings = AnalysisSettings(
         preprocess=Preprocess(
             image_size=size,  # type: ignore[arg-type]
@@ -264,11 +277,17 @@ def run_analysis(
     out = Path(out).expanduser().absolute()
 
     with timer.stage("load"):
-        dataset = load_dataset(data, labels_csv=labels_csv, classes_file=classes_file)
         models = {
             "a": load_model(spec_a, "--model-a"),
             "b": load_model(spec_b, "--model-b"),
         }
+        settings = replace(settings, preprocess=model_preprocess(settings.preprocess, models))
+        dataset = load_dataset(
+            data,
+            labels_csv=labels_csv,
+            classes_file=classes_file,
+            model_classes=None if classes_file else model_class_names(models),
+        )
     names = {r: m.name for r, m in models.items()}
     if names["a"] == names["b"]:
         names = {"a": f"{names['a']} (A)", "b": f"{names['b']} (B)"}
