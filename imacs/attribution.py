@@ -33,7 +33,12 @@ from captum.attr import IntegratedGradients
 from PIL import Image
 from torch import nn
 
-from .errors import InputError, ModelFailure
+from .errors import ImacsError, InputError, ModelFailure
+
+
+class DeviceOutOfMemory(ImacsError):
+    """The device had no memory for a pass; the caller retries with smaller passes."""
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -198,6 +203,7 @@ class PairedAttribution:
         self._baseline_logits: dict[str, torch.Tensor] = {}
         self._num_classes: dict[str, int] = {}
         self._channels_last: dict[str, bool] = {}
+        self._pass_scale = 1.0  # halved by shrink_passes() after an out-of-memory error
         for m in models.values():
             m.to(self.device)
 
@@ -239,6 +245,10 @@ class PairedAttribution:
         try:
             with torch.inference_mode():
                 out = self._forward(role)(x)
+        except torch.OutOfMemoryError:
+            raise DeviceOutOfMemory(
+                f"{self.device} ran out of memory running {self.names[role]}"
+            ) from None
         except Exception as exc:  # user model code: anything can come out
             h, w = x.shape[-2:]
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
@@ -282,6 +292,16 @@ class PairedAttribution:
             model.to(memory_format=torch.contiguous_format)
             self._channels_last[role] = False
 
+    def shrink_passes(self) -> bool:
+        """Halve the scaled inputs per pass after the device ran out of memory; False when
+        passes are already down to one image's steps."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self._pass_scale < 1e-4:
+            return False
+        self._pass_scale /= 2
+        return True
+
     def num_classes(self, role: str, probe: np.ndarray) -> int:
         """Number of classes ``role`` outputs, probing it on ``probe`` (n, 3, H, W)."""
         if role not in self._num_classes:
@@ -296,7 +316,7 @@ class PairedAttribution:
         # 2x faster than captum's one pass of every step (BENCHMARKS.md); GPUs want large
         # passes.
         budget = 300_000 if self.device.type == "cpu" else 100_000_000
-        per_pass = max(1, budget // (3 * pixels))
+        per_pass = max(1, int(budget * self._pass_scale) // (3 * pixels))
         return max(n, min(n * self.settings.steps, per_pass))
 
     def attribute(
@@ -337,6 +357,10 @@ class PairedAttribution:
                 method=self.settings.method,
                 internal_batch_size=self._internal_batch_size(x.shape[0], h * w),
             ).detach()
+        except torch.OutOfMemoryError:
+            raise DeviceOutOfMemory(
+                f"{self.device} ran out of memory attributing {self.names[role]}"
+            ) from None
         except Exception as exc:  # user model code, on interpolated inputs
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise ModelFailure(

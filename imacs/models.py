@@ -79,7 +79,9 @@ class ModelSpec:
             return self.name
         if self.kind in ("factory", "timm"):
             return self.source.split(":", 1)[1]
-        return Path(self.source.removeprefix("hf:")).name or self.source
+        if self.kind == "hf":
+            return Path(self.source.removeprefix("hf:")).name or self.source
+        return Path(self.source).stem
 
 
 @dataclass

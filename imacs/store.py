@@ -128,6 +128,25 @@ def write_array(tmp: Path, name: str, arr: np.ndarray) -> str:
     return path.name
 
 
+def write_scaled_maps(
+    tmp: Path, name: str, maps: np.ndarray, scale: np.ndarray, block: int = 256
+) -> str:
+    """Write (n, H, W) maps divided by each row's ``scale`` as float16, a block of rows at a
+    time (``maps`` may be memory-mapped: it is never copied whole)."""
+    path = tmp / f"{name}.npy"
+    try:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=maps.shape)
+        for s in range(0, len(maps), block):
+            sc = scale[s : s + block, None, None]
+            rows = np.asarray(maps[s : s + block], dtype=np.float32)
+            out[s : s + block] = np.where(sc > 0, rows / np.where(sc > 0, sc, 1), 0)
+        out.flush()
+        del out
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    return path.name
+
+
 def commit(tmp: Path, out: Path, manifest: dict[str, object]) -> None:
     """Write ``run.json`` last, then move the finished run into place."""
     out = out.expanduser().absolute()

@@ -192,7 +192,7 @@ def test_pip007_corrupt_images_are_skipped_and_listed(shortcut, tmp_path) -> Non
 
 
 def test_pip013_a_chunk_of_only_unreadable_images(shortcut, tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("imacs.pipeline.CHUNK", 4)
+    monkeypatch.setattr("imacs.attribute_set.CHUNK", 4)
     data = _copy_data(shortcut, tmp_path)
     for i in range(4):  # the whole first chunk
         (data / "horizontal" / f"{i:03d}.png").write_bytes(b"garbage")
