@@ -349,10 +349,10 @@ def _analyze(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         rebuild=args.rebuild,
         cache_dir=None if args.no_cache else (args.cache_dir or True),
-        progress=not quiet and sys.stderr.isatty(),
+        progress=not quiet,  # a bar in a terminal, plain lines in a log file
         log=log,
     )
-    if not quiet:
+    if not quiet and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
         print(run.summary())
     return 0
 

@@ -9,6 +9,7 @@ and commits the run.
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .attribute_set import ROLES, attribute_set, plan_chunks
+from .attribute_set import ROLES, attribute_set, fill_cache, plan_chunks
 from .attribution import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,6 +30,7 @@ from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer
 from .comparison import ComparisonSettings, compare_clusters
 from .data import load_dataset
+from .distributed import Ranks, from_environment
 from .embedding import PatchEmbedder
 from .errors import InputError
 from .models import ModelSpec, load_model, model_class_names, model_preprocess
@@ -222,9 +224,50 @@ def run_analysis(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> Run:
-    """:func:`analyze` with its settings already gathered in :class:`AnalysisSettings`."""
-    say = log or (lambda _msg: None)
+    """:func:`analyze` with its settings already gathered in :class:`AnalysisSettings`.
+
+    Under ``torchrun`` every process calls this; they share the attribution (see
+    :mod:`imacs.distributed`), rank 0 writes the run and every rank returns it.
+    """
     cache = cache or StageCache(None)
+    ranks = from_environment(settings.attribution.device)
+    if ranks is None:
+        return _analysis(
+            spec_a, spec_b, data, out, settings, labels_csv, classes_file, overwrite, rebuild,
+            cache, progress, log, None,
+        )  # fmt: skip
+    if not cache.enabled:
+        raise InputError(
+            "torchrun: ranks hand their attribution over through the cache; give a cache "
+            "folder every rank can reach (--cache-dir, or IMACS_CACHE_DIR)"
+        )
+    device = ranks.device(settings.attribution.device)
+    settings = replace(settings, attribution=replace(settings.attribution, device=device))
+    try:
+        return _analysis(
+            spec_a, spec_b, data, out, settings, labels_csv, classes_file, overwrite, rebuild,
+            cache, progress and ranks.leader, log if ranks.leader else None, ranks,
+        )  # fmt: skip
+    finally:
+        ranks.close()
+
+
+def _analysis(
+    spec_a: ModelSpec,
+    spec_b: ModelSpec,
+    data: str | Path,
+    out: Path,
+    settings: AnalysisSettings,
+    labels_csv: str | Path | None,
+    classes_file: str | Path | None,
+    overwrite: bool,
+    rebuild: bool,
+    cache: StageCache,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    ranks: Ranks | None,
+) -> Run:
+    say = log or (lambda _msg: None)
     timer = _Timer()
     out = Path(out).expanduser().absolute()
 
@@ -267,6 +310,23 @@ def run_analysis(
         names={r: f"model {r.upper()} ({m.spec.source})" for r, m in models.items()},
     )
     plan = plan_chunks(dataset, models, settings)
+    if ranks is not None:
+        with timer.stage("attribution"):
+            todo = [ci for ci in range(len(plan.chunks)) if not plan.cached(cache, ci)]
+            mine = ranks.share(todo)
+            print(
+                f"imacs: rank {ranks.rank}/{ranks.world}: attributing {len(mine)} of "
+                f"{len(plan.chunks)} chunks on {engine.device}",
+                file=sys.stderr,
+                flush=True,
+            )
+            n_mine = sum(len(plan.chunks[ci]) for ci in mine)
+            with Progress(n_mine, f"attribution (rank {ranks.rank})", enabled=progress) as bar:
+                fill_cache(dataset, engine, settings, cache, plan, mine, bar)
+            ranks.barrier()  # every chunk is in the cache now
+        if not ranks.leader:
+            ranks.barrier()  # rank 0 writes the run
+            return Run(out)
     with staging(out) as tmp:
         scratch = tmp / ".scratch"  # memory-mapped maps; removed before the commit
         scratch.mkdir()
@@ -359,4 +419,6 @@ def run_analysis(
         )
         commit(tmp, out, run_manifest)
     say(f"run written to {out}")
+    if ranks is not None:
+        ranks.barrier()
     return Run(out)
