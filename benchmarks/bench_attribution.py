@@ -12,7 +12,8 @@ do the same work: decode images, predict, attribute both models, keep maps and d
 * imacs: the attribution stage of ``imacs.analyze`` (its own timing from run.json), with
   the cache disabled.
 
-Usage: python benchmarks/bench_attribution.py [--images 128] [--size 96] [--steps 32]
+Usage: python benchmarks/bench_attribution.py [--arch small|resnet50] [--images 128]
+       [--size 96] [--steps 32]
        [--batch 16] [--repeats 2] [--device cpu|cuda] [--precision fp32|bf16]
 """
 
@@ -64,7 +65,53 @@ class SmallResNet(nn.Module):
         return self.head(self.body(self.stem(x)).mean(dim=(2, 3)))
 
 
-def make_workload(root: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, width: int, stride: int) -> None:
+        super().__init__()
+        cout = width * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet50(nn.Module):
+    """ResNet-50's shape (bottlenecks 3-4-6-3, 25.6 M parameters at 1000 classes), written
+    out here because torchvision is not available on the benchmark machine."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )  # fmt: skip
+        layers, cin = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            for i in range(blocks):
+                layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * 4
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.stem(x)).mean(dim=(2, 3)))
+
+
+ARCHS = {"small": SmallResNet, "resnet50": ResNet50}
+
+
+def make_workload(
+    root: Path, n: int, seed: int = 0, arch: str = "small"
+) -> tuple[Path, Path, Path]:
     rng = np.random.default_rng(seed)
     for c in range(10):
         (root / "data" / f"c{c}").mkdir(parents=True, exist_ok=True)
@@ -74,7 +121,7 @@ def make_workload(root: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
     paths = []
     for role in ("a", "b"):
         torch.manual_seed(1 if role == "a" else 2)
-        model = SmallResNet().eval()
+        model = ARCHS[arch]().eval()
         p = root / f"model_{role}.pt"
         torch.jit.script(model).save(str(p))
         paths.append(p)
@@ -130,6 +177,7 @@ def imacs_stage(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="small")
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--steps", type=int, default=32)
@@ -141,7 +189,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data, a, b = make_workload(root, args.images)
+        data, a, b = make_workload(root, args.images, arch=args.arch)
         base, ours = [], []
         for r in range(args.repeats):  # alternate, so drift hits both alike
             base.append(notebook_loop(data, [a, b], args.size, args.steps, args.batch, args.device))
