@@ -24,127 +24,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients
-from PIL import Image
 from torch import nn
 
 from .errors import ImacsError, InputError, ModelFailure
+from .settings import AttributionSettings, Preprocess
 
 
 class DeviceOutOfMemory(ImacsError):
     """The device had no memory for a pass; the caller retries with smaller passes."""
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Baseline = Literal["black", "gray", "blur"]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes a model input.
-
-    Args:
-        image_size (tuple[int, int], optional): (height, width) the image is resized to.
-            None in an analysis's settings means "as the models' configuration says, else
-            224x224" (see :func:`imacs.analyze`). Default: 224x224.
-        mean (tuple[float, float, float], optional): per-channel mean subtracted after scaling
-            pixels to [0, 1]. Default: None (no normalisation here; a timm or Hugging Face
-            model then normalises as its own configuration says).
-        std (tuple[float, float, float], optional): per-channel divisor. Default: None.
-    """
-
-    image_size: tuple[int, int] | None = (224, 224)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.image_size is None:
-            h = w = 224
-        else:
-            h, w = self.image_size
-        if h < 8 or w < 8 or h > 4096 or w > 4096:
-            raise InputError(f"--image-size {h}x{w}: each side must be between 8 and 4096")
-        if (self.mean is None) != (self.std is None):
-            raise InputError("--mean and --std go together: give both or neither")
-        if self.std is not None and any(s <= 0 for s in self.std):
-            raise InputError("--std: every value must be positive")
-
-    def to_array(self, im: Image.Image) -> np.ndarray:
-        """Resize an RGB image and return it as float32 (3, H, W) in [0, 1]."""
-        if self.image_size is None:
-            raise InputError("no image size: resolve it from the models first")
-        h, w = self.image_size
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.Resampling.BILINEAR)
-        arr = np.asarray(im, dtype=np.float32) / 255.0
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Map a batch in [0, 1] pixel space to model input space."""
-        if self.mean is None or self.std is None:
-            return x
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
-
-
-@dataclass(frozen=True)
-class AttributionSettings:
-    """Integrated Gradients settings.
-
-    Args:
-        steps (int): interpolation steps from baseline to image. Default: 50.
-        baseline (str): ``"black"`` (all-zero pixels), ``"gray"`` (0.5) or ``"blur"`` (a
-            strongly blurred copy of the image). Default: ``"black"``.
-        target (str): ``"pred"`` explains each model's own predicted class, ``"label"`` the
-            true class. Default: ``"pred"``.
-        method (str): captum's integral approximation. Default: ``"gausslegendre"``.
-        batch_size (int): images per Integrated Gradients call. Default: 16.
-        internal_batch_size (int, optional): scaled inputs per forward/backward pass;
-            None sizes it to a memory budget. Default: None.
-        device (str): ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:i"``. Default: ``"auto"``.
-        precision (str): ``"fp32"`` or ``"bf16"`` (autocast; meant for GPUs). Default: fp32.
-    """
-
-    steps: int = 50
-    baseline: str = "black"
-    target: str = "pred"
-    method: str = "gausslegendre"
-    batch_size: int = 16
-    internal_batch_size: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.steps <= 1000:
-            raise InputError(f"--steps {self.steps}: use a value between 2 and 1000")
-        if self.baseline not in ("black", "gray", "blur"):
-            raise InputError(f"--baseline {self.baseline}: choose black, gray or blur")
-        if self.target not in ("pred", "label"):
-            raise InputError(f"--target {self.target}: choose pred or label")
-        if self.method not in ("gausslegendre", "riemann_trapezoid", "riemann_middle"):
-            raise InputError(f"method {self.method}: choose gausslegendre or riemann_trapezoid")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size {self.batch_size}: must be at least 1")
-        if self.precision not in ("fp32", "bf16"):
-            raise InputError(f"--precision {self.precision}: choose fp32 or bf16")
-
-    def cache_fields(self) -> dict[str, object]:
-        """The settings that change the numbers (not batch sizes or the device)."""
-        return {
-            "steps": self.steps,
-            "baseline": self.baseline,
-            "target": self.target,
-            "method": self.method,
-            "precision": self.precision,
-        }
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -13,40 +13,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import ImacsError, InputError
-
-
-def _size(text: str) -> int | tuple[int, int]:
-    try:
-        if "x" in text.lower():
-            h, w = text.lower().split("x")
-            return (int(h), int(w))
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use N or HxW, e.g. 224 or 224x320") from None
-
-
-def _triple(text: str) -> tuple[float, float, float] | str:
-    if text.lower() == "imagenet":
-        return "imagenet"
-    try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: use three numbers, e.g. 0.5,0.5,0.5, or imagenet"
-        ) from None
-    if len(vals) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r}: give three comma-separated numbers")
-    return vals  # type: ignore[return-value]
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
-    return v
+from .settings import add_cli_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,79 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--classes", metavar="FILE", help="class names in the models' output order, one per line"
     )
-    g.add_argument(
-        "--image-size",
-        type=_size,
-        default=None,
-        metavar="N|HxW",
-        help="model input size (default: what a timm / Hugging Face / torch.export model "
-        "states, else 224)",
-    )
-    g.add_argument(
-        "--mean",
-        type=_triple,
-        metavar="R,G,B|imagenet",
-        help="normalisation mean for both models (default: none, or a timm / Hugging "
-        "Face model's own)",
-    )
-    g.add_argument(
-        "--std", type=_triple, metavar="R,G,B|imagenet", help="normalisation std (default: none)"
-    )
-    g.add_argument(
-        "--strict", action="store_true", help="stop at an unreadable image instead of skipping it"
-    )
-    g = a.add_argument_group("attribution")
-    g.add_argument(
-        "--steps", type=_positive, default=50, help="Integrated Gradients steps (default 50)"
-    )
-    g.add_argument(
-        "--baseline",
-        choices=("black", "gray", "blur"),
-        default="black",
-        help="baseline image (default black)",
-    )
-    g.add_argument(
-        "--target",
-        choices=("pred", "label"),
-        default="pred",
-        help="explain each model's prediction or the true label (default pred)",
-    )
-    g.add_argument("--batch-size", type=_positive, default=16, help="images per batch (default 16)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="bf16 autocast, for GPUs (default fp32)",
-    )
-    g = a.add_argument_group("patches and clusters")
-    g.add_argument(
-        "--patch-size",
-        type=_positive,
-        metavar="PX",
-        help="patch side in model-input pixels (default: input side / 4)",
-    )
-    g.add_argument(
-        "--patches-per-image", type=_positive, default=4, help="most patches per image (default 4)"
-    )
-    g.add_argument(
-        "--clusters",
-        type=_positive,
-        metavar="K",
-        help="number of clusters (default about sqrt(patches)/2)",
-    )
-    g.add_argument(
-        "--projection",
-        choices=("umap", "pca"),
-        default="umap",
-        help="2-D map of the patches (default umap)",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed: same inputs and seed give the same run (default 0)",
-    )
+    # every setting's flag, help and checks come from its declaration in imacs.settings
+    a.set_defaults(settings=add_cli_options(a, {"data": g}))
     g = a.add_argument_group("output")
     g.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
     g.add_argument(
@@ -331,26 +227,13 @@ def _analyze(args: argparse.Namespace) -> int:
         name_b=args.name_b,
         labels_csv=args.labels_csv,
         classes=args.classes,
-        image_size=args.image_size,
-        mean=args.mean,
-        std=args.std,
-        steps=args.steps,
-        baseline=args.baseline,
-        target=args.target,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        clusters=args.clusters,
-        projection=args.projection,
-        patch_size=args.patch_size,
-        patches_per_image=args.patches_per_image,
-        seed=args.seed,
-        strict=args.strict,
         overwrite=args.overwrite,
         rebuild=args.rebuild,
         cache_dir=None if args.no_cache else (args.cache_dir or True),
         progress=not quiet,  # a bar in a terminal, plain lines in a log file
         log=log,
+        # the settings given on the command line; the others keep their declared defaults
+        **{k: getattr(args, k) for k in args.settings if getattr(args, k) is not None},
     )
     if not quiet and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
         print(run.summary())

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .options import real, setting, validate, whole
 
 
 @dataclass(frozen=True)
@@ -27,15 +28,12 @@ class ComparisonSettings:
         seed (int): bootstrap seed. Default: 0.
     """
 
-    n_boot: int = 1000
-    ci: float = 0.95
-    seed: int = 0
+    n_boot: int = setting(1000, convert=whole(10))
+    ci: float = setting(0.95, convert=real(0.5, below=1.0))
+    seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
 
     def __post_init__(self) -> None:
-        if self.n_boot < 10:
-            raise InputError("bootstrap needs at least 10 resamples")
-        if not 0.5 <= self.ci < 1.0:
-            raise InputError("confidence level must be in [0.5, 1)")
+        validate(self)
 
 
 def compare_clusters(

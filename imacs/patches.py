@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError
+from .options import optional, real, setting, validate, whole
 
 
 @dataclass(frozen=True)
@@ -34,18 +35,27 @@ class PatchSettings:
             Default: 1.5.
     """
 
-    patch_size: int | None = None
-    per_image: int = 4
-    max_overlap: float = 0.25
-    min_saliency: float = 1.5
+    patch_size: int | None = setting(
+        None,
+        flag="--patch-size",
+        convert=optional(whole(2)),
+        metavar="PX",
+        group="patches and clusters",
+        help="patch side in model-input pixels (default: input side / 4)",
+    )
+    per_image: int = setting(
+        4,
+        flag="--patches-per-image",
+        metavar="N",
+        convert=whole(1),
+        group="patches and clusters",
+        help="most patches per image",
+    )
+    max_overlap: float = setting(0.25, convert=real(0.0, below=1.0))
+    min_saliency: float = setting(1.5, convert=real(0.0))
 
     def __post_init__(self) -> None:
-        if self.per_image < 1:
-            raise InputError("--patches-per-image must be at least 1")
-        if not 0.0 <= self.max_overlap < 1.0:
-            raise InputError("patch max_overlap must be in [0, 1)")
-        if self.patch_size is not None and self.patch_size < 2:
-            raise InputError("--patch-size must be at least 2 pixels")
+        validate(self)
 
     def side(self, image_size: tuple[int, int]) -> int:
         h, w = image_size

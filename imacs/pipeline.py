@@ -20,21 +20,17 @@ import numpy as np
 
 from .attribute_set import ROLES, attribute_set, fill_cache, plan_chunks
 from .attribution import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    AttributionSettings,
     PairedAttribution,
-    Preprocess,
 )
 from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer
-from .comparison import ComparisonSettings, compare_clusters
+from .comparison import compare_clusters
 from .data import load_dataset
 from .distributed import Ranks, from_environment
 from .embedding import PatchEmbedder
 from .errors import InputError
 from .models import ModelSpec, load_model, model_class_names, model_preprocess
-from .patches import PatchSettings, extract_patches, to_original_pixels
+from .patches import extract_patches, to_original_pixels
 from .progress import Progress
 from .run import Run
 from .settings import AnalysisSettings
@@ -138,42 +134,12 @@ def analyze(
         InputError: bad input (the message names the file and the fix).
     """
 
-    def _norm(v: object, default: tuple[float, float, float]) -> tuple[float, float, float] | None:
-        if v is None:
-            return None
-        if isinstance(v, str):
-            if v.lower() == "imagenet":
-                return default
-            raise InputError(f"{v!r}: give three numbers or 'imagenet'")
-        vals = tuple(float(x) for x in v)  # type: ignore[union-attr]
-        if len(vals) != 3:
-            raise InputError(f"{v!r}: give three numbers, one per colour channel")
-        return vals  # type: ignore[return-value]
-
-    size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if size is not None:
-        size = tuple(size)  # type: ignore[assignment]
-    settings = AnalysisSettings(
-        preprocess=Preprocess(
-            image_size=size,  # type: ignore[arg-type]
-            mean=_norm(mean, IMAGENET_MEAN),
-            std=_norm(std, IMAGENET_STD),
-        ),
-        attribution=AttributionSettings(
-            steps=steps,
-            baseline=baseline,
-            target=target,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-        ),
-        patches=PatchSettings(patch_size=patch_size, per_image=patches_per_image),
-        comparison=ComparisonSettings(seed=seed),
-        n_clusters=clusters,
-        projection=projection,
-        seed=seed,
-        strict=strict,
-    )
+    settings = AnalysisSettings.from_keywords(
+        image_size=image_size, mean=mean, std=std, strict=strict, steps=steps,
+        baseline=baseline, target=target, batch_size=batch_size, device=device,
+        precision=precision, clusters=clusters, projection=projection, patch_size=patch_size,
+        patches_per_image=patches_per_image, seed=seed,
+    )  # fmt: skip
     if cache_dir is True:
         cache_root: Path | None = default_cache_dir()
     elif cache_dir in (None, False):

@@ -10,6 +10,7 @@ from torch import nn
 
 from imacs.attribution import AttributionSettings, PairedAttribution, Preprocess
 from imacs.errors import InputError
+from imacs.settings import AnalysisSettings
 from tests.helpers import TinyCNN
 
 
@@ -107,10 +108,21 @@ def test_att006_bad_model_outputs_are_explained(models, images, model, message) 
 
 
 def test_att007_settings_are_validated() -> None:
-    with pytest.raises(InputError, match="--steps 1"):
+    # errors name the setting (for the Python API) and its flag (for the CLI)
+    with pytest.raises(InputError, match=r"setting steps \(--steps\) = 1: must be at least 2"):
         AttributionSettings(steps=1)
-    with pytest.raises(InputError, match="--mean and --std go together"):
+    with pytest.raises(InputError, match=r"mean and std \(--mean, --std\) go together"):
         Preprocess(mean=(0.1, 0.1, 0.1))
+    for bad, message in (
+        ({"seed": -1}, r"seed \(--seed\) = -1: must be at least 0"),
+        ({"mean": (0, 0, 0), "std": (float("nan"), 1, 1)}, "std .* finite"),
+        ({"mean": (0, 0, 0), "std": (1, 0, 1)}, "std .* positive"),
+        ({"image_size": 4}, "image_size .* sides from 8 to 4096"),
+        ({"batch_size": 2.5}, "batch_size .* whole number"),
+        ({"baseline": "white"}, "baseline .* black, gray, blur"),
+    ):
+        with pytest.raises(InputError, match=message):
+            AnalysisSettings.from_keywords(**bad)
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             PairedAttribution({"a": TinyCNN()}, Preprocess(), AttributionSettings(device="cuda"))
