@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from imacs.comparison import ComparisonSettings, compare_clusters
+from imacs.comparison import compare_clusters
 from imacs.errors import InputError
 from imacs.run import Run
 
@@ -154,7 +154,7 @@ class RunView:
             p[["image_id", "cluster", "attr_a", "attr_b", "saliency"]],
             self.images,
             self.run.classes,
-            ComparisonSettings(n_boot=200, seed=int(self.run.manifest["settings"]["seed"])),
+            self.run.comparison_settings(),  # the very statistic the run was computed with
         )
         return clusters
 

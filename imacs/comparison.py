@@ -2,9 +2,22 @@
 
 For each cluster: how many patches and images it holds, the mean share of A's and of B's
 positive attribution its patches hold, and their difference ``diff = attr_b - attr_a``
-(always B minus A). The uncertainty of ``diff`` comes from a bootstrap over *images* (patches
-of one image are not independent), giving a standard error and a confidence interval.
-Rank 1 is the cluster with the largest absolute difference.
+(always B minus A). Rank 1 is the cluster with the largest absolute difference.
+
+Uncertainty is computed for the family of all clusters at once, so that "significant" keeps
+its promise however many clusters a run has:
+
+* ``p_value``: a family-wise adjusted p-value from a sign-flip permutation test. Under the
+  null hypothesis the two models are exchangeable within each image, so swapping A and B in
+  an image flips the sign of every ``attr_b - attr_a`` in it, in all clusters at once. Each
+  cluster's statistic is its summed difference over the root of its per-image sums of
+  squares; comparing each cluster with the *maximum* over clusters of the permuted
+  statistics (Westfall and Young's single-step max-T) controls the family-wise error rate.
+  ``significant`` is ``p_value < 1 - ci``.
+* ``diff_lo``/``diff_hi``: simultaneous intervals from a bootstrap over *images* (patches of
+  one image are not independent; one resample serves every cluster), widened by the
+  bootstrap's max-|t| over clusters so that all intervals hold together at level ``ci``.
+  ``diff_se`` is each cluster's bootstrap standard error.
 """
 
 from __future__ import annotations
@@ -24,11 +37,14 @@ class ComparisonSettings:
 
     Args:
         n_boot (int): bootstrap resamples. Default: 1000.
-        ci (float): confidence level of the interval. Default: 0.95.
-        seed (int): bootstrap seed. Default: 0.
+        n_perm (int): sign-flip permutations for the family-wise p-values. Default: 999.
+        ci (float): confidence level of the intervals; significance is at ``1 - ci``.
+            Default: 0.95.
+        seed (int): seed of the bootstrap and the permutations. Default: 0.
     """
 
     n_boot: int = setting(1000, convert=whole(10))
+    n_perm: int = setting(999, convert=whole(99))
     ci: float = setting(0.95, convert=real(0.5, below=1.0))
     seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
 
@@ -62,25 +78,14 @@ def compare_clusters(
     settings = settings or ComparisonSettings()
     p = patches.join(images[["label", "pred_a", "pred_b"]], on="image_id")
     p = p.astype({"attr_a": np.float64, "attr_b": np.float64})  # means and diff in float64
-    alpha = (1.0 - settings.ci) / 2.0
+    stats = _family_stats(p, settings)
     rows = []
-    for cluster, grp in p.groupby("cluster", sort=True):
-        per_image = (
-            grp.assign(d=grp["attr_b"] - grp["attr_a"])
-            .groupby("image_id", sort=True)
-            .agg(sum_d=("d", "sum"), count=("d", "size"))
-        )
-        rng = np.random.default_rng([settings.seed, int(cluster)])
-        boot = _bootstrap_mean(
-            per_image["sum_d"].to_numpy(), per_image["count"].to_numpy(), settings.n_boot, rng
-        )
-        attr_a, attr_b = float(grp["attr_a"].mean()), float(grp["attr_b"].mean())
-        diff = attr_b - attr_a
-        lo, hi = np.quantile(boot, [alpha, 1.0 - alpha])
-        img_ids = per_image.index.to_numpy()
+    for k, (cluster, grp) in enumerate(p.groupby("cluster", sort=True)):
+        img_ids = np.unique(grp["image_id"].to_numpy())
         img = images.loc[img_ids]
         label_counts = grp["label"].value_counts()
         top = int(label_counts.index[0])
+        attr_a, attr_b = float(grp["attr_a"].mean()), float(grp["attr_b"].mean())
         rows.append(
             {
                 "cluster": int(cluster),
@@ -88,11 +93,12 @@ def compare_clusters(
                 "n_images": len(img_ids),
                 "attr_a": attr_a,
                 "attr_b": attr_b,
-                "diff": diff,
-                "diff_se": float(boot.std(ddof=1)) if len(boot) > 1 else 0.0,
-                "diff_lo": float(lo),
-                "diff_hi": float(hi),
-                "significant": bool(lo > 0 or hi < 0),
+                "diff": attr_b - attr_a,
+                "diff_se": float(stats["se"][k]),
+                "diff_lo": float(stats["lo"][k]),
+                "diff_hi": float(stats["hi"][k]),
+                "p_value": float(stats["p"][k]),
+                "significant": bool(stats["p"][k] < 1.0 - settings.ci),
                 "saliency": float(grp["saliency"].mean()),
                 "top_class": classes[top] if top < len(classes) else str(top),
                 "top_class_share": float(label_counts.iloc[0] / len(grp)),
@@ -131,17 +137,46 @@ def compare_clusters(
     return clusters, by_class
 
 
-def _bootstrap_mean(
-    sum_d: np.ndarray, count: np.ndarray, n_boot: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Bootstrap the patch-mean of d by resampling images (ratio of weighted sums)."""
-    n = len(sum_d)
-    if n == 1:
-        return np.full(n_boot, sum_d[0] / count[0])
-    out = np.empty(n_boot)
-    step = max(1, 2_000_000 // n)  # bound memory: at most ~2M weights at a time
-    for start in range(0, n_boot, step):
-        b = min(step, n_boot - start)
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=b).astype(np.float64)
-        out[start : start + b] = (w @ sum_d) / np.maximum(w @ count, 1)
-    return out
+def _family_stats(p: pd.DataFrame, settings: ComparisonSettings) -> dict[str, np.ndarray]:
+    """Standard errors, simultaneous intervals and family-wise p-values for every cluster
+    (in ascending cluster order), from per-(cluster, image) sums of ``attr_b - attr_a``."""
+    d = (p["attr_b"] - p["attr_a"]).to_numpy()
+    c_codes, c_ids = pd.factorize(p["cluster"], sort=True)
+    i_codes, i_ids = pd.factorize(p["image_id"], sort=True)
+    n_c, n_i = len(c_ids), len(i_ids)
+    sums = np.zeros((n_c, n_i))
+    counts = np.zeros((n_c, n_i))
+    np.add.at(sums, (c_codes, i_codes), d)
+    np.add.at(counts, (c_codes, i_codes), 1.0)
+    diff = sums.sum(1) / counts.sum(1)
+    rng = np.random.default_rng(settings.seed)
+
+    # bootstrap over images, one resample for every cluster
+    boot = np.empty((settings.n_boot, n_c))
+    block = max(1, 4_000_000 // max(n_i, 1))  # bound memory: ~4M weights at a time
+    for start in range(0, settings.n_boot, block):
+        b = min(block, settings.n_boot - start)
+        w = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=b).astype(np.float64)
+        num, den = w @ sums.T, w @ counts.T
+        boot[start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    with np.errstate(invalid="ignore"):
+        se = np.nan_to_num(np.nanstd(boot, axis=0, ddof=1))
+        t = np.abs(boot - diff) / np.where(se > 0, se, np.inf)
+    max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
+    q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
+    lo, hi = diff - q * se, diff + q * se
+
+    # sign-flip permutations: swapping A and B in an image flips its differences' sign
+    norm = np.sqrt((sums**2).sum(1))
+    scale = np.where(norm > 0, norm, np.inf)
+    observed = np.abs(sums.sum(1)) / scale
+    exceed = np.zeros(n_c)
+    block = max(1, 4_000_000 // max(n_i, 1))
+    for start in range(0, settings.n_perm, block):
+        b = min(block, settings.n_perm - start)
+        signs = rng.integers(0, 2, size=(b, n_i)) * 2.0 - 1.0
+        max_z = (np.abs(signs @ sums.T) / scale).max(axis=1)
+        exceed += (max_z[:, None] >= observed[None, :] - 1e-12).sum(0)
+    p_value = (1.0 + exceed) / (settings.n_perm + 1.0)
+    p_value[norm == 0] = 1.0
+    return {"se": se, "lo": lo, "hi": hi, "p": p_value}

@@ -18,6 +18,7 @@ Layout of a run directory (format version 1)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .comparison import ComparisonSettings
 from .errors import InputError, disk_error
 from .store import FORMAT, FORMAT_VERSION, MANIFEST
 
@@ -104,6 +106,13 @@ class Run:
     def names(self) -> dict[str, str]:
         """Display names of the models: ``{"a": ..., "b": ...}``."""
         return {r: self.manifest["models"][r]["name"] for r in ("a", "b")}
+
+    def comparison_settings(self) -> ComparisonSettings:
+        """The comparison settings the run was computed with (to recompute its statistics
+        on a subset of patches the same way)."""
+        saved = dict(self.manifest.get("settings", {}).get("comparison", {}))
+        known = {f.name for f in dataclasses.fields(ComparisonSettings)}
+        return ComparisonSettings(**{k: v for k, v in saved.items() if k in known})
 
     def _array(self, name: str) -> np.ndarray:
         path = self.path / self.manifest["files"][name]

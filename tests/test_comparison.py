@@ -63,4 +63,52 @@ def test_cmp002_bootstrap_is_seeded() -> None:
     assert not one["diff_lo"].equals(other["diff_lo"])
     # the interval is about one standard error wide on each side times 1.96
     width = (one["diff_hi"] - one["diff_lo"]) / (2 * 1.96 * one["diff_se"])
-    assert ((width > 0.7) & (width < 1.3)).all()
+    # simultaneous intervals: wider than one cluster's 95 % interval, by the max over clusters
+    assert ((width > 1.0) & (width < 1.6)).all()
+
+
+def _null(seed: int, n_img: int = 120, n_clusters: int = 12) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Identical models: each patch's shares for A and B are one value plus noise that is
+    exchangeable between A and B (nothing tells A from B)."""
+    rng = np.random.default_rng(seed)
+    images = pd.DataFrame(
+        {"label": np.zeros(n_img, int), "pred_a": np.zeros(n_img, int), "pred_b": 0},
+        index=pd.Index(np.arange(n_img), name="image_id"),
+    )
+    n = n_img * 4
+    base = rng.uniform(0.05, 0.4, n)
+    patches = pd.DataFrame(
+        {
+            "image_id": np.repeat(np.arange(n_img), 4),
+            # uneven cluster sizes, as k-means gives: small clusters are where false alarms hide
+            "cluster": rng.choice(n_clusters, n, p=np.linspace(3, 1, n_clusters) / 24),
+            "attr_a": base + rng.normal(0, 0.05, n),
+            "attr_b": base + rng.normal(0, 0.05, n),
+            "saliency": 2.0,
+        }
+    )
+    return patches, images
+
+
+def test_cmp003_identical_models_give_no_significant_cluster() -> None:
+    flagged = 0
+    for seed in range(100):
+        patches, images = _null(seed)
+        clusters, _ = compare_clusters(
+            patches, images, ["x"], ComparisonSettings(seed=seed, n_boot=200)
+        )
+        flagged += bool(clusters["significant"].any())
+        assert ((clusters["p_value"] > 0) & (clusters["p_value"] <= 1)).all()
+    # family-wise: no cluster of the run is flagged in at least 95 % of the runs
+    assert flagged <= 5, f"{flagged} of 100 null runs flagged a cluster"
+
+
+def test_cmp004_a_real_difference_stays_significant_among_many_clusters() -> None:
+    patches, images = _null(0, n_img=120, n_clusters=12)
+    small = patches["cluster"] == 11  # the smallest cluster: B relies on it by +0.12
+    patches.loc[small, "attr_b"] += 0.12
+    clusters, _ = compare_clusters(patches, images, ["x"], ComparisonSettings(n_boot=200))
+    top = clusters.iloc[0]
+    assert top["cluster"] == 11 and top["significant"] and top["p_value"] < 0.01
+    assert top["diff_lo"] > 0  # its simultaneous interval excludes 0 too
+    assert clusters["significant"].sum() == 1
