@@ -5,6 +5,7 @@ only what it affects (the 100k-point map is not resent when a cluster is picked)
 from __future__ import annotations
 
 import functools
+import re
 from urllib.parse import quote
 
 import numpy as np
@@ -25,6 +26,11 @@ def _view(catalog: RunCatalog, state: ViewState):
         return catalog.get(state.run)
     except InputError:
         return catalog.get(None)
+
+
+def _ranking_labels(fig: dict | None) -> list[str]:
+    data = (fig or {}).get("data") or []
+    return list(data[0].get("y") or []) if data else []
 
 
 def _files(view, sub: str) -> str:
@@ -54,9 +60,28 @@ def _guarded(n_outputs: int):
     return wrap
 
 
+_RANK_LABEL = re.compile(r"· c(\d+)$")
+
+
+def _clicked_cluster(click: dict | None) -> int | None:
+    """The cluster a click on the ranking or the map names: its customdata, else the
+    ranking bar's label ``#rank · cK`` (clickData omits typed-array customdata)."""
+    points = (click or {}).get("points") or []
+    if not points:
+        return None
+    point = points[0]
+    custom = point.get("customdata")
+    if isinstance(custom, list):
+        custom = custom[0] if custom else None
+    if isinstance(custom, int | float) and not isinstance(custom, bool):
+        return int(custom)
+    m = _RANK_LABEL.search(str(point.get("y", "")))
+    return int(m.group(1)) if m else None
+
+
 def register(app: Dash, catalog: RunCatalog) -> None:
     def _options(view):
-        runs = [{"label": r, "value": r} for r in catalog.run_dirs()]
+        runs = [{"label": r, "value": r} for r in catalog.newest_first()]
         classes = [{"label": c, "value": c} for c in view.run.classes]
         meta = [{"label": f"{k} = {v}", "value": f"{k}={v}"} for k, v in view.meta_options]
         return runs, classes, meta
@@ -131,9 +156,10 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             s = s.with_(color=colour or "cluster")
         elif trig in ("ranking", "map"):
             click = rank_click if trig == "ranking" else map_click
-            if not click or not click.get("points"):
+            cluster = _clicked_cluster(click)
+            if cluster is None:
                 raise PreventUpdate
-            s = s.with_(cluster=int(click["points"][0]["customdata"]), image=None)
+            s = s.with_(cluster=cluster, image=None)
         elif isinstance(trig, dict) and value:  # a button; None/0 when it was just rendered
             if trig["type"] == "pick-cluster":
                 s = s.with_(cluster=int(trig["cluster"]), image=None)
@@ -314,6 +340,39 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         patch["data"][1]["x"] = sel["proj_x"].round(3).tolist()
         patch["data"][1]["y"] = sel["proj_y"].round(3).tolist()
         return patch
+
+    @app.callback(
+        Output("ranking", "figure", allow_duplicate=True),
+        Output({"type": "pick-cluster", "cluster": ALL}, "className"),
+        Input("key-cluster", "data"),
+        Input("ranking", "figure"),
+        State({"type": "pick-cluster", "cluster": ALL}, "id"),
+        prevent_initial_call=True,
+    )
+    def ranking_highlight(key, fig, strip_ids):
+        """Mark the selected cluster in the ranking (a band on its row) and its strip."""
+        s = parse_search(key)
+        shown = [_clicked_cluster({"points": [{"y": y}]}) for y in _ranking_labels(fig)]
+        patch = Patch()
+        patch["layout"]["shapes"] = figures.ranking_highlight(shown, s.cluster)
+        classes = [
+            "strip selected" if i["cluster"] == s.cluster else "strip" for i in strip_ids
+        ]
+        return patch, classes
+
+    app.clientside_callback(  # once a picked cluster's detail is drawn, bring it into view
+        """function(children, key) {
+            if (key && key.includes("cluster=")) {
+                const el = document.getElementById("cluster-detail");
+                if (el) { el.scrollIntoView({block: "start"}); }
+            }
+            return window.dash_clientside.no_update;
+        }""",
+        Output("cluster-detail", "className"),
+        Input("cluster-detail", "children"),
+        State("key-cluster", "data"),
+        prevent_initial_call=True,
+    )
 
     @app.callback(Output("cluster-detail", "children"), Input("key-cluster", "data"))
     @_guarded(1)

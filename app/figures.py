@@ -68,7 +68,8 @@ def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None)
         horizontal_spacing=0.03,
         subplot_titles=("mean share of attribution", "B − A (95% interval)"),
     )
-    custom = c["cluster"].to_numpy()
+    # plain lists: plotly 6 sends numpy arrays as typed arrays, and clickData then omits them
+    custom = [int(k) for k in c["cluster"]]
     fig.add_bar(
         y=labels,
         x=c["attr_a"],
@@ -109,22 +110,33 @@ def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None)
         row=1,
         col=2,
     )
-    if selected is not None and selected in set(custom.tolist()):
-        i = int(np.flatnonzero(custom == selected)[0])
-        fig.add_hrect(
-            y0=i - 0.5,
-            y1=i + 0.5,
-            fillcolor="#ffe680",
-            opacity=0.5,
-            line_width=0,
-            layer="below",
-            row=1,
-            col="all",
-        )
+    fig.update_layout(shapes=ranking_highlight(custom, selected))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(gridcolor="#eee", zerolinecolor="#999")
     fig.update_layout(barmode="group", bargap=0.25, clickmode="event")
     return _layout(fig, max(260, 26 * len(c) + 80))
+
+
+def ranking_highlight(clusters: list[int], selected: int | None) -> list[dict]:
+    """The band that marks the selected cluster's row across both ranking panels."""
+    if selected is None or selected not in clusters:
+        return []
+    i = clusters.index(selected)
+    return [
+        {
+            "type": "rect",
+            "xref": "paper",
+            "yref": "y",
+            "x0": 0,
+            "x1": 1,
+            "y0": i - 0.5,
+            "y1": i + 0.5,
+            "fillcolor": "#ffe680",
+            "opacity": 0.6,
+            "line": {"width": 0},
+            "layer": "below",
+        }
+    ]
 
 
 def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Figure:
@@ -158,7 +170,7 @@ def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Fig
             y=y,
             mode="markers",
             marker=marker,
-            customdata=cl,
+            customdata=cl.tolist(),  # a list, so that clickData carries it (see ranking)
             hovertemplate="cluster %{customdata}<extra></extra>",
             name="patches",
         )

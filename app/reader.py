@@ -223,12 +223,22 @@ class RunCatalog:
                 out[k] = why
         return out
 
-    def default_run(self) -> str | None:
+    def newest_first(self) -> list[str]:
+        """Readable run ids, the newest (by when its run.json was written) first."""
         dirs = self.run_dirs()
-        if not dirs:
-            return None
-        # newest first: the run a user just made is the one they want to see
-        return max(dirs, key=lambda k: (dirs[k] / "run.json").stat().st_mtime)
+
+        def written(k: str) -> float:
+            try:
+                return (dirs[k] / "run.json").stat().st_mtime
+            except OSError:
+                return 0.0
+
+        return sorted(dirs, key=lambda k: (-written(k), k))
+
+    def default_run(self) -> str | None:
+        # the run a user just made is the one they want to see
+        order = self.newest_first()
+        return order[0] if order else None
 
     def get(self, run_id: str | None) -> RunView:
         """The run with this id (or the default one); raises InputError if unknown."""

@@ -152,3 +152,105 @@ def test_brw004_a_truncated_table_shows_a_message_not_a_broken_page(
     finally:
         page.close()
         srv.shutdown()
+
+
+def _watch_5xx(page) -> list[str]:
+    bad: list[str] = []
+    page.on("response", lambda r: bad.append(f"{r.status} {r.url}") if r.status >= 500 else None)
+    return bad
+
+
+def _plot_point(page, graph: str, trace: int, x: object, y: object) -> tuple[float, float]:
+    """Page pixel position of data point (x, y) of a plotly graph's trace."""
+    return page.evaluate(
+        """([graph, trace, x, y]) => {
+            const gd = document.querySelector(`#${graph} .js-plotly-plot`);
+            const t = gd._fullData[trace];
+            const xa = gd._fullLayout[t.xaxis.replace('x', 'xaxis')];
+            const ya = gd._fullLayout[t.yaxis.replace('y', 'yaxis')];
+            const box = gd.getBoundingClientRect();
+            const px = xa._offset + xa.d2p(x), py = ya._offset + ya.d2p(y);
+            return [box.left + px, box.top + py];
+        }""",
+        [graph, trace, x, y],
+    )
+
+
+def test_brw005_clicking_a_ranking_bar_opens_marks_and_scrolls_to_the_cluster(
+    page, server, shortcut_run
+) -> None:
+    errors = _watch_5xx(page)
+    page.goto(server + "/")
+    page.wait_for_selector("#ranking .bars path")
+    second = shortcut_run.clusters.iloc[1]
+    label = f"#2 · c{int(second['cluster'])}"
+    # the B − A bar of rank 2 (trace 2, in the right panel), clicked where a user clicks
+    x, y = _plot_point(page, "ranking", 2, float(second["diff"]) / 2, label)
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    page.wait_for_function(f"location.search.includes('cluster={int(second['cluster'])}')")
+    page.wait_for_selector(f"#cluster-detail >> text=Cluster {int(second['cluster'])} · rank 2")
+    # feedback: the row is marked in the ranking, its strip too, and the detail is in view
+    page.wait_for_function(
+        "document.querySelector('#ranking .js-plotly-plot').layout.shapes.length === 1"
+    )
+    shape = page.evaluate("document.querySelector('#ranking .js-plotly-plot').layout.shapes[0]")
+    assert (shape["y0"], shape["y1"]) == (0.5, 1.5)  # row index 1 = rank 2
+    selected = page.locator(".strip.selected")
+    assert selected.count() == 1 and selected.inner_text().startswith("#2 cluster")
+    page.wait_for_function(  # scrolled: the detail's top is in the upper third of the view
+        "(t => t > -5 && t < innerHeight / 3)"
+        "(document.getElementById('cluster-detail').getBoundingClientRect().top)"
+    )
+    assert errors == [] and page.console_errors == []
+
+
+def test_brw006_clicking_a_map_point_opens_its_cluster(page, server, shortcut_run) -> None:
+    errors = _watch_5xx(page)
+    page.goto(server + "/")
+    page.wait_for_selector("#map .js-plotly-plot")
+    p = shortcut_run.patches
+    # the patch farthest from the others' centre: no other point sits on top of it
+    centre = p[["proj_x", "proj_y"]].mean()
+    far = p.loc[((p[["proj_x", "proj_y"]] - centre) ** 2).sum(axis=1).idxmax()]
+    page.locator("#map").scroll_into_view_if_needed()
+    x, y = _plot_point(
+        page, "map", 0, round(float(far["proj_x"]), 3), round(float(far["proj_y"]), 3)
+    )
+    page.mouse.move(x, y)
+    page.mouse.click(x, y)
+    page.wait_for_function(f"location.search.includes('cluster={int(far['cluster'])}')")
+    page.wait_for_selector(f"#cluster-detail >> text=Cluster {int(far['cluster'])} ·")
+    assert errors == [] and page.console_errors == []
+
+
+def test_brw007_run_picker_and_downloads(browser, shortcut_run, tmp_path) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(shortcut_run.path, root / "older")
+    shutil.copytree(shortcut_run.path, root / "newer")
+    manifest = root / "newer" / "run.json"
+    text = manifest.read_text().replace(
+        shortcut_run.manifest["created"], "2099-01-01T00:00:00+00:00"
+    )
+    manifest.write_text(text)
+    srv = make_server("127.0.0.1", 0, create_app(root).server, threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = _watch_5xx(page)
+    try:
+        page.goto(f"http://127.0.0.1:{srv.server_port}/")
+        page.wait_for_selector(".strip")
+        assert _query(page)["run"] == ["newer"]  # newest first, and opened by default
+        page.locator("#run-picker").click()
+        options = page.locator(".dash-dropdown-option[role=option]")
+        assert options.all_inner_texts()[:2] == ["newer", "older"]
+        options.nth(1).click()
+        page.wait_for_function("location.search.includes('run=older')")
+        with page.expect_download() as dl:
+            page.locator("#dl-clusters").click()
+        rows = dl.value.path().read_text().strip().splitlines()
+        assert rows[0].startswith("cluster,rank") and len(rows) == len(shortcut_run.clusters) + 1
+        assert errors == []
+    finally:
+        page.close()
+        srv.shutdown()
