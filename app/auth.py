@@ -23,17 +23,29 @@ OPEN_PATHS = frozenset({"/healthz"})
 
 
 def load_accounts(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Accounts from ``IMACS_BASIC_AUTH`` and ``IMACS_BASIC_AUTH_FILE`` (empty: no auth)."""
+    """Accounts from ``IMACS_BASIC_AUTH`` and ``IMACS_BASIC_AUTH_FILE``.
+
+    Neither variable set: no accounts, no authentication. A variable that is set but gives
+    no account (empty, or a file with none) fails closed: an error, never an open server.
+    """
     env = os.environ if environ is None else environ
     accounts: dict[str, str] = {}
     single = env.get("IMACS_BASIC_AUTH")
+    if single is not None and not single.strip():
+        raise InputError(
+            "IMACS_BASIC_AUTH is set but empty; give user:password, or unset it to serve "
+            "without authentication"
+        )
     if single:
         user, sep, password = single.partition(":")
         if not sep or not user or not password:
             raise InputError("IMACS_BASIC_AUTH must be user:password, both non-empty")
         accounts[user] = password
     path = env.get("IMACS_BASIC_AUTH_FILE")
+    if path is not None and not path.strip():
+        raise InputError("IMACS_BASIC_AUTH_FILE is set but empty; name a file of user:password")
     if path:
+        before = len(accounts)
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
@@ -46,6 +58,11 @@ def load_accounts(environ: dict[str, str] | None = None) -> dict[str, str]:
             if not sep or not user or not password:
                 raise InputError(f"{path}:{n}: expected user:password")  # the line is not echoed
             accounts[user] = password
+        if len(accounts) == before:
+            raise InputError(
+                f"{path}: IMACS_BASIC_AUTH_FILE holds no account; add user:password lines "
+                "(refusing to serve without authentication)"
+            )
     return accounts
 
 

@@ -355,9 +355,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         shown = [_clicked_cluster({"points": [{"y": y}]}) for y in _ranking_labels(fig)]
         patch = Patch()
         patch["layout"]["shapes"] = figures.ranking_highlight(shown, s.cluster)
-        classes = [
-            "strip selected" if i["cluster"] == s.cluster else "strip" for i in strip_ids
-        ]
+        classes = ["strip selected" if i["cluster"] == s.cluster else "strip" for i in strip_ids]
         return patch, classes
 
     app.clientside_callback(  # once a picked cluster's detail is drawn, bring it into view

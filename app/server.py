@@ -11,21 +11,55 @@ import hashlib
 from flask import Flask, Response, abort, jsonify, request, send_file
 
 from imacs.errors import InputError
+from imacs.run import safe_csv
 
 from .reader import RunCatalog, render_png
 from .state import parse_search
 
+#: answers for every route: no sniffing, no framing, no third-party anything
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
 
-def register_routes(server: Flask, catalog: RunCatalog) -> None:
+
+def content_security_policy(script_hashes: list[str]) -> str:
+    """Only this server's own scripts (and Dash's inline bootstrap, by hash); plotly needs
+    inline styles; images may be data: or blob: URLs (plotly's exports)."""
+    scripts = " ".join(["'self'", *script_hashes])  # Dash gives them quoted
+    return (
+        f"default-src 'self'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+def _unavailable(exc: Exception) -> Response:
+    """A damaged run: the same sentence the dashboard shows, never a 500 or a traceback."""
+    return Response(f"This run cannot be shown: {exc}\n", 503, mimetype="text/plain")
+
+
+def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]) -> None:
+    csp = content_security_policy(script_hashes)
+
+    @server.after_request
+    def _secure(resp: Response) -> Response:
+        resp.headers.update(SECURITY_HEADERS)
+        resp.headers.setdefault("Content-Security-Policy", csp)
+        return resp
+
     @server.route("/healthz")
     def healthz() -> tuple[Response, int]:
+        # says whether runs can be read, never where they are: it answers without a login
         try:
             dirs = catalog.run_dirs()
             if not dirs:
-                return jsonify(status="no runs", root=str(catalog.root)), 503
+                return jsonify(status="no runs"), 503
             catalog.get(catalog.default_run()).run.manifest  # noqa: B018 - readable?
-        except (InputError, OSError) as exc:
-            return jsonify(status="error", error=str(exc)), 503
+        except (InputError, OSError):
+            return jsonify(status="error", error="a run cannot be read"), 503
         return jsonify(status="ok", runs=len(dirs)), 200
 
     @server.route("/files/<path:run_id>/thumbs/<path:subpath>")
@@ -51,6 +85,8 @@ def register_routes(server: Flask, catalog: RunCatalog) -> None:
             png = render_png(view, image_id, kind, patch)
         except KeyError:
             abort(404)
+        except (InputError, OSError, ValueError) as exc:
+            return _unavailable(exc)
         resp = Response(png, mimetype="image/png")
         resp.set_etag(tag)
         resp.cache_control.max_age = 3600
@@ -64,15 +100,15 @@ def register_routes(server: Flask, catalog: RunCatalog) -> None:
         except InputError:
             abort(404)
         f = parse_search("?" + request.query_string.decode()).filters
-        if table == "clusters":
-            frame = view.clusters(f)
-        elif table == "patches":
-            frame = view.export_patches(f)
-        else:
+        if table not in ("clusters", "patches"):
             abort(404)
+        try:
+            frame = view.clusters(f) if table == "clusters" else view.export_patches(f)
+        except (InputError, OSError, ValueError) as exc:
+            return _unavailable(exc)
         name = f"{run_id.replace('/', '_')}-{table}{'-filtered' if f.active else ''}.csv"
         return Response(
-            frame.to_csv(index=False),
+            safe_csv(frame),
             mimetype="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )

@@ -1,12 +1,21 @@
 """WSGI entry point: ``gunicorn -w 4 -b 0.0.0.0:8050 app.wsgi:application``.
 
-The runs folder comes from ``IMACS_RUNS`` (default ``/runs``).
+The runs folder comes from ``IMACS_RUNS`` (default ``/runs``). A misconfigured login
+(``IMACS_BASIC_AUTH`` set but empty, an accounts file with no account) stops the worker with
+one line on stderr: gunicorn then halts ("worker failed to boot") instead of serving openly.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+
+from imacs.errors import InputError
 
 from .main import create_app
 
-application = create_app(os.environ.get("IMACS_RUNS", "/runs")).server
+try:
+    application = create_app(os.environ.get("IMACS_RUNS", "/runs")).server
+except InputError as exc:
+    print(f"imacs: error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None

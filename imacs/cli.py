@@ -174,10 +174,13 @@ def _demo(args: argparse.Namespace) -> int:
     from app.main import serve
 
     url = f"http://{args.host}:{args.port}/"
-    print(f"imacs: dashboard at {url}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
-    if not args.no_browser:
-        threading.Timer(1.5, lambda: webbrowser.open(url)).start()
-    serve(run.path, host=args.host, port=args.port)
+
+    def announce() -> None:
+        print(f"imacs: dashboard at {url}  (Ctrl+C to stop)", file=sys.stderr, flush=True)
+        if not args.no_browser:
+            threading.Timer(1.5, lambda: webbrowser.open(url)).start()
+
+    serve(run.path, host=args.host, port=args.port, announce=announce)
     return 0
 
 
@@ -197,12 +200,14 @@ def _serve(args: argparse.Namespace) -> int:
         )
     from app.main import serve  # the web stack loads only for this command
 
-    print(
-        f"imacs: serving {root.resolve()} at http://{args.host}:{args.port}/",
-        file=sys.stderr,
-        flush=True,
-    )
-    serve(root, host=args.host, port=args.port, debug=args.debug)
+    def announce() -> None:
+        print(
+            f"imacs: serving {root.resolve()} at http://{args.host}:{args.port}/",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    serve(root, host=args.host, port=args.port, debug=args.debug, announce=announce)
     return 0
 
 

@@ -179,7 +179,7 @@ class Run:
             target = Path(target).expanduser()
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                frame().to_csv(target, index=False)
+                target.write_text(safe_csv(frame()), encoding="utf-8")
             except OSError as exc:
                 raise disk_error(exc, target) from None
 
@@ -204,6 +204,22 @@ class Run:
         total = sum(m["timings"].values())
         lines.append(f"  computed in {total:.1f}s")
         return "\n".join(lines)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_csv(frame: pd.DataFrame) -> str:
+    """CSV text in which no text cell can run as a spreadsheet formula: a text cell that
+    starts with ``= + - @``, a tab or a carriage return gets a leading ``'``. Numeric
+    columns are left alone (a negative number stays a number)."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(
+                lambda v: f"'{v}" if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+            )
+    return out.to_csv(index=False)
 
 
 def load_run(path: str | Path) -> Run:

@@ -45,7 +45,9 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # Playwright's polling waits evaluate strings, which the app's CSP forbids (no eval):
+    # these pages bypass the CSP; test_brw008 checks the app under its CSP.
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
     page.console_errors = []
     page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: page.console_errors.append(str(e)))
@@ -199,8 +201,8 @@ def test_brw005_clicking_a_ranking_bar_opens_marks_and_scrolls_to_the_cluster(
     selected = page.locator(".strip.selected")
     assert selected.count() == 1 and selected.inner_text().startswith("#2 cluster")
     page.wait_for_function(  # scrolled: the detail's top is in the upper third of the view
-        "(t => t > -5 && t < innerHeight / 3)"
-        "(document.getElementById('cluster-detail').getBoundingClientRect().top)"
+        "() => { const t = document.getElementById('cluster-detail')"
+        ".getBoundingClientRect().top; return t > -5 && t < innerHeight / 3; }"
     )
     assert errors == [] and page.console_errors == []
 
@@ -235,7 +237,7 @@ def test_brw007_run_picker_and_downloads(browser, shortcut_run, tmp_path) -> Non
     manifest.write_text(text)
     srv = make_server("127.0.0.1", 0, create_app(root).server, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
     errors = _watch_5xx(page)
     try:
         page.goto(f"http://127.0.0.1:{srv.server_port}/")
@@ -254,3 +256,22 @@ def test_brw007_run_picker_and_downloads(browser, shortcut_run, tmp_path) -> Non
     finally:
         page.close()
         srv.shutdown()
+
+
+def test_brw008_the_app_works_under_its_content_security_policy(browser, server) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})  # CSP enforced
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    try:
+        response = page.goto(server + "/")
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        page.wait_for_selector(".strip")
+        page.locator(".strip").first.click()
+        page.wait_for_selector(".gallery .patch")
+        page.locator(".gallery .patch").first.click()
+        page.wait_for_selector(".panels img")
+        assert page.locator("#map .js-plotly-plot").count() == 1
+        assert problems == []  # a CSP violation is reported as a console error
+    finally:
+        page.close()

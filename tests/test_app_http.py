@@ -209,3 +209,107 @@ def test_app012_missing_thumbnail(runs_root, tmp_path) -> None:
     assert c.get("/files/r/thumbs/patches/5.jpg").status_code == 404
     r = c.get("/render/r/2/diff.png")  # drawn on a grey stand-in of the right shape
     assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).size == (256, 256)
+
+
+def test_app013_auth_fails_closed(tmp_path, runs_root) -> None:
+    from app.auth import load_accounts
+    from imacs.errors import InputError
+
+    empty = tmp_path / "users"
+    empty.write_text("# nobody yet\n\n")
+    for env, message in (
+        ({"IMACS_BASIC_AUTH": ""}, "IMACS_BASIC_AUTH is set but empty"),
+        ({"IMACS_BASIC_AUTH": "  "}, "IMACS_BASIC_AUTH is set but empty"),
+        ({"IMACS_BASIC_AUTH_FILE": str(empty)}, "holds no account"),
+        ({"IMACS_BASIC_AUTH_FILE": ""}, "IMACS_BASIC_AUTH_FILE is set but empty"),
+    ):
+        with pytest.raises(InputError, match=message):
+            load_accounts(env)
+    # the same refusal through `imacs serve` (one line, exit 2) and the gunicorn entry
+    env = {**__import__("os").environ, "IMACS_BASIC_AUTH": "", "PYTHONPATH": str(Path.cwd())}
+    res = subprocess.run(
+        [sys.executable, "-m", "imacs", "serve", str(runs_root), "--port", "0"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert res.returncode == 2 and "IMACS_BASIC_AUTH is set but empty" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = subprocess.run(
+        [sys.executable, "-c", "import app.wsgi"],
+        capture_output=True, text=True, timeout=120,
+        env={**env, "IMACS_RUNS": str(runs_root)},
+    )  # fmt: skip
+    assert res.returncode == 2 and res.stderr.strip().startswith("imacs: error: IMACS_BASIC_AUTH")
+
+
+def test_app014_busy_port_is_a_one_line_error(runs_root) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = subprocess.run(
+            [sys.executable, "-m", "imacs", "serve", str(runs_root), "--port", str(port)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == (
+        f"imacs: error: port {port} on 127.0.0.1 is in use; pass --port N or stop the other "
+        "server\n"
+    )
+
+
+def test_app015_healthz_and_headers_reveal_nothing(client, runs_root, tmp_path) -> None:
+    for app_client in (client, create_app(tmp_path).server.test_client()):
+        r = app_client.get("/healthz")
+        assert str(runs_root) not in r.get_data(as_text=True)
+        assert str(tmp_path) not in r.get_data(as_text=True)
+    for path in ("/", "/healthz", "/files/shortcut/thumbs/images/0.jpg"):
+        r = client.get(path)
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+        assert r.headers["X-Frame-Options"] == "DENY"
+        csp = r.headers["Content-Security-Policy"]
+        assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
+        assert "script-src 'self' 'sha256-" in csp and "unsafe-eval" not in csp
+
+
+def test_app016_damaged_runs_answer_a_sentence_not_500(runs_root, tmp_path) -> None:
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "cut")
+    app_client = create_app(root).server.test_client()
+    assert app_client.get("/render/cut/0/a.png").status_code == 200  # readable first
+    (root / "cut" / "attr_a.npy").write_bytes(b"\x93NUMPY broken")
+    (root / "cut" / "patches.parquet").write_bytes(b"PAR1 broken")
+    fresh = create_app(root).server.test_client()
+    for url in ("/render/cut/0/a.png", "/download/cut/patches.csv"):
+        r = fresh.get(url)
+        text = r.get_data(as_text=True)
+        assert r.status_code == 503, (url, r.status_code)
+        assert text.startswith("This run cannot be shown:") and text.count("\n") == 1
+        assert "Traceback" not in text and str(root) not in text
+
+
+def test_app017_csv_cells_cannot_run_as_formulas(runs_root, tmp_path) -> None:
+    import pandas as pd
+
+    from imacs.run import load_run, safe_csv
+
+    frame = pd.DataFrame(
+        {"name": ['=HYPERLINK("x")', "+1", "@SUM(A1)", "plain", "-2"], "diff": [-0.12, 1, 2, 3, 4]}
+    )
+    rows = list(csv.reader(io.StringIO(safe_csv(frame))))
+    assert [r[0] for r in rows[1:]] == ['\'=HYPERLINK("x")', "'+1", "'@SUM(A1)", "plain", "'-2"]
+    assert rows[1][1] == "-0.12"  # numbers stay numbers
+    # imacs export and the dashboard download both guard: plant a formula in a meta column
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs_root / "shortcut", run_dir)
+    images = pd.read_parquet(run_dir / "images.parquet")
+    images["site"] = "=cmd|' /C calc'!A0"
+    images.to_parquet(run_dir / "images.parquet", index=False)
+    load_run(run_dir).export(patches_csv=tmp_path / "p.csv")
+    assert (
+        "\n=" not in (tmp_path / "p.csv").read_text()
+        and ",=" not in (tmp_path / "p.csv").read_text()
+    )
+    served = create_app(tmp_path).server.test_client().get("/download/run/patches.csv")
+    assert served.status_code == 200 and ",=" not in served.get_data(as_text=True)
