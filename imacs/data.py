@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,7 @@ def _from_folders(root: Path, given: list[str] | None, suggested: list[str] | No
         classes = names
     index = {c: i for i, c in enumerate(classes)}
     records: list[ImageRecord] = []
+    missing: list[tuple[str, str]] = []
     for d in subdirs:
         files = sorted(
             p
@@ -159,13 +161,34 @@ def _from_folders(root: Path, given: list[str] | None, suggested: list[str] | No
             and p.is_file()
             and not any(part.startswith(".") for part in p.relative_to(root).parts)
         )
-        records.extend(_record(root, p, index[d.name]) for p in files)
+        for p in files:
+            if _undecodable(p):  # skipped and listed, like an unreadable image
+                missing.append((_printable(p.relative_to(root)), _BAD_NAME))
+            else:
+                records.append(_record(root, p, index[d.name]))
     if not records:
         raise InputError(
             f"{root}: no images found in its class subfolders "
             f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    return Dataset(root=root, records=records, classes=classes)
+    return Dataset(root=root, records=records, classes=classes, missing=missing)
+
+
+_BAD_NAME = "file name is not valid UTF-8; rename the file"
+#: no image classifier has this many classes: a larger integer label is a typo
+MAX_CLASSES = 100_000
+
+
+def _undecodable(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes, kept by Python as surrogate escapes
+        return True
+    return False
+
+
+def _printable(path: Path) -> str:
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _from_csv(
@@ -214,7 +237,13 @@ def _from_csv(
         for i in range(len(classes)):
             lookup.setdefault(str(i), i)
     elif all(_is_int(v) for v in labels):
-        top = max(int(v) for v in labels)
+        # never allocate from a user's number: a typo like 999999999 is refused, not listed
+        top_line, top = max(enumerate(int(v) for v in labels), key=lambda t: t[1])
+        if top >= MAX_CLASSES:
+            raise InputError(
+                f"{csv_path}:{top_line + 2}: label {top} is not a class index any classifier "
+                f"outputs (more than {MAX_CLASSES:,}); fix the label, or pass --classes FILE"
+            )
         classes = [str(i) for i in range(top + 1)]
         lookup = {str(i): i for i in range(top + 1)}
         classes_inferred = True
@@ -225,6 +254,7 @@ def _from_csv(
     records: list[ImageRecord] = []
     missing: list[tuple[str, str]] = []
     keep_rows: list[int] = []
+    seen: dict[Path, tuple[int, str]] = {}
     for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
         key = str(int(label)) if _is_int(label) and label not in lookup else label
         if key not in lookup:
@@ -236,14 +266,26 @@ def _from_csv(
             raise InputError(f"{csv_path}:{i + 2}: negative class index {label!r}")
         rel = row["path"].strip()
         p = Path(rel) if Path(rel).is_absolute() else root / rel
+        try:
+            relpath = p.resolve().relative_to(root).as_posix()
+        except ValueError:
+            raise InputError(
+                f"{csv_path}:{i + 2}: {rel!r} is outside --data {root}; list only files "
+                "inside the data folder, with paths relative to it"
+            ) from None
+        resolved = p.resolve()
+        if resolved in seen:
+            first, first_label = seen[resolved]
+            what = "again" if first_label == label else f"with label {first_label!r} and {label!r}"
+            raise InputError(
+                f"{csv_path}:{i + 2}: {rel!r} is listed {what} (first on line {first}); "
+                "list each image once"
+            )
+        seen[resolved] = (i + 2, label)
         if not p.is_file():
             missing.append((rel, "file not found"))
             continue
         p = p.resolve()
-        try:
-            relpath = p.relative_to(root).as_posix()
-        except ValueError:
-            relpath = p.as_posix()
         st = p.stat()
         records.append(ImageRecord(p, relpath, int(lookup[key]), st.st_size, st.st_mtime_ns))
         keep_rows.append(i)

@@ -266,7 +266,8 @@ def _analysis(
         return Run(out)
     if dataset.missing and settings.strict:
         rel, why = dataset.missing[0]
-        raise InputError(f"{dataset.root / rel}: {why} (listed in {dataset.labels_csv}); --strict")
+        where = f" (listed in {dataset.labels_csv})" if dataset.labels_csv else ""
+        raise InputError(f"{dataset.root / rel}: {why}{where}; --strict")
     say(f"{len(dataset)} images, {len(dataset.classes)} classes in {dataset.root}")
 
     engine = PairedAttribution(

@@ -126,3 +126,31 @@ def test_cli007_corrupt_run_table(shortcut, shortcut_run, tmp_path: Path) -> Non
     (broken / "clusters.parquet").write_bytes(data[: len(data) // 2])
     proc = _run("export", str(broken), "--clusters", str(tmp_path / "c.csv"))
     _assert_one_line_error(proc, "clusters.parquet", "unreadable", "re-run imacs analyze")
+
+
+def test_cli008_bad_names_and_numbers_through_the_cli(shortcut, tmp_path: Path) -> None:
+    import json
+    import os
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shortcut["data"], data)
+    shutil.copy(
+        data / "vertical" / "000.png", os.path.join(os.fsencode(data / "vertical"), b"\xff.png")
+    )
+    common = ("--model-a", str(shortcut["a"]), "--model-b", str(shortcut["b"]), "--data", str(data))
+    for flag, value, message in (
+        ("--seed", "-1", "argument --seed: '-1': must be at least 0"),
+        ("--std", "nan,1,1", "argument --std: 'nan,1,1': every value must be a finite number"),
+        ("--steps", "0", "argument --steps: '0': must be at least 2"),
+    ):
+        proc = _run("analyze", *common, "--out", str(tmp_path / "x"), flag, value)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
+    out = tmp_path / "run"
+    proc = _run("analyze", *common, "--out", str(out), "--image-size", "32", "--steps", "8",
+                "--projection", "pca", "--no-cache")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    skipped = json.loads((out / "run.json").read_text())["skipped"]
+    assert skipped == [
+        {"path": "vertical/\\xff.png", "reason": "file name is not valid UTF-8; rename the file"}
+    ]

@@ -105,3 +105,52 @@ def test_dat008_fingerprint_changes_with_content(tmp_path: Path) -> None:
     assert load_dataset(tmp_path).fingerprint() == first
     Image.new("RGB", (9, 9)).save(tmp_path / "a" / "1.png")
     assert load_dataset(tmp_path).fingerprint() != first
+
+
+def test_dat009_a_huge_integer_label_is_refused_without_allocating(tmp_path: Path) -> None:
+    import resource
+
+    _img(tmp_path / "a.png")
+    _img(tmp_path / "b.png")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\na.png,0\nb.png,999999999\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=r"labels.csv:3: label 999999999 is not a class index"):
+        load_dataset(tmp_path, labels_csv=csv)
+    grew_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grew_mb < 100  # the old code built a 999999999-name class list (~60 GB)
+
+
+def test_dat010_duplicate_and_outside_rows_are_refused_with_the_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for name in ("a.png", "b.png"):
+        _img(data / name)
+    _img(tmp_path / "secret.png")
+    csv = tmp_path / "labels.csv"
+    for body, message in (
+        (
+            "a.png,cat\nb.png,dog\na.png,cat\n",
+            r"labels.csv:4: 'a.png' is listed again \(first on line 2\)",
+        ),
+        (
+            "a.png,cat\n./a.png,dog\n",
+            r"labels.csv:3: './a.png' is listed with label 'cat' and 'dog'",
+        ),
+        ("a.png,cat\n../secret.png,dog\n", r"labels.csv:3: '../secret.png' is outside --data"),
+        (f"{tmp_path / 'secret.png'},dog\n", r"labels.csv:2: .*secret.png' is outside --data"),
+    ):
+        csv.write_text("path,label\n" + body)
+        with pytest.raises(InputError, match=message):
+            load_dataset(data, labels_csv=csv)
+
+
+def test_dat011_a_file_name_that_is_not_utf8_is_skipped_and_listed(tmp_path: Path) -> None:
+    import os
+
+    _img(tmp_path / "cat" / "good.png")
+    bad = os.path.join(os.fsencode(tmp_path / "cat"), b"caf\xe9.png")  # Latin-1 bytes
+    with open(bad, "wb") as f:
+        Image.new("RGB", (8, 8)).save(f, "PNG")
+    ds = load_dataset(tmp_path)
+    assert [r.relpath for r in ds.records] == ["cat/good.png"]
+    assert ds.missing == [("cat/caf\\xe9.png", "file name is not valid UTF-8; rename the file")]
