@@ -34,6 +34,7 @@ def check_destination(out: Path, fingerprint: str, overwrite: bool) -> None:
     An existing run with the same fingerprint is replaced (it is recomputed from the
     cache); a different run needs ``overwrite``; anything else that is not empty is refused.
     """
+    recover(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; choose another --out")
     if not out.is_dir() or not any(out.iterdir()):
@@ -59,10 +60,7 @@ def is_current(out: Path, fingerprint: str) -> bool:
         old = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    if old.get("fingerprint") != fingerprint:
-        return False
-    files = old.get("files", {})
-    return isinstance(files, dict) and all((out / name).is_file() for name in files.values())
+    return old.get("fingerprint") == fingerprint and is_complete(out)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -147,8 +145,65 @@ def write_scaled_maps(
     return path.name
 
 
+def _old_prefix(out: Path) -> str:
+    return f".{out.name}.imacs-old-"
+
+
+def recover(out: Path) -> str | None:
+    """Finish or undo a commit that was killed between its two renames.
+
+    :func:`commit` moves the previous run aside, then the new one into place. Killed in
+    between, ``out`` is missing and both lie beside it: the new run (complete: its manifest
+    is written first) is moved into place, else the previous one is put back. Returns what
+    was done, or None.
+    """
+    out = out.expanduser().absolute()
+    if out.exists() or not out.parent.is_dir():
+        return None
+
+    def dead(p: Path, prefix: str) -> bool:
+        pid = p.name[len(prefix) :]
+        return (
+            p.is_dir() and pid.isdigit() and not (_pid_alive(int(pid)) and int(pid) != os.getpid())
+        )
+
+    news = [p for p in out.parent.glob(f"{_tmp_prefix(out)}*") if dead(p, _tmp_prefix(out))]
+    olds = [p for p in out.parent.glob(f"{_old_prefix(out)}*") if dead(p, _old_prefix(out))]
+    if not olds:
+        return None  # no commit was under way: leftovers are removed by staging()
+    done = None
+    try:
+        for new in news:
+            if is_complete(new):
+                new.rename(out)
+                done = "finished"
+                break
+        if done is None:
+            newest = max(olds, key=lambda p: p.stat().st_mtime)
+            newest.rename(out)
+            olds.remove(newest)
+            done = "restored"
+        for leftover in olds:
+            shutil.rmtree(leftover, ignore_errors=True)
+    except OSError as exc:
+        raise disk_error(exc, out) from None
+    remove_stale_temporaries(out)  # an unfinished new run of a dead process
+    return done
+
+
+def is_complete(path: Path) -> bool:
+    """True when ``path`` holds a manifest and every file it lists."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    files = manifest.get("files", {})
+    return isinstance(files, dict) and all((path / f).is_file() for f in files.values())
+
+
 def commit(tmp: Path, out: Path, manifest: dict[str, object]) -> None:
-    """Write ``run.json`` last, then move the finished run into place."""
+    """Write ``run.json`` last, then move the finished run into place (a kill between the
+    two renames is repaired by :func:`recover` on the next analysis)."""
     out = out.expanduser().absolute()
     try:
         with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
@@ -158,7 +213,7 @@ def commit(tmp: Path, out: Path, manifest: dict[str, object]) -> None:
             os.fsync(f.fileno())
         old = None
         if out.exists():
-            old = out.parent / f".{out.name}.imacs-old-{os.getpid()}"
+            old = out.parent / f"{_old_prefix(out)}{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
         tmp.rename(out)
