@@ -44,7 +44,7 @@ from .store import (
     write_scaled_maps,
     write_table,
 )
-from .tables import images_table, manifest, patches_table
+from .tables import class_order_warnings, images_table, manifest, patches_table
 from .thumbnails import thumbnails_and_pixels
 
 __all__ = ["AnalysisSettings", "analyze", "run_analysis"]
@@ -351,6 +351,9 @@ def _analysis(
             ).fit(emb)
         with timer.stage("comparison"):
             images_df = images_table(records, dataset, valid, att)
+            warnings = class_order_warnings(images_df, len(dataset.classes), names)
+            for w in warnings:
+                say(f"warning: {w}")
             patches_df = patches_table(table, box_orig, clusterer)
             clusters_df, by_class_df = compare_clusters(
                 patches_df, images_df.set_index("image_id"), dataset.classes, settings.comparison
@@ -383,6 +386,7 @@ def _analysis(
             n_patches=len(patches_df),
             n_clusters=clusterer.n_clusters_,
             files=files,
+            warnings=warnings,
         )
         commit(tmp, out, run_manifest)
     say(f"run written to {out}")

@@ -198,9 +198,12 @@ class Run:
         for row in self.clusters.head(5).itertuples():
             lines.append(
                 f"    #{row.rank} cluster {row.cluster}: diff {row.diff:+.3f} "
-                f"[{row.diff_lo:+.3f}, {row.diff_hi:+.3f}], {row.n_patches} patches "
-                f"in {row.n_images} images, mostly {row.top_class}"
+                f"[{row.diff_lo:+.3f}, {row.diff_hi:+.3f}]"
+                f"{' significant' if getattr(row, 'significant', False) else ''}, "
+                f"{row.n_patches} patches in {row.n_images} images, mostly {row.top_class}"
             )
+        for w in m.get("warnings", []):
+            lines.append(f"  warning: {w}")
         total = sum(m["timings"].values())
         lines.append(f"  computed in {total:.1f}s")
         return "\n".join(lines)

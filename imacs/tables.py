@@ -57,6 +57,32 @@ def images_table(
     return df
 
 
+def class_order_warnings(images: pd.DataFrame, n_classes: int, names: dict[str, str]) -> list[str]:
+    """A warning per model whose accuracy is below chance while some reordering of its
+    classes would fit the labels well: the class order is most likely wrong."""
+    from scipy.optimize import linear_sum_assignment
+
+    out = []
+    labels = images["label"].to_numpy()
+    for r in ROLES:
+        pred = images[f"pred_{r}"].to_numpy()
+        if len(labels) < 10 or n_classes < 2:
+            continue
+        acc = float((pred == labels).mean())
+        confusion = np.zeros((n_classes, n_classes))
+        np.add.at(confusion, (labels, pred), 1)
+        rows, cols = linear_sum_assignment(confusion, maximize=True)
+        best = float(confusion[rows, cols].sum() / len(labels))
+        if acc < 1.0 / n_classes and best >= acc + 0.25:
+            out.append(
+                f"model {r.upper()} ({names[r]}) is right on {acc:.0%} of the images, below "
+                f"chance ({1 / n_classes:.0%}), but would be right on {best:.0%} with its "
+                "classes in another order: check the class order (--classes FILE with the "
+                "models' class names in output order)"
+            )
+    return out
+
+
 def _abs_max_per_row(maps: np.ndarray, block: int = 256) -> np.ndarray:
     """max |map| per image, a block of rows at a time (maps may be memory-mapped)."""
     out = np.zeros(len(maps), np.float32)
@@ -125,6 +151,7 @@ def manifest(
     n_patches: int,
     n_clusters: int,
     files: dict[str, str],
+    warnings: list[str] | None = None,
 ) -> dict[str, object]:
     top = clusters_df.iloc[0]
     model_info = {}
@@ -153,6 +180,7 @@ def manifest(
         "versions": _versions(),
         "timings": timings,
         "skipped": skipped,
+        "warnings": warnings or [],
         "summary": {
             "n_images": len(images_df),
             "n_skipped": len(skipped),

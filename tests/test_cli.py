@@ -156,3 +156,24 @@ def test_cli008_bad_names_and_numbers_through_the_cli(shortcut, tmp_path: Path) 
     assert skipped == [
         {"path": "vertical/\\xff.png", "reason": "file name is not valid UTF-8; rename the file"}
     ]
+
+
+def test_cli009_a_wrong_class_order_is_flagged(shortcut, tmp_path: Path) -> None:
+    import json
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("vertical\nhorizontal\n")  # reversed: the models say 0 = horizontal
+    out = tmp_path / "run"
+    proc = _run("analyze", "--model-a", str(shortcut["a"]), "--model-b", str(shortcut["b"]),
+                "--data", str(shortcut["data"]), "--classes", str(classes), "--out", str(out),
+                "--image-size", "32", "--steps", "8", "--projection", "pca",
+                "--no-cache")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    warnings = json.loads((out / "run.json").read_text())["warnings"]
+    assert [w[:26] for w in warnings] == [
+        "model A (model_a) is right",
+        "model B (model_b) is right",
+    ]
+    assert "right on 0% of the images" in warnings[0]
+    assert "would be right on 100% with its classes in another order" in warnings[0]
+    assert "warning: model A" in proc.stderr and "warning: model A" in proc.stdout  # info too
