@@ -135,7 +135,9 @@ def test_demo005_imacs_demo_serves_the_dashboard(demo, demo_cache) -> None:
     assert "up to date" in out and f"dashboard at http://127.0.0.1:{port}/" in out
 
 
-def test_demo006_a_changed_sample_replaces_the_cached_demo_run(demo_cache, tmp_path) -> None:
+def test_demo006_a_changed_sample_replaces_the_cached_demo_run(
+    demo, demo_cache, tmp_path
+) -> None:  # `demo` computes the cached run this test starts from (also when run alone)
     # a demo run of other inputs in the demo folder (e.g. the sample was remade since)
     manifest = json.loads((demo_cache / "demo" / "landcover" / "run.json").read_text())
     other = tmp_path / "cache"
