@@ -36,9 +36,11 @@ def content_security_policy(script_hashes: list[str]) -> str:
     )
 
 
-def _unavailable(exc: Exception) -> Response:
-    """A damaged run: the same sentence the dashboard shows, never a 500 or a traceback."""
-    return Response(f"This run cannot be shown: {exc}\n", 503, mimetype="text/plain")
+def _unavailable(exc: Exception, root: object) -> Response:
+    """A damaged run: the same sentence the dashboard shows, never a 500 or a traceback,
+    and paths relative to the runs folder (the server's layout is nobody's business)."""
+    text = str(exc).replace(f"{root}/", "").replace(str(root), ".")
+    return Response(f"This run cannot be shown: {text}\n", 503, mimetype="text/plain")
 
 
 def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]) -> None:
@@ -86,7 +88,7 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
         except KeyError:
             abort(404)
         except (InputError, OSError, ValueError) as exc:
-            return _unavailable(exc)
+            return _unavailable(exc, catalog.root)
         resp = Response(png, mimetype="image/png")
         resp.set_etag(tag)
         resp.cache_control.max_age = 3600
@@ -105,7 +107,7 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
         try:
             frame = view.clusters(f) if table == "clusters" else view.export_patches(f)
         except (InputError, OSError, ValueError) as exc:
-            return _unavailable(exc)
+            return _unavailable(exc, catalog.root)
         name = f"{run_id.replace('/', '_')}-{table}{'-filtered' if f.active else ''}.csv"
         return Response(
             safe_csv(frame),
