@@ -309,6 +309,63 @@ def _share(view: RunView, role: str, image_id: int) -> np.ndarray:
     return m / total if total > 0 else m
 
 
+#: overlays are scaled to this percentile of the image's values, and clipped above it
+OVERLAY_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True)
+class OverlayScale:
+    """The colour scales of one image's overlays, in share of a model's positive
+    attribution per map pixel.
+
+    ``share`` tops the A and B overlays (one scale for both models: the 99th percentile of
+    both maps' values), ``diff`` bounds the B − A overlay (the 99th percentile of its
+    absolute values); values beyond are clipped. ``pixels`` is the map's size, so a uniform
+    map's share is ``1 / pixels``.
+    """
+
+    share: float
+    diff: float
+    pixels: int
+
+    @property
+    def share_vs_average(self) -> float:
+        """``share`` as a multiple of the share of an average pixel."""
+        return self.share * self.pixels
+
+    @property
+    def diff_vs_average(self) -> float:
+        return self.diff * self.pixels
+
+
+def _robust_top(values: np.ndarray) -> float:
+    """The percentile scale of ``values`` (>= 0); their maximum if that is 0, else 1."""
+    top = float(np.percentile(values, OVERLAY_PERCENTILE)) if values.size else 0.0
+    if top <= 0:
+        top = float(values.max()) if values.size else 0.0
+    return top if top > 0 else 1.0
+
+
+def overlay_scale(view: RunView, image_id: int) -> OverlayScale:
+    """The colour scales :func:`render_png` uses for this image's A, B and B − A overlays."""
+    if image_id not in view.images.index:
+        raise KeyError(image_id)
+    return _scale_of(_share(view, "a", image_id), _share(view, "b", image_id))
+
+
+def _scale_of(sa: np.ndarray, sb: np.ndarray) -> OverlayScale:
+    return OverlayScale(
+        share=_robust_top(np.concatenate([sa.ravel(), sb.ravel()])),
+        diff=_robust_top(np.abs(sb - sa).ravel()),
+        pixels=int(sa.size),
+    )
+
+
+#: colour stops of the A/B overlays and of the B − A overlay, for colour bars on the page
+INFERNO_CSS = [f"rgb({r},{g},{b})" for r, g, b in _INFERNO.astype(int).tolist()]
+DIVERGING_CSS = [f"rgb({r},{g},{b})" for r, g, b in _DIVERGING.astype(int).tolist()]
+
+
 #: renderings are at least this many pixels on their longest side
 RENDER_SIDE = 256
 
@@ -351,6 +408,9 @@ def _outline(view: RunView, im: Image.Image, image_id: int, highlight: int | Non
 def render_png(view: RunView, image_id: int, kind: str, patch_id: int | None = None) -> bytes:
     """A PNG of an image: ``image`` (patches outlined), ``a``/``b`` (each model's share of
     attribution, on one shared scale), ``diff`` (B minus A) or ``context`` (one patch outlined).
+
+    The overlays' scales are robust (:func:`overlay_scale`): the single hottest pixel does
+    not wash out the rest of the map.
     """
     if image_id not in view.images.index:
         raise KeyError(image_id)
@@ -360,17 +420,15 @@ def render_png(view: RunView, image_id: int, kind: str, patch_id: int | None = N
         _outline(view, im, image_id, highlight=patch_id if kind == "context" else None)
     else:
         sa, sb = _share(view, "a", image_id), _share(view, "b", image_id)
+        scale = _scale_of(sa, sb)
         if kind == "diff":
-            d = sb - sa
-            vmax = float(np.abs(d).max()) or 1.0
-            field_ = d / vmax * 0.5 + 0.5
-            rgb = _lut(_DIVERGING, field_)
-            alpha = np.abs(d) / vmax
+            t = np.clip((sb - sa) / scale.diff, -1.0, 1.0)
+            rgb = _lut(_DIVERGING, t * 0.5 + 0.5)
+            alpha = np.sqrt(np.abs(t))
         elif kind in ("a", "b"):
-            vmax = float(max(sa.max(), sb.max())) or 1.0  # one scale for both models
-            s = sa if kind == "a" else sb
-            rgb = _lut(_INFERNO, s / vmax)
-            alpha = np.sqrt(np.clip(s / vmax, 0, 1))
+            t = np.clip((sa if kind == "a" else sb) / scale.share, 0.0, 1.0)
+            rgb = _lut(_INFERNO, t)
+            alpha = np.sqrt(t)
         else:
             raise KeyError(kind)
         heat = Image.fromarray(np.uint8(rgb)).resize(base.size, Image.Resampling.BILINEAR)

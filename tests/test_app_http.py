@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -70,7 +71,13 @@ def test_app003_files_only_from_inside_the_run(client) -> None:
         assert not r.data.startswith(b"PAR1") and b'"fingerprint"' not in r.data, bad
 
 
-def test_app004_renderings_are_cacheable_pngs(client) -> None:
+def _salient(share: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The top 5 % of a map's pixels, at the size of a rendering."""
+    top = Image.fromarray(np.uint8(share >= np.quantile(share, 0.95)) * 255)
+    return np.asarray(top.resize(size, Image.Resampling.NEAREST)) > 0
+
+
+def test_app004_renderings_are_cacheable_visible_pngs(client, runs_root, tmp_path) -> None:
     for kind in ("image", "a", "b", "diff"):
         r = client.get(f"/render/shortcut/3/{kind}.png")
         assert r.status_code == 200 and r.mimetype == "image/png", kind
@@ -85,6 +92,30 @@ def test_app004_renderings_are_cacheable_pngs(client) -> None:
     )
     assert client.get("/render/shortcut/3/evil.png").status_code == 404
     assert client.get("/render/shortcut/99999/a.png").status_code == 404
+
+    # IG maps of real images have a few very hot pixels: here A's hottest pixel is ~14x the
+    # 99th percentile of its map. The overlays must still show where each model looks.
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "r")
+    maps = np.load(root / "r" / "attr_a.npy")
+    m = maps[3].astype(np.float32)
+    hot = np.unravel_index(np.argmax(m), m.shape)
+    m *= 0.15
+    m[hot] = 1.0
+    maps[3] = m.astype(maps.dtype)
+    np.save(root / "r" / "attr_a.npy", maps)
+    view = RunCatalog(root).get("r")
+    sa, sb = (np.clip(view.run.attribution_map(k, 3), 0, None) for k in ("a", "b"))
+    assert np.percentile(sa[sa > 0], 99) < 0.1 * sa.max()
+    sa, sb = sa / sa.sum(), sb / sb.sum()
+    c = create_app(root).server.test_client()
+    grey = Image.open(io.BytesIO(c.get("/render/r/3/image.png").data)).convert("L")
+    grey = np.asarray(grey.convert("RGB"), dtype=float)
+    for kind, share in (("a", sa), ("b", sb), ("diff", np.abs(sb - sa))):
+        im = Image.open(io.BytesIO(c.get(f"/render/r/3/{kind}.png").data)).convert("RGB")
+        moved = np.abs(np.asarray(im, dtype=float) - grey).max(axis=2)
+        coloured = (moved[_salient(share, im.size)] > 40).mean()
+        assert coloured > 0.5, (kind, coloured)  # was 0.03 (A), 0.26 (B), 0.06 (B − A)
 
 
 def test_app005_downloads_honour_filters(client, shortcut_run) -> None:
