@@ -211,8 +211,17 @@ class RunCatalog:
         return problem
 
     def run_dirs(self) -> dict[str, Path]:
-        """Readable runs: id (path relative to the root, or the root's name) -> directory."""
-        return {k: p for k, p in self._candidates().items() if self._check(p) is None}
+        """Readable runs, newest first: id (path relative to the root, or the root's name)
+        -> directory. A run's age is its manifest's modification time."""
+        found = {k: p for k, p in self._candidates().items() if self._check(p) is None}
+
+        def age(item: tuple[str, Path]) -> tuple[float, str]:
+            try:
+                return (-(item[1] / "run.json").stat().st_mtime, item[0])
+            except OSError:  # removed since it was listed: last
+                return (0.0, item[0])
+
+        return dict(sorted(found.items(), key=age))
 
     def problems(self) -> dict[str, str]:
         """Runs found but not readable (an older format, a broken manifest): id -> why."""
@@ -224,23 +233,28 @@ class RunCatalog:
         return out
 
     def default_run(self) -> str | None:
-        dirs = self.run_dirs()
-        if not dirs:
-            return None
-        # newest first: the run a user just made is the one they want to see
-        return max(dirs, key=lambda k: (dirs[k] / "run.json").stat().st_mtime)
+        """The newest run: the one a user just made is the one they want to see."""
+        return next(iter(self.run_dirs()), None)
 
     def get(self, run_id: str | None) -> RunView:
-        """The run with this id (or the default one); raises InputError if unknown."""
+        """The run with this id (or the newest one); raises InputError if there is none."""
         dirs = self.run_dirs()
-        if run_id is None or run_id not in dirs:
-            if run_id is not None:
-                raise InputError(f"no run named {run_id!r} under {self.root}")
-            run_id = self.default_run()
+        if run_id is None:
+            run_id = next(iter(dirs), None)
             if run_id is None:
                 raise InputError(f"{self.root}: no imacs runs found; make one with imacs analyze")
+        elif run_id not in dirs:
+            raise InputError(
+                f"no run named {run_id!r} under {self.root} (removed, or never made); "
+                "pick one in the run list"
+            )
         path = dirs[run_id]
-        mtime = (path / "run.json").stat().st_mtime
+        try:
+            mtime = (path / "run.json").stat().st_mtime
+        except OSError:
+            raise InputError(
+                f"{path}: the run was removed while it was being read; pick one in the run list"
+            ) from None
         with self._lock:
             view = self._cache.get(run_id)
             if view is not None and view.mtime == mtime:

@@ -240,3 +240,16 @@ def test_app012_missing_thumbnail(runs_root, tmp_path) -> None:
     assert c.get("/files/r/thumbs/patches/5.jpg").status_code == 404
     r = c.get("/render/r/2/diff.png")  # drawn on a grey stand-in of the right shape
     assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).size == (256, 256)
+
+
+def test_app015_runs_are_listed_newest_first(runs_root, tmp_path) -> None:
+    import os
+
+    root = tmp_path / "runs"
+    for name, age in (("alpha", 300), ("beta", 100), ("team/gamma", 200)):
+        shutil.copytree(runs_root / "shortcut", root / name)
+        t = os.path.getmtime(root / name / "run.json") - age
+        os.utime(root / name / "run.json", (t, t))
+    cat = RunCatalog(root)
+    assert list(cat.run_dirs()) == ["beta", "team/gamma", "alpha"]
+    assert cat.default_run() == "beta" and cat.get(None).run_id == "beta"
