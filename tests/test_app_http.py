@@ -242,6 +242,62 @@ def test_app012_missing_thumbnail(runs_root, tmp_path) -> None:
     assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).size == (256, 256)
 
 
+def test_app013_filters_reach_every_number(runs_root, tmp_path) -> None:
+    import pandas as pd
+
+    from app.reader import Filters
+
+    # a run where B is wrong on 10 of the 40 horizontal images
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "r")
+    images = pd.read_parquet(root / "r" / "images.parquet")
+    wrong = images.index[images["label_name"] == "horizontal"][:10]
+    images.loc[wrong, ["pred_b", "correct_b"]] = [1, False]
+    images.to_parquet(root / "r" / "images.parquet")
+    view = RunCatalog(root).get("r")
+
+    everything = view.summary(Filters())
+    assert everything["accuracy_b"] == 70 / 80 and everything["n_images"] == 80
+    horizontal = Filters(classes=("horizontal",))
+    summ = view.summary(horizontal)
+    assert summ["n_images"] == 40 and summ["n_images_total"] == 80
+    assert summ["accuracy_a"] == 1.0 and summ["accuracy_b"] == 30 / 40
+    assert summ["agreement"] == 30 / 40
+    kept = view.filtered_patches(horizontal)
+    assert summ["n_patches"] == len(kept) < summ["n_patches_total"]
+    assert summ["n_clusters"] == kept["cluster"].nunique() < summ["n_clusters_total"]
+    nothing = view.summary(Filters(outcome="both_wrong"))
+    assert nothing["n_images"] == 0 and nothing["n_patches"] == 0
+    assert np.isnan(nothing["accuracy_a"])
+
+    # the strip thumbnails come from the filtered patches only
+    reps = view.representatives(horizontal)
+    shown = [pid for ids in reps.values() for pid in ids]
+    assert shown and set(shown) <= set(kept["patch_id"])
+    assert set(reps) == set(kept["cluster"])
+
+
+def test_app014_a_clusters_breakdown_shows_its_cause(marked_run) -> None:
+    from app.reader import Filters
+
+    view = RunCatalog(marked_run.path).get(None)
+    top = int(marked_run.clusters.iloc[0]["cluster"])  # the red mark, read by B
+    table = view.cluster_breakdown(Filters(), top)
+    rows = {(r.column, r.value): r for r in table.itertuples()}
+    n = marked_run.patches.query("cluster == @top")["image_id"].nunique()
+    assert rows["mark", "yes"].share == 1.0 and rows["mark", "yes"].n_images == n
+    assert rows["mark", "yes"].overall == 0.5  # 40 of the 80 images carry the mark
+    assert rows["B predicts", "vertical"].share == 1.0
+    assert rows["A predicts", "vertical"].share == 1.0
+    assert list(table["column"].unique()) == ["mark", "A predicts", "B predicts", "class"]
+    trait = view.cluster_traits(Filters()).loc[top]
+    assert (trait["column"], trait["value"], trait["share"]) == ("mark", "yes", 1.0)
+    # against the filtered images: among vertical images every one carries the mark
+    only_vertical = view.cluster_breakdown(Filters(classes=("vertical",)), top)
+    assert only_vertical.query("column == 'mark'")["overall"].tolist() == [1.0]
+    assert top not in view.cluster_traits(Filters(classes=("vertical",))).index
+
+
 def test_app015_runs_are_listed_newest_first(runs_root, tmp_path) -> None:
     import os
 
@@ -253,3 +309,25 @@ def test_app015_runs_are_listed_newest_first(runs_root, tmp_path) -> None:
     cat = RunCatalog(root)
     assert list(cat.run_dirs()) == ["beta", "team/gamma", "alpha"]
     assert cat.default_run() == "beta" and cat.get(None).run_id == "beta"
+
+
+def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> None:
+    from app.callbacks import _clicked_cluster
+
+    cat = RunCatalog(runs_root)
+    s = ViewState(run="shortcut", classes=("vertical",))
+    bar = {"points": [{"curveNumber": 1, "pointIndex": 1, "x": 0.4, "y": "#2 · c5"}]}
+    assert _clicked_cluster(bar, "ranking", s, cat) == 5
+    kept = cat.get("shortcut").filtered_patches(s.filters)
+    row = kept.iloc[7]
+    x, y = round(float(row["proj_x"]), 3), round(float(row["proj_y"]), 3)
+    point = {"points": [{"curveNumber": 0, "pointIndex": 7, "x": x, "y": y}]}
+    assert _clicked_cluster(point, "map", s, cat) == int(row["cluster"])
+    # the map was redrawn under other filters since: the point is found by its place
+    other = kept[kept["cluster"] != row["cluster"]].iloc[0]
+    moved = {
+        "points": [{"curveNumber": 0, "pointIndex": 7, "x": other["proj_x"], "y": other["proj_y"]}]
+    }
+    assert _clicked_cluster(moved, "map", s, cat) == int(other["cluster"])
+    typed = {"points": [{"curveNumber": 0, "pointIndex": 7, "customdata": [3]}]}
+    assert _clicked_cluster(typed, "map", s, cat) == 3
