@@ -68,7 +68,7 @@ def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None)
         horizontal_spacing=0.03,
         subplot_titles=("mean share of attribution", "B − A (95% interval)"),
     )
-    # plain lists: plotly 6 sends numpy arrays as typed arrays, and clickData then omits them
+    # plain lists: plotly sends numpy arrays as typed arrays, which click events may omit
     custom = [int(k) for k in c["cluster"]]
     fig.add_bar(
         y=labels,
@@ -110,18 +110,22 @@ def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None)
         row=1,
         col=2,
     )
-    fig.update_layout(shapes=ranking_highlight(custom, selected))
+    fig.update_layout(shapes=ranking_marks(custom, selected))
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(gridcolor="#eee", zerolinecolor="#999")
     fig.update_layout(barmode="group", bargap=0.25, clickmode="event")
-    return _layout(fig, max(260, 26 * len(c) + 80))
+    _layout(fig, max(260, 26 * len(c) + 90))
+    # the legend under the tick labels, not over them
+    fig.update_layout(margin={"b": 50}, legend={"yref": "container", "y": 0, "yanchor": "bottom"})
+    return fig
 
 
-def ranking_highlight(clusters: list[int], selected: int | None) -> list[dict]:
-    """The band that marks the selected cluster's row across both ranking panels."""
-    if selected is None or selected not in clusters:
+def ranking_marks(order: list[int], selected: int | None) -> list[dict]:
+    """The shapes that mark ``selected`` in a ranking whose rows hold the clusters ``order``
+    (top row first): a band across both panels. Empty when nothing is selected."""
+    if selected is None or selected not in order:
         return []
-    i = clusters.index(selected)
+    i = order.index(selected)
     return [
         {
             "type": "rect",
@@ -131,9 +135,8 @@ def ranking_highlight(clusters: list[int], selected: int | None) -> list[dict]:
             "x1": 1,
             "y0": i - 0.5,
             "y1": i + 0.5,
-            "fillcolor": "#ffe680",
-            "opacity": 0.6,
-            "line": {"width": 0},
+            "fillcolor": "rgba(255, 200, 0, 0.35)",
+            "line": {"width": 1.5, "color": "#d49b00"},
             "layer": "below",
         }
     ]
@@ -163,14 +166,30 @@ def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Fig
         for i in range(k):
             col = PALETTE[i % len(PALETTE)]
             scale += [[i / k, col], [(i + 1) / k, col]]
-        marker = {"color": cl, "colorscale": scale, "cmin": -0.5, "cmax": k - 0.5, "size": 4}
+        marker = {
+            "color": cl,
+            "colorscale": scale,
+            "cmin": -0.5,
+            "cmax": k - 0.5,
+            "size": 4,
+            "colorbar": {  # the legend of cluster colours
+                "title": {"text": "cluster"},
+                "tickvals": list(range(k)),
+                "ticktext": [f"c{i}" for i in range(k)],
+                "thickness": 12,
+                "tickfont": {"size": 10 if k <= 20 else 8},
+                "outlinewidth": 0,
+            },
+        }
     fig.add_trace(
         go.Scattergl(
             x=x,
             y=y,
             mode="markers",
             marker=marker,
-            customdata=cl.tolist(),  # a list, so that clickData carries it (see ranking)
+            # for the hover text; a click is read by its point index (callbacks.py): a
+            # typed array is left out of click events, and a list of 100k is slow to build
+            customdata=cl,
             hovertemplate="cluster %{customdata}<extra></extra>",
             name="patches",
         )
@@ -186,9 +205,15 @@ def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Fig
         )
     )
     fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False, scaleanchor="x")
+    fig.update_yaxes(visible=False)  # no fixed aspect: the points use the whole card
     fig.update_layout(showlegend=False, dragmode="pan", uirevision="map")
-    return _layout(fig, 460)
+    _layout(fig, 460)
+    fig.update_layout(height=None, autosize=True)  # fills its card (the graph's CSS height)
+    return fig
+
+
+#: height of the cluster detail's figures, in pixels
+DETAIL_HEIGHT = 240
 
 
 def share_histogram(p: pd.DataFrame, names: dict[str, str]) -> go.Figure:
@@ -203,7 +228,7 @@ def share_histogram(p: pd.DataFrame, names: dict[str, str]) -> go.Figure:
     fig.update_layout(barmode="overlay", title={"text": "share of attribution per patch", "x": 0})
     fig.update_xaxes(range=[0, 1], gridcolor="#eee")
     fig.update_yaxes(gridcolor="#eee", title="patches")
-    return _layout(fig, 240)
+    return _layout(fig, DETAIL_HEIGHT)
 
 
 def class_mix(p: pd.DataFrame) -> go.Figure:
@@ -211,13 +236,21 @@ def class_mix(p: pd.DataFrame) -> go.Figure:
     fig = go.Figure(go.Bar(x=counts.index.astype(str), y=counts.to_numpy(), marker_color="#777"))
     fig.update_layout(title={"text": "classes of the patches' images", "x": 0})
     fig.update_yaxes(gridcolor="#eee", title="patches")
-    return _layout(fig, 240)
+    return _layout(fig, DETAIL_HEIGHT)
 
 
-def empty(message: str) -> go.Figure:
+def empty(message: str, height: int = 300) -> go.Figure:
     """A blank figure that says why it is blank."""
     fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.add_annotation(
+        text=message,
+        showarrow=False,
+        x=0.5,
+        y=0.5,
+        xref="paper",
+        yref="paper",
+        font={"size": 15, "color": "#6b7280"},
+    )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return _layout(fig, 300)
+    return _layout(fig, height)

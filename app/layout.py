@@ -16,6 +16,7 @@ def layout() -> html.Div:
             dcc.Store(id="key-map"),
             dcc.Store(id="key-cluster"),
             dcc.Store(id="key-image"),
+            dcc.Store(id="scroll-memo"),
             html.Header(
                 className="top",
                 children=[
@@ -33,6 +34,7 @@ def layout() -> html.Div:
                     ),
                 ],
             ),
+            html.Div(id="notice", role="alert"),
             html.Section(id="summary", className="summary"),
             html.Section(
                 className="filters",
@@ -63,7 +65,7 @@ def layout() -> html.Div:
                             html.P(
                                 "Each cluster groups similar-looking salient patches. "
                                 "Bars show the mean share of each model's attribution inside them; "
-                                "click one to open it.",
+                                "click a bar or a row to open the cluster.",
                                 className="hint",
                             ),
                             dcc.Loading(dcc.Graph(id="ranking", config={"displayModeBar": False})),
@@ -71,7 +73,7 @@ def layout() -> html.Div:
                         ],
                     ),
                     html.Section(
-                        className="card",
+                        className="card map-card",
                         children=[
                             html.H2("Patch map"),
                             dcc.RadioItems(
@@ -83,7 +85,15 @@ def layout() -> html.Div:
                                 value="cluster",
                                 inline=True,
                             ),
-                            dcc.Loading(dcc.Graph(id="map", config={"displaylogo": False})),
+                            dcc.Loading(
+                                dcc.Graph(
+                                    id="map",
+                                    className="map-graph",
+                                    config={"displaylogo": False},
+                                    responsive=True,
+                                ),
+                                parent_className="map-fill",
+                            ),
                         ],
                     ),
                 ],

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -33,6 +35,8 @@ OUTCOMES = {
 MAX_META_VALUES = 50
 #: representative thumbnails shown per cluster in the ranking
 STRIP = 8
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class RunView:
     run: Run
     mtime: float
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _filtered: dict[Filters, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _memo: dict[tuple[str, Filters], object] = field(default_factory=dict, repr=False)
 
     @cached_property
     def images(self) -> pd.DataFrame:
@@ -90,17 +94,140 @@ class RunView:
         return out
 
     @cached_property
-    def representatives(self) -> dict[int, list[int]]:
-        """Up to :data:`STRIP` patch ids per cluster, nearest the cluster's centre first."""
+    def _nearest_first(self) -> np.ndarray:
+        """Row positions of the patch table sorted by cluster, then by distance to the
+        cluster's centre in the embedding (the embedding's rows are the table's rows)."""
         emb = np.asarray(self.run.embedding, dtype=np.float32)
-        labels = self.run.patches["cluster"].to_numpy()
-        out: dict[int, list[int]] = {}
+        labels = self.patches["cluster"].to_numpy()
+        dist = np.zeros(len(labels), dtype=np.float64)
         for c in np.unique(labels):
             idx = np.flatnonzero(labels == c)
             centre = emb[idx].mean(axis=0)
-            dist = ((emb[idx] - centre) ** 2).sum(axis=1)
-            out[int(c)] = idx[np.argsort(dist, kind="stable")[:STRIP]].tolist()
-        return out
+            dist[idx] = ((emb[idx] - centre) ** 2).sum(axis=1)
+        return np.lexsort((self.patches["patch_id"].to_numpy(), dist, labels))
+
+    def representatives(self, f: Filters) -> dict[int, list[int]]:
+        """Up to :data:`STRIP` patch ids per cluster among the filtered patches, nearest the
+        cluster's centre first."""
+        return self._memoised("representatives", f, self._representatives)
+
+    def _representatives(self, f: Filters) -> dict[int, list[int]]:
+        order = self._nearest_first
+        if f.active:
+            keep = self.patches["image_id"].isin(self.images.index[self.image_mask(f)])
+            order = order[keep.to_numpy()[order]]
+        labels = self.patches["cluster"].to_numpy()[order]
+        ids = self.patches["patch_id"].to_numpy()[order]
+        starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+        return {int(labels[a]): ids[a : a + STRIP].astype(int).tolist() for a in starts.tolist()}
+
+    def summary(self, f: Filters) -> dict[str, float | int]:
+        """Accuracy, agreement and counts over the images that pass the filters.
+
+        Keys: ``n_images`` (kept), ``n_images_total``, ``accuracy_a``, ``accuracy_b``,
+        ``agreement`` (NaN when no image is kept), ``n_patches``, ``n_patches_total``,
+        ``n_clusters`` (clusters with a kept patch), ``n_clusters_total``, ``n_skipped``.
+        """
+        img = self.images[self.image_mask(f)]
+        p = self.filtered_patches(f)
+        summ = self.run.manifest["summary"]
+        n = len(img)
+
+        def rate(values: pd.Series) -> float:
+            return float(values.mean()) if n else float("nan")
+
+        return {
+            "n_images": n,
+            "n_images_total": len(self.images),
+            "accuracy_a": rate(img["correct_a"]),
+            "accuracy_b": rate(img["correct_b"]),
+            "agreement": rate(img["pred_a"] == img["pred_b"]),
+            "n_patches": len(p),
+            "n_patches_total": len(self.patches),
+            "n_clusters": int(p["cluster"].nunique()),
+            "n_clusters_total": int(summ["n_clusters"]),
+            "n_skipped": int(summ["n_skipped"]),
+        }
+
+    @cached_property
+    def _traits(self) -> pd.DataFrame:
+        """Per image, the columns a cluster is broken down by, as categories of text: the
+        meta-annotation columns, what each model predicts, and the class (in this order: a
+        tie between columns goes to the first)."""
+        img = self.images
+        classes = np.asarray(self.run.classes, dtype=object)
+        out = pd.DataFrame(index=img.index)
+        for c in self.meta_columns:
+            out[c] = img[c].astype(str).where(img[c].notna(), "(none)")
+        out["A predicts"] = classes[img["pred_a"].to_numpy()]
+        out["B predicts"] = classes[img["pred_b"].to_numpy()]
+        out["class"] = img["label_name"].astype(str)
+        return out.astype("category")
+
+    @property
+    def _column_order(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self._traits.columns)}
+
+    def cluster_breakdown(self, f: Filters, cluster: int | None = None) -> pd.DataFrame:
+        """What the clusters' images have in common, against all filtered images.
+
+        One row per cluster, column (each meta-annotation column, ``A predicts``,
+        ``B predicts`` and ``class``) and value held by at least one of the cluster's
+        images: ``cluster, column, value, n_images`` (the cluster's images with this
+        value), ``share`` (of the cluster's images) and ``overall`` (share of all filtered
+        images). Rows are sorted by cluster, column, then ``share``, largest first.
+        ``cluster`` limits the table to one cluster.
+        """
+        p = self.filtered_patches(f)
+        if cluster is not None:
+            p = p[p["cluster"] == cluster]
+        pairs = p[["cluster", "image_id"]].drop_duplicates()
+        at = self.images.index.get_indexer(pairs["image_id"])
+        found, which = np.unique(pairs["cluster"].to_numpy(), return_inverse=True)
+        per_cluster = np.bincount(which, minlength=len(found))
+        kept = self.image_mask(f)
+        frames = []
+        for col in self._traits.columns:
+            values = self._traits[col].cat
+            codes, k = values.codes.to_numpy(), len(values.categories)
+            counts = np.bincount(which * k + codes[at], minlength=len(found) * k)
+            counts = counts.reshape(len(found), k)
+            overall = np.bincount(codes[kept], minlength=k) / max(int(kept.sum()), 1)
+            ci, vi = np.nonzero(counts)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "cluster": found[ci],
+                        "column": col,
+                        "value": np.asarray(values.categories, dtype=object)[vi],
+                        "n_images": counts[ci, vi],
+                        "share": counts[ci, vi] / per_cluster[ci],
+                        "overall": overall[vi],
+                    }
+                )
+            )
+        out = pd.concat(frames, ignore_index=True)
+        out["_col"] = out["column"].map(self._column_order)
+        out = out.sort_values(
+            ["cluster", "_col", "share", "value"], ascending=[True, True, False, True]
+        )
+        return out.drop(columns="_col").reset_index(drop=True)
+
+    def cluster_traits(self, f: Filters) -> pd.DataFrame:
+        """Per cluster, the one value of :meth:`cluster_breakdown` that sets it apart most:
+        held by at least half of its images and the furthest above its overall share
+        (``excess = share - overall``, at least 0.1). Indexed by cluster; a cluster where
+        nothing stands out is absent."""
+        return self._memoised("traits", f, self._cluster_traits)
+
+    def _cluster_traits(self, f: Filters) -> pd.DataFrame:
+        b = self.cluster_breakdown(f)
+        b = b.assign(excess=b["share"] - b["overall"], _col=b["column"].map(self._column_order))
+        b = b[(b["share"] >= 0.5) & (b["excess"] >= 0.1)]
+        b = b.sort_values(
+            ["cluster", "excess", "share", "_col"], ascending=[True, False, False, True]
+        )
+        return b.groupby("cluster").head(1).drop(columns="_col").set_index("cluster")
 
     def image_mask(self, f: Filters) -> np.ndarray:
         img = self.images
@@ -135,16 +262,20 @@ class RunView:
         """
         if not f.active:
             return self.run.clusters
+        return self._memoised("clusters", f, self._filtered_clusters)
+
+    def _memoised(self, name: str, f: Filters, compute: Callable[[Filters], T]) -> T:
+        """``compute(f)``, kept for the last few (name, filters) asked for."""
         with self._lock:
-            hit = self._filtered.get(f)
+            hit = self._memo.get((name, f))
         if hit is not None:
             return hit
-        table = self._filtered_clusters(f)
+        value = compute(f)
         with self._lock:
-            self._filtered[f] = table
-            while len(self._filtered) > 16:
-                self._filtered.pop(next(iter(self._filtered)))
-        return table
+            self._memo[name, f] = value
+            while len(self._memo) > 48:
+                self._memo.pop(next(iter(self._memo)))
+        return value
 
     def _filtered_clusters(self, f: Filters) -> pd.DataFrame:
         p = self.filtered_patches(f)
@@ -211,8 +342,17 @@ class RunCatalog:
         return problem
 
     def run_dirs(self) -> dict[str, Path]:
-        """Readable runs: id (path relative to the root, or the root's name) -> directory."""
-        return {k: p for k, p in self._candidates().items() if self._check(p) is None}
+        """Readable runs, newest first: id (path relative to the root, or the root's name)
+        -> directory. A run's age is its manifest's modification time."""
+        found = {k: p for k, p in self._candidates().items() if self._check(p) is None}
+
+        def age(item: tuple[str, Path]) -> tuple[float, str]:
+            try:
+                return (-(item[1] / "run.json").stat().st_mtime, item[0])
+            except OSError:  # removed since it was listed: last
+                return (0.0, item[0])
+
+        return dict(sorted(found.items(), key=age))
 
     def problems(self) -> dict[str, str]:
         """Runs found but not readable (an older format, a broken manifest): id -> why."""
@@ -223,34 +363,29 @@ class RunCatalog:
                 out[k] = why
         return out
 
-    def newest_first(self) -> list[str]:
-        """Readable run ids, the newest (by when its run.json was written) first."""
-        dirs = self.run_dirs()
-
-        def written(k: str) -> float:
-            try:
-                return (dirs[k] / "run.json").stat().st_mtime
-            except OSError:
-                return 0.0
-
-        return sorted(dirs, key=lambda k: (-written(k), k))
-
     def default_run(self) -> str | None:
-        # the run a user just made is the one they want to see
-        order = self.newest_first()
-        return order[0] if order else None
+        """The newest run: the one a user just made is the one they want to see."""
+        return next(iter(self.run_dirs()), None)
 
     def get(self, run_id: str | None) -> RunView:
-        """The run with this id (or the default one); raises InputError if unknown."""
+        """The run with this id (or the newest one); raises InputError if there is none."""
         dirs = self.run_dirs()
-        if run_id is None or run_id not in dirs:
-            if run_id is not None:
-                raise InputError(f"no run named {run_id!r} under {self.root}")
-            run_id = self.default_run()
+        if run_id is None:
+            run_id = next(iter(dirs), None)
             if run_id is None:
                 raise InputError(f"{self.root}: no imacs runs found; make one with imacs analyze")
+        elif run_id not in dirs:
+            raise InputError(
+                f"no run named {run_id!r} under {self.root} (removed, or never made); "
+                "pick one in the run list"
+            )
         path = dirs[run_id]
-        mtime = (path / "run.json").stat().st_mtime
+        try:
+            mtime = (path / "run.json").stat().st_mtime
+        except OSError:
+            raise InputError(
+                f"{path}: the run was removed while it was being read; pick one in the run list"
+            ) from None
         with self._lock:
             view = self._cache.get(run_id)
             if view is not None and view.mtime == mtime:
@@ -319,6 +454,63 @@ def _share(view: RunView, role: str, image_id: int) -> np.ndarray:
     return m / total if total > 0 else m
 
 
+#: overlays are scaled to this percentile of the image's values, and clipped above it
+OVERLAY_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True)
+class OverlayScale:
+    """The colour scales of one image's overlays, in share of a model's positive
+    attribution per map pixel.
+
+    ``share`` tops the A and B overlays (one scale for both models: the 99th percentile of
+    both maps' values), ``diff`` bounds the B − A overlay (the 99th percentile of its
+    absolute values); values beyond are clipped. ``pixels`` is the map's size, so a uniform
+    map's share is ``1 / pixels``.
+    """
+
+    share: float
+    diff: float
+    pixels: int
+
+    @property
+    def share_vs_average(self) -> float:
+        """``share`` as a multiple of the share of an average pixel."""
+        return self.share * self.pixels
+
+    @property
+    def diff_vs_average(self) -> float:
+        return self.diff * self.pixels
+
+
+def _robust_top(values: np.ndarray) -> float:
+    """The percentile scale of ``values`` (>= 0); their maximum if that is 0, else 1."""
+    top = float(np.percentile(values, OVERLAY_PERCENTILE)) if values.size else 0.0
+    if top <= 0:
+        top = float(values.max()) if values.size else 0.0
+    return top if top > 0 else 1.0
+
+
+def overlay_scale(view: RunView, image_id: int) -> OverlayScale:
+    """The colour scales :func:`render_png` uses for this image's A, B and B − A overlays."""
+    if image_id not in view.images.index:
+        raise KeyError(image_id)
+    return _scale_of(_share(view, "a", image_id), _share(view, "b", image_id))
+
+
+def _scale_of(sa: np.ndarray, sb: np.ndarray) -> OverlayScale:
+    return OverlayScale(
+        share=_robust_top(np.concatenate([sa.ravel(), sb.ravel()])),
+        diff=_robust_top(np.abs(sb - sa).ravel()),
+        pixels=int(sa.size),
+    )
+
+
+#: colour stops of the A/B overlays and of the B − A overlay, for colour bars on the page
+INFERNO_CSS = tuple(f"rgb({r},{g},{b})" for r, g, b in _INFERNO.astype(int).tolist())
+DIVERGING_CSS = tuple(f"rgb({r},{g},{b})" for r, g, b in _DIVERGING.astype(int).tolist())
+
+
 #: renderings are at least this many pixels on their longest side
 RENDER_SIDE = 256
 
@@ -361,6 +553,9 @@ def _outline(view: RunView, im: Image.Image, image_id: int, highlight: int | Non
 def render_png(view: RunView, image_id: int, kind: str, patch_id: int | None = None) -> bytes:
     """A PNG of an image: ``image`` (patches outlined), ``a``/``b`` (each model's share of
     attribution, on one shared scale), ``diff`` (B minus A) or ``context`` (one patch outlined).
+
+    The overlays' scales are robust (:func:`overlay_scale`): the single hottest pixel does
+    not wash out the rest of the map.
     """
     if image_id not in view.images.index:
         raise KeyError(image_id)
@@ -370,17 +565,15 @@ def render_png(view: RunView, image_id: int, kind: str, patch_id: int | None = N
         _outline(view, im, image_id, highlight=patch_id if kind == "context" else None)
     else:
         sa, sb = _share(view, "a", image_id), _share(view, "b", image_id)
+        scale = _scale_of(sa, sb)
         if kind == "diff":
-            d = sb - sa
-            vmax = float(np.abs(d).max()) or 1.0
-            field_ = d / vmax * 0.5 + 0.5
-            rgb = _lut(_DIVERGING, field_)
-            alpha = np.abs(d) / vmax
+            t = np.clip((sb - sa) / scale.diff, -1.0, 1.0)
+            rgb = _lut(_DIVERGING, t * 0.5 + 0.5)
+            alpha = np.sqrt(np.abs(t))
         elif kind in ("a", "b"):
-            vmax = float(max(sa.max(), sb.max())) or 1.0  # one scale for both models
-            s = sa if kind == "a" else sb
-            rgb = _lut(_INFERNO, s / vmax)
-            alpha = np.sqrt(np.clip(s / vmax, 0, 1))
+            t = np.clip((sa if kind == "a" else sb) / scale.share, 0.0, 1.0)
+            rgb = _lut(_INFERNO, t)
+            alpha = np.sqrt(t)
         else:
             raise KeyError(kind)
         heat = Image.fromarray(np.uint8(rgb)).resize(base.size, Image.Resampling.BILINEAR)

@@ -80,6 +80,7 @@ def main() -> None:
                     "f-meta.options",
                     "f-meta.value",
                     "map-color.value",
+                    "notice.children",
                 ],
                 {"url.search": base},
                 None,

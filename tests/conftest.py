@@ -62,3 +62,29 @@ def demo(demo_cache: Path):
     from imacs.demo import demo_run
 
     return demo_run(demo_cache, progress=False)
+
+
+@pytest.fixture(scope="session")
+def marked_run(shortcut: dict, tmp_path_factory: pytest.TempPathFactory):
+    """The shortcut set analysed with a labels CSV whose meta-annotation column ``mark``
+    says whether the image carries the red mark (``yes``/``no``)."""
+    import imacs
+
+    root = tmp_path_factory.mktemp("marked")
+    rows = ["path,label,mark"] + [
+        f"{rel},{rel.split('/')[0]},{'yes' if box else 'no'}"
+        for rel, box in sorted(shortcut["marks"].items())
+    ]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return imacs.analyze(
+        shortcut["a"],
+        shortcut["b"],
+        shortcut["data"],
+        root / "runs" / "marked",
+        labels_csv=root / "labels.csv",
+        image_size=32,
+        steps=24,
+        projection="pca",
+        progress=False,
+        cache_dir=tmp_path_factory.mktemp("marked-cache"),
+    )

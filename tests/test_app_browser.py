@@ -6,6 +6,8 @@ import os
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -26,13 +28,31 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def server(shortcut_run) -> Iterator[str]:
-    app = create_app(shortcut_run.path.parent)
-    srv = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
+def runs(shortcut_run, marked_run, tmp_path_factory) -> Path:
+    """Two runs: ``shortcut`` and, made after it, ``watermark`` (with a ``mark`` meta column:
+    the images with the red mark that model B reads)."""
+    root = tmp_path_factory.mktemp("browser-runs")
+    shutil.copytree(shortcut_run.path, root / "shortcut")
+    shutil.copytree(marked_run.path, root / "watermark")
+    t = os.path.getmtime(root / "watermark" / "run.json")
+    os.utime(root / "shortcut" / "run.json", (t - 3600, t - 3600))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(runs) -> Iterator[str]:
+    with _serving(runs) as url:
+        yield url
+
+
+@contextmanager
+def _serving(root: Path) -> Iterator[str]:
+    srv = make_server("127.0.0.1", 0, create_app(root).server, threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -43,28 +63,70 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser):
-    # Playwright's polling waits evaluate strings, which the app's CSP forbids (no eval):
-    # these pages bypass the CSP; test_brw008 checks the app under its CSP.
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
+def _watch(page) -> None:
+    """Collect console errors and server errors (HTTP 5xx) on ``page.console_errors``."""
     page.console_errors = []
     page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    page.on(
+        "response",
+        lambda r: (
+            page.console_errors.append(f"HTTP {r.status} {r.url}") if r.status >= 500 else None
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def shared_page(browser):
+    # Playwright's polling waits evaluate strings, which the app's CSP forbids (no eval):
+    # these pages bypass the CSP; test_brw012 checks the app under its CSP.
+    page = browser.new_page(
+        viewport={"width": 1400, "height": 1000}, accept_downloads=True, bypass_csp=True
+    )
+    _watch(page)
     yield page
     page.close()
+
+
+@pytest.fixture
+def page(shared_page):
+    """One browser tab for the module (fast); each test starts with no errors recorded."""
+    shared_page.console_errors.clear()
+    yield shared_page
+    shared_page.goto("about:blank")
 
 
 def _query(page) -> dict[str, list[str]]:
     return parse_qs(urlparse(page.url).query)
 
 
+def _wait_for_query(page, key: str, value: str) -> None:
+    page.wait_for_function(
+        "([k, v]) => new URLSearchParams(location.search).getAll(k).includes(v)", arg=[key, value]
+    )
+
+
+def _stat(page, label: str) -> str:
+    """The value shown above a summary label ("images", "accuracy A"...)."""
+    return (
+        page.locator(".stat", has=page.locator(".label", has_text=label))
+        .locator(".value")
+        .first.inner_text()
+    )
+
+
+def _pick(page, dropdown: str, option: str) -> None:
+    """Choose ``option`` in a dropdown the way a user does: open it, click the option."""
+    page.locator(dropdown).click()
+    page.locator(".dash-dropdown-option", has_text=option).first.click()
+    page.keyboard.press("Escape")
+
+
 def test_brw001_click_cluster_then_patch(page, server, shortcut_run) -> None:
-    run_id = shortcut_run.path.name
     page.goto(server + "/")
     page.wait_for_selector(".strip")
     assert page.locator(".summary").inner_text().count("100.0%") == 3  # both accuracies, agreement
-    assert _query(page)["run"] == [run_id]
+    assert _query(page)["run"] == ["watermark"]  # the newest run (same images as shortcut)
     top = shortcut_run.clusters.iloc[0]
     assert page.locator(".strip").first.inner_text().startswith(f"#1 cluster {int(top['cluster'])}")
 
@@ -105,6 +167,7 @@ def test_brw002_shared_url_opens_the_same_view(page, server, shortcut_run) -> No
     url = f"{server}/?run={run_id}&cluster={cluster}&image={image}&class={label}&color=diff"
     page.goto(url)
     page.wait_for_selector(".panels img")
+    page.wait_for_selector("#cluster-detail h2")  # filtered statistics take a moment
     assert f"Cluster {cluster} ·" in page.locator("#cluster-detail").inner_text()
     assert f"Image {image}:" in page.locator("#image-detail").inner_text()
     assert (
@@ -119,17 +182,49 @@ def test_brw002_shared_url_opens_the_same_view(page, server, shortcut_run) -> No
     assert page.console_errors == []
 
 
-def test_brw003_filter_and_close_update_the_url(page, server, shortcut_run) -> None:
-    run_id = shortcut_run.path.name
-    cluster = int(shortcut_run.clusters.iloc[0]["cluster"])
-    page.goto(f"{server}/?run={run_id}&cluster={cluster}")
+def test_brw003_filters_change_the_numbers_and_close_updates_the_url(
+    page, server, marked_run
+) -> None:
+    p, img = marked_run.patches, marked_run.images
+    page.goto(f"{server}/?run=watermark")
+    page.wait_for_selector(".strip")
+    assert _stat(page, "images") == "80" and _stat(page, "patches") == str(len(p))
+    assert page.locator(".strip").count() == p["cluster"].nunique()
+
+    _pick(page, "#f-class", "horizontal")  # through the dropdown, as a user does
+    _wait_for_query(page, "class", "horizontal")
+    kept = p[p["image_id"].isin(img.loc[img["label_name"] == "horizontal", "image_id"])]
+    page.wait_for_function("document.querySelector('.summary').innerText.includes('40 / 80')")
+    assert _stat(page, "patches") == f"{len(kept)} / {len(p)}"
+    assert _stat(page, "clusters") == f"{kept['cluster'].nunique()} / {p['cluster'].nunique()}"
+    assert _stat(page, "accuracy A · filtered") == "100.0%"
+    assert page.locator(".strip").count() == kept["cluster"].nunique()
+    for strip in page.locator(".strip").all():  # counts and thumbnails of the kept patches
+        c = int(strip.locator(".strip-title").inner_text().split()[-1])
+        mine = kept[kept["cluster"] == c]
+        assert f"{len(mine)} patches · {mine['image_id'].nunique()} images" in strip.inner_text()
+        srcs = strip.locator("img").evaluate_all("els => els.map(e => e.getAttribute('src'))")
+        assert {int(x.rsplit("/", 1)[1].split(".")[0]) for x in srcs} <= set(mine["patch_id"])
+
+    # no image has B right and A wrong: every view says so instead of showing blank axes
+    _pick(page, "#f-outcome", "only B right")
+    _wait_for_query(page, "outcome", "only_b")
+    page.wait_for_function(
+        "['ranking', 'map'].every(id => document.getElementById(id).textContent"
+        ".includes('No patches match these filters.'))"
+    )
+    assert _stat(page, "images") == "0 / 80" and _stat(page, "accuracy B · filtered") == "–"
+    assert page.locator(".strip").count() == 0
+
+    cluster = int(marked_run.clusters.iloc[0]["cluster"])
+    page.goto(f"{server}/?run=watermark&cluster={cluster}")
     page.wait_for_selector(".gallery .patch")
     page.locator("#cluster-detail .close").click()
     page.wait_for_function("!location.search.includes('cluster=')")
     page.wait_for_selector("#cluster-detail >> text=Pick a cluster")
     page.locator(".strip").nth(1).click()
     page.wait_for_function("location.search.includes('cluster=')")
-    assert _query(page)["cluster"] == [str(int(shortcut_run.clusters.iloc[1]["cluster"]))]
+    assert _query(page)["cluster"] == [str(int(marked_run.clusters.iloc[1]["cluster"]))]
     assert page.console_errors == []
 
 
@@ -142,7 +237,7 @@ def test_brw004_a_truncated_table_shows_a_message_not_a_broken_page(
     (root / "cut" / "clusters.parquet").write_bytes(data[: len(data) // 3])
     srv = make_server("127.0.0.1", 0, create_app(root).server, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
@@ -156,109 +251,203 @@ def test_brw004_a_truncated_table_shows_a_message_not_a_broken_page(
         srv.shutdown()
 
 
-def _watch_5xx(page) -> list[str]:
-    bad: list[str] = []
-    page.on("response", lambda r: bad.append(f"{r.status} {r.url}") if r.status >= 500 else None)
-    return bad
+_PLOT = "document.querySelector('#{id} .js-plotly-plot')"
 
 
-def _plot_point(page, graph: str, trace: int, x: object, y: object) -> tuple[float, float]:
-    """Page pixel position of data point (x, y) of a plotly graph's trace."""
-    return page.evaluate(
-        """([graph, trace, x, y]) => {
-            const gd = document.querySelector(`#${graph} .js-plotly-plot`);
-            const t = gd._fullData[trace];
-            const xa = gd._fullLayout[t.xaxis.replace('x', 'xaxis')];
-            const ya = gd._fullLayout[t.yaxis.replace('y', 'yaxis')];
-            const box = gd.getBoundingClientRect();
-            const px = xa._offset + xa.d2p(x), py = ya._offset + ya.d2p(y);
-            return [box.left + px, box.top + py];
-        }""",
-        [graph, trace, x, y],
-    )
-
-
-def test_brw005_clicking_a_ranking_bar_opens_marks_and_scrolls_to_the_cluster(
-    page, server, shortcut_run
-) -> None:
-    errors = _watch_5xx(page)
-    page.goto(server + "/")
-    page.wait_for_selector("#ranking .bars path")
-    second = shortcut_run.clusters.iloc[1]
-    label = f"#2 · c{int(second['cluster'])}"
-    # the B − A bar of rank 2 (trace 2, in the right panel), clicked where a user clicks
-    x, y = _plot_point(page, "ranking", 2, float(second["diff"]) / 2, label)
-    page.mouse.move(x, y)
-    page.mouse.click(x, y)
-    page.wait_for_function(f"location.search.includes('cluster={int(second['cluster'])}')")
-    page.wait_for_selector(f"#cluster-detail >> text=Cluster {int(second['cluster'])} · rank 2")
-    # feedback: the row is marked in the ranking, its strip too, and the detail is in view
+def test_brw005_clicking_a_bar_marks_the_cluster_and_shows_it(page, server, marked_run) -> None:
+    page.goto(f"{server}/?run=watermark")
+    page.wait_for_selector(".strip")
+    c = int(marked_run.clusters.iloc[1]["cluster"])
+    # one <path> per bar: A's, B's and B − A's bars (three traces), each in rank order
+    bar = page.locator("#ranking .barlayer .trace").nth(2).locator(".point path").nth(1)
+    box = bar.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    _wait_for_query(page, "cluster", str(c))
+    page.wait_for_selector(f"#cluster-detail >> text=Cluster {c} · rank 2")
+    # marked in the ranking: a band across its row, and its strip
+    page.wait_for_selector("#ranking .shapelayer path")
+    band = page.locator("#ranking .shapelayer path").first.bounding_box()
+    box = bar.bounding_box()  # the page may have scrolled since
+    assert band["y"] < box["y"] + box["height"] / 2 < band["y"] + band["height"]
+    assert band["width"] > 2 * box["width"]
+    assert page.locator(".strip.selected").count() == 1
+    assert page.locator(".strip.selected").inner_text().startswith(f"#2 cluster {c}")
+    # and the page scrolls to the cluster's detail
     page.wait_for_function(
-        "document.querySelector('#ranking .js-plotly-plot').layout.shapes.length === 1"
+        "Math.abs(document.getElementById('cluster-detail').getBoundingClientRect().top) < 2"
     )
-    shape = page.evaluate("document.querySelector('#ranking .js-plotly-plot').layout.shapes[0]")
-    assert (shape["y0"], shape["y1"]) == (0.5, 1.5)  # row index 1 = rank 2
-    selected = page.locator(".strip.selected")
-    assert selected.count() == 1 and selected.inner_text().startswith("#2 cluster")
-    page.wait_for_function(  # scrolled: the detail's top is in the upper third of the view
-        "() => { const t = document.getElementById('cluster-detail')"
-        ".getBoundingClientRect().top; return t > -5 && t < innerHeight / 3; }"
-    )
-    assert errors == [] and page.console_errors == []
+    assert page.console_errors == []
 
 
-def test_brw006_clicking_a_map_point_opens_its_cluster(page, server, shortcut_run) -> None:
-    errors = _watch_5xx(page)
+def test_brw006_clicking_a_map_point_opens_its_cluster(page, server, marked_run) -> None:
+    top = int(marked_run.clusters.iloc[0]["cluster"])
+    page.goto(f"{server}/?run=watermark&cluster={top}")
+    page.wait_for_selector(".gallery .patch")
+    plot = _PLOT.format(id="map")
+    page.wait_for_function(f"{plot} && {plot}._fullData && {plot}._fullData.length === 2")
+    # screen position of every point (the map holds the patches in table order)
+    xy = page.evaluate(
+        f"""() => {{
+            const gd = {plot}, fl = gd._fullLayout, tr = gd._fullData[0];
+            const r = gd.getBoundingClientRect();
+            return Array.from(tr.x, (x, i) => [r.left + fl._size.l + fl.xaxis.l2p(x),
+                                               r.top + fl._size.t + fl.yaxis.l2p(tr.y[i])]);
+        }}"""
+    )
+    clusters = marked_run.patches["cluster"].to_numpy()
+    assert len(xy) == len(clusters)
+
+    def room(i: int) -> float:  # distance to the nearest point of another cluster
+        return min(
+            ((xy[i][0] - x) ** 2 + (xy[i][1] - y) ** 2) ** 0.5
+            for (x, y), c in zip(xy, clusters, strict=True)
+            if c != clusters[i]
+        )
+
+    height = page.viewport_size["height"]
+    i = max((i for i in range(len(xy)) if clusters[i] != top and xy[i][1] < height), key=room)
+    assert room(i) > 10
+    page.mouse.click(*xy[i])
+    _wait_for_query(page, "cluster", str(int(clusters[i])))
+    page.wait_for_selector(f"#cluster-detail >> text=Cluster {int(clusters[i])} ·")
+    assert page.console_errors == []
+
+
+def test_brw007_a_cluster_says_what_its_images_share(page, server, marked_run) -> None:
+    top = marked_run.clusters.iloc[0]
+    c = int(top["cluster"])
+    page.goto(f"{server}/?run=watermark")
+    page.wait_for_selector(".strip")
+    assert "mark = yes in 100% of images" in page.locator(".strip").first.inner_text()
+    page.goto(f"{server}/?run=watermark&cluster={c}")
+    page.wait_for_selector("#cluster-breakdown")
+    text = page.locator("#cluster-breakdown").inner_text()
+    assert "stand out by mark = yes: 100% of them, against 50% of all images" in text
+    rows = page.locator("#cluster-breakdown tbody tr").all_inner_texts()
+    assert any("B predicts" in r and "vertical" in r and "100%" in r for r in rows)
+    # a gallery that stops says where
+    big = marked_run.clusters[marked_run.clusters["n_patches"] > 24].iloc[0]
+    page.goto(f"{server}/?run=watermark&cluster={int(big['cluster'])}")
+    page.wait_for_selector(".gallery .patch")
+    assert f"showing 24 of {int(big['n_patches'])}" in page.locator("#gallery-title").inner_text()
+    assert page.locator(".gallery .patch").count() == 24
+    assert page.console_errors == []
+
+
+def test_brw008_run_picker_newest_first_and_filtered_download(page, server, runs, tmp_path) -> None:
+    import csv
+
+    from app.reader import Filters, RunCatalog
+
     page.goto(server + "/")
-    page.wait_for_selector("#map .js-plotly-plot")
-    p = shortcut_run.patches
-    # the patch farthest from the others' centre: no other point sits on top of it
-    centre = p[["proj_x", "proj_y"]].mean()
-    far = p.loc[((p[["proj_x", "proj_y"]] - centre) ** 2).sum(axis=1).idxmax()]
-    page.locator("#map").scroll_into_view_if_needed()
-    x, y = _plot_point(
-        page, "map", 0, round(float(far["proj_x"]), 3), round(float(far["proj_y"]), 3)
+    page.wait_for_selector(".strip")
+    page.locator("#run-picker").click()
+    names = page.locator(".dash-dropdown-option").all_inner_texts()
+    assert [n.split(" · ")[0] for n in names] == ["watermark", "shortcut"]
+    page.locator(".dash-dropdown-option", has_text="shortcut").click()
+    _wait_for_query(page, "run", "shortcut")
+    page.wait_for_function(
+        "document.getElementById('dl-clusters').getAttribute('href')"
+        ".startsWith('/download/shortcut/')"
     )
-    page.mouse.move(x, y)
-    page.mouse.click(x, y)
-    page.wait_for_function(f"location.search.includes('cluster={int(far['cluster'])}')")
-    page.wait_for_selector(f"#cluster-detail >> text=Cluster {int(far['cluster'])} ·")
-    assert errors == [] and page.console_errors == []
+
+    _pick(page, "#f-class", "vertical")
+    _wait_for_query(page, "class", "vertical")
+    page.wait_for_function(
+        "document.getElementById('dl-clusters').getAttribute('href').includes('class=vertical')"
+    )
+    with page.expect_download() as info:
+        page.locator("#dl-clusters").click()
+    download = info.value
+    assert "filtered" in download.suggested_filename
+    target = tmp_path / "clusters.csv"
+    download.save_as(target)
+    rows = list(csv.DictReader(target.open()))
+    expected = RunCatalog(runs).get("shortcut").clusters(Filters(classes=("vertical",)))
+    assert [int(r["cluster"]) for r in rows] == expected["cluster"].tolist()
+    assert page.console_errors == []
 
 
-def test_brw007_run_picker_and_downloads(browser, shortcut_run, tmp_path) -> None:
+def test_brw009_the_map_has_a_cluster_legend_and_fills_its_card(page, server, marked_run) -> None:
+    page.goto(f"{server}/?run=watermark")
+    page.wait_for_selector(".strip")
+    page.wait_for_selector("#map .colorbar")
+    ticks = page.locator("#map .colorbar .cbaxis text").all_text_contents()
+    assert ticks == [f"c{k}" for k in sorted(marked_run.patches["cluster"].unique())]
+    card = page.locator(".map-card").bounding_box()
+    plot = page.locator("#map .main-svg").first.bounding_box()
+    ranking_card = page.locator(".card", has=page.locator("#ranking")).bounding_box()
+    assert card["height"] == ranking_card["height"]  # side by side, one row
+    assert card["y"] + card["height"] - (plot["y"] + plot["height"]) < 30
+    assert page.console_errors == []
+
+
+def test_brw010_overlays_come_with_their_colour_scale(page, server, runs, marked_run) -> None:
+    from app.reader import RunCatalog, overlay_scale
+
+    c = int(marked_run.clusters.iloc[0]["cluster"])
+    image = int(marked_run.patches.query("cluster == @c")["image_id"].iloc[0])
+    page.goto(f"{server}/?run=watermark&cluster={c}&image={image}")
+    page.wait_for_selector(".panels .colorbar")
+    scale = overlay_scale(RunCatalog(runs).get("watermark"), image)
+    bars = page.locator(".panels .colorbar").all_inner_texts()
+    assert len(bars) == 3  # A, B (one shared scale) and B − A
+    top, lim = f"{scale.share_vs_average:.3g}×", f"{scale.diff_vs_average:.3g}×"
+    assert bars[0] == bars[1] and bars[0].split() == [
+        "0",
+        f"{scale.share_vs_average / 2:.3g}×",
+        "≥",
+        top,
+    ]
+    assert bars[2].split() == ["≤", f"−{lim}", "0", "≥", f"+{lim}"]
+    assert page.console_errors == []
+
+
+def test_brw011_a_run_that_is_gone_is_reported(page, browser, shortcut_run, tmp_path) -> None:
     root = tmp_path / "runs"
-    shutil.copytree(shortcut_run.path, root / "older")
-    shutil.copytree(shortcut_run.path, root / "newer")
-    manifest = root / "newer" / "run.json"
-    text = manifest.read_text().replace(
-        shortcut_run.manifest["created"], "2099-01-01T00:00:00+00:00"
-    )
-    manifest.write_text(text)
-    srv = make_server("127.0.0.1", 0, create_app(root).server, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    page = browser.new_page(viewport={"width": 1400, "height": 1000}, bypass_csp=True)
-    errors = _watch_5xx(page)
-    try:
-        page.goto(f"http://127.0.0.1:{srv.server_port}/")
+    shutil.copytree(shortcut_run.path, root / "keep")
+    shutil.copytree(shortcut_run.path, root / "gone")  # the newest
+    t = os.path.getmtime(root / "gone" / "run.json")
+    os.utime(root / "keep" / "run.json", (t - 60, t - 60))
+    with _serving(root) as url:
+        # a link naming a run that does not exist
+        page.goto(f"{url}/?run=nope&cluster=1")
+        page.wait_for_selector("#notice .error")
+        text = page.locator("#notice").inner_text()
+        assert text.startswith("This run cannot be shown: no run named 'nope'")
+        assert "Showing the newest run, gone, instead." in text
+        assert _query(page)["run"] == ["gone"] and "cluster" not in _query(page)
         page.wait_for_selector(".strip")
-        assert _query(page)["run"] == ["newer"]  # newest first, and opened by default
+
+        # removed while the page is open: picking it, or clicking anything, says so
+        page.goto(f"{url}/?run=keep")
+        page.wait_for_selector(".strip")
+        shutil.rmtree(root / "gone")
         page.locator("#run-picker").click()
-        options = page.locator(".dash-dropdown-option[role=option]")
-        assert options.all_inner_texts()[:2] == ["newer", "older"]
-        options.nth(1).click()
-        page.wait_for_function("location.search.includes('run=older')")
-        with page.expect_download() as dl:
-            page.locator("#dl-clusters").click()
-        rows = dl.value.path().read_text().strip().splitlines()
-        assert rows[0].startswith("cluster,rank") and len(rows) == len(shortcut_run.clusters) + 1
-        assert errors == []
-    finally:
-        page.close()
-        srv.shutdown()
+        page.locator(".dash-dropdown-option", has_text="gone").click()
+        page.wait_for_selector("#notice .error")
+        assert "no run named 'gone'" in page.locator("#notice").inner_text()
+        assert _query(page)["run"] == ["keep"]
+        page.locator("#run-picker").click()
+        assert [
+            o.split(" · ")[0] for o in page.locator(".dash-dropdown-option").all_inner_texts()
+        ] == ["keep"]
+        page.keyboard.press("Escape")
+
+        shutil.copytree(shortcut_run.path, root / "gone")
+        page.goto(f"{url}/?run=gone")
+        page.wait_for_selector(".strip")
+        page.wait_for_function("document.getElementById('notice').innerText === ''")
+        shutil.rmtree(root / "gone")
+        page.locator(".strip").first.click()
+        page.wait_for_selector("#notice .error")
+        assert "no run named 'gone'" in page.locator("#notice").inner_text()
+        _wait_for_query(page, "run", "keep")
+        page.wait_for_selector("#strips .strip")
+    assert page.console_errors == []
 
 
-def test_brw008_the_app_works_under_its_content_security_policy(browser, server) -> None:
+def test_brw012_the_app_works_under_its_content_security_policy(browser, server) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})  # CSP enforced
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -70,7 +71,13 @@ def test_app003_files_only_from_inside_the_run(client) -> None:
         assert not r.data.startswith(b"PAR1") and b'"fingerprint"' not in r.data, bad
 
 
-def test_app004_renderings_are_cacheable_pngs(client) -> None:
+def _salient(share: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The top 5 % of a map's pixels, at the size of a rendering."""
+    top = Image.fromarray(np.uint8(share >= np.quantile(share, 0.95)) * 255)
+    return np.asarray(top.resize(size, Image.Resampling.NEAREST)) > 0
+
+
+def test_app004_renderings_are_cacheable_visible_pngs(client, runs_root, tmp_path) -> None:
     for kind in ("image", "a", "b", "diff"):
         r = client.get(f"/render/shortcut/3/{kind}.png")
         assert r.status_code == 200 and r.mimetype == "image/png", kind
@@ -85,6 +92,30 @@ def test_app004_renderings_are_cacheable_pngs(client) -> None:
     )
     assert client.get("/render/shortcut/3/evil.png").status_code == 404
     assert client.get("/render/shortcut/99999/a.png").status_code == 404
+
+    # IG maps of real images have a few very hot pixels: here A's hottest pixel is ~14x the
+    # 99th percentile of its map. The overlays must still show where each model looks.
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "r")
+    maps = np.load(root / "r" / "attr_a.npy")
+    m = maps[3].astype(np.float32)
+    hot = np.unravel_index(np.argmax(m), m.shape)
+    m *= 0.15
+    m[hot] = 1.0
+    maps[3] = m.astype(maps.dtype)
+    np.save(root / "r" / "attr_a.npy", maps)
+    view = RunCatalog(root).get("r")
+    sa, sb = (np.clip(view.run.attribution_map(k, 3), 0, None) for k in ("a", "b"))
+    assert np.percentile(sa[sa > 0], 99) < 0.1 * sa.max()
+    sa, sb = sa / sa.sum(), sb / sb.sum()
+    c = create_app(root).server.test_client()
+    grey = Image.open(io.BytesIO(c.get("/render/r/3/image.png").data)).convert("L")
+    grey = np.asarray(grey.convert("RGB"), dtype=float)
+    for kind, share in (("a", sa), ("b", sb), ("diff", np.abs(sb - sa))):
+        im = Image.open(io.BytesIO(c.get(f"/render/r/3/{kind}.png").data)).convert("RGB")
+        moved = np.abs(np.asarray(im, dtype=float) - grey).max(axis=2)
+        coloured = (moved[_salient(share, im.size)] > 40).mean()
+        assert coloured > 0.5, (kind, coloured)  # was 0.03 (A), 0.26 (B), 0.06 (B − A)
 
 
 def test_app005_downloads_honour_filters(client, shortcut_run) -> None:
@@ -211,7 +242,98 @@ def test_app012_missing_thumbnail(runs_root, tmp_path) -> None:
     assert r.status_code == 200 and Image.open(io.BytesIO(r.data)).size == (256, 256)
 
 
-def test_app013_auth_fails_closed(tmp_path, runs_root) -> None:
+def test_app013_filters_reach_every_number(runs_root, tmp_path) -> None:
+    import pandas as pd
+
+    from app.reader import Filters
+
+    # a run where B is wrong on 10 of the 40 horizontal images
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "r")
+    images = pd.read_parquet(root / "r" / "images.parquet")
+    wrong = images.index[images["label_name"] == "horizontal"][:10]
+    images.loc[wrong, ["pred_b", "correct_b"]] = [1, False]
+    images.to_parquet(root / "r" / "images.parquet")
+    view = RunCatalog(root).get("r")
+
+    everything = view.summary(Filters())
+    assert everything["accuracy_b"] == 70 / 80 and everything["n_images"] == 80
+    horizontal = Filters(classes=("horizontal",))
+    summ = view.summary(horizontal)
+    assert summ["n_images"] == 40 and summ["n_images_total"] == 80
+    assert summ["accuracy_a"] == 1.0 and summ["accuracy_b"] == 30 / 40
+    assert summ["agreement"] == 30 / 40
+    kept = view.filtered_patches(horizontal)
+    assert summ["n_patches"] == len(kept) < summ["n_patches_total"]
+    assert summ["n_clusters"] == kept["cluster"].nunique() < summ["n_clusters_total"]
+    nothing = view.summary(Filters(outcome="both_wrong"))
+    assert nothing["n_images"] == 0 and nothing["n_patches"] == 0
+    assert np.isnan(nothing["accuracy_a"])
+
+    # the strip thumbnails come from the filtered patches only
+    reps = view.representatives(horizontal)
+    shown = [pid for ids in reps.values() for pid in ids]
+    assert shown and set(shown) <= set(kept["patch_id"])
+    assert set(reps) == set(kept["cluster"])
+
+
+def test_app014_a_clusters_breakdown_shows_its_cause(marked_run) -> None:
+    from app.reader import Filters
+
+    view = RunCatalog(marked_run.path).get(None)
+    top = int(marked_run.clusters.iloc[0]["cluster"])  # the red mark, read by B
+    table = view.cluster_breakdown(Filters(), top)
+    rows = {(r.column, r.value): r for r in table.itertuples()}
+    n = marked_run.patches.query("cluster == @top")["image_id"].nunique()
+    assert rows["mark", "yes"].share == 1.0 and rows["mark", "yes"].n_images == n
+    assert rows["mark", "yes"].overall == 0.5  # 40 of the 80 images carry the mark
+    assert rows["B predicts", "vertical"].share == 1.0
+    assert rows["A predicts", "vertical"].share == 1.0
+    assert list(table["column"].unique()) == ["mark", "A predicts", "B predicts", "class"]
+    trait = view.cluster_traits(Filters()).loc[top]
+    assert (trait["column"], trait["value"], trait["share"]) == ("mark", "yes", 1.0)
+    # against the filtered images: among vertical images every one carries the mark
+    only_vertical = view.cluster_breakdown(Filters(classes=("vertical",)), top)
+    assert only_vertical.query("column == 'mark'")["overall"].tolist() == [1.0]
+    assert top not in view.cluster_traits(Filters(classes=("vertical",))).index
+
+
+def test_app015_runs_are_listed_newest_first(runs_root, tmp_path) -> None:
+    import os
+
+    root = tmp_path / "runs"
+    for name, age in (("alpha", 300), ("beta", 100), ("team/gamma", 200)):
+        shutil.copytree(runs_root / "shortcut", root / name)
+        t = os.path.getmtime(root / name / "run.json") - age
+        os.utime(root / name / "run.json", (t, t))
+    cat = RunCatalog(root)
+    assert list(cat.run_dirs()) == ["beta", "team/gamma", "alpha"]
+    assert cat.default_run() == "beta" and cat.get(None).run_id == "beta"
+
+
+def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> None:
+    from app.callbacks import _clicked_cluster
+
+    cat = RunCatalog(runs_root)
+    s = ViewState(run="shortcut", classes=("vertical",))
+    bar = {"points": [{"curveNumber": 1, "pointIndex": 1, "x": 0.4, "y": "#2 · c5"}]}
+    assert _clicked_cluster(bar, "ranking", s, cat) == 5
+    kept = cat.get("shortcut").filtered_patches(s.filters)
+    row = kept.iloc[7]
+    x, y = round(float(row["proj_x"]), 3), round(float(row["proj_y"]), 3)
+    point = {"points": [{"curveNumber": 0, "pointIndex": 7, "x": x, "y": y}]}
+    assert _clicked_cluster(point, "map", s, cat) == int(row["cluster"])
+    # the map was redrawn under other filters since: the point is found by its place
+    other = kept[kept["cluster"] != row["cluster"]].iloc[0]
+    moved = {
+        "points": [{"curveNumber": 0, "pointIndex": 7, "x": other["proj_x"], "y": other["proj_y"]}]
+    }
+    assert _clicked_cluster(moved, "map", s, cat) == int(other["cluster"])
+    typed = {"points": [{"curveNumber": 0, "pointIndex": 7, "customdata": [3]}]}
+    assert _clicked_cluster(typed, "map", s, cat) == 3
+
+
+def test_app017_auth_fails_closed(tmp_path, runs_root) -> None:
     from app.auth import load_accounts
     from imacs.errors import InputError
 
@@ -241,7 +363,7 @@ def test_app013_auth_fails_closed(tmp_path, runs_root) -> None:
     assert res.returncode == 2 and res.stderr.strip().startswith("imacs: error: IMACS_BASIC_AUTH")
 
 
-def test_app014_busy_port_is_a_one_line_error(runs_root) -> None:
+def test_app018_busy_port_is_a_one_line_error(runs_root) -> None:
     import socket
 
     with socket.socket() as taken:
@@ -259,7 +381,7 @@ def test_app014_busy_port_is_a_one_line_error(runs_root) -> None:
     )
 
 
-def test_app015_healthz_and_headers_reveal_nothing(client, runs_root, tmp_path) -> None:
+def test_app019_healthz_and_headers_reveal_nothing(client, runs_root, tmp_path) -> None:
     for app_client in (client, create_app(tmp_path).server.test_client()):
         r = app_client.get("/healthz")
         assert str(runs_root) not in r.get_data(as_text=True)
@@ -273,7 +395,7 @@ def test_app015_healthz_and_headers_reveal_nothing(client, runs_root, tmp_path) 
         assert "script-src 'self' 'sha256-" in csp and "unsafe-eval" not in csp
 
 
-def test_app016_damaged_runs_answer_a_sentence_not_500(runs_root, tmp_path) -> None:
+def test_app020_damaged_runs_answer_a_sentence_not_500(runs_root, tmp_path) -> None:
     root = tmp_path / "runs"
     shutil.copytree(runs_root / "shortcut", root / "cut")
     app_client = create_app(root).server.test_client()
@@ -289,7 +411,7 @@ def test_app016_damaged_runs_answer_a_sentence_not_500(runs_root, tmp_path) -> N
         assert "Traceback" not in text and str(root) not in text
 
 
-def test_app017_csv_cells_cannot_run_as_formulas(runs_root, tmp_path) -> None:
+def test_app021_csv_cells_cannot_run_as_formulas(runs_root, tmp_path) -> None:
     import pandas as pd
 
     from imacs.run import load_run, safe_csv
