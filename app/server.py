@@ -27,8 +27,10 @@ SECURITY_HEADERS = {
 
 def content_security_policy(script_hashes: list[str]) -> str:
     """Only this server's own scripts (and Dash's inline bootstrap, by hash); plotly needs
-    inline styles; images may be data: or blob: URLs (plotly's exports)."""
-    scripts = " ".join(["'self'", *script_hashes])  # Dash gives them quoted
+    inline styles, and its WebGL scatter (the patch map) compiles shaders with ``Function``,
+    so 'unsafe-eval' stays (without it the map says "WebGL is not supported"); images may
+    be data: or blob: URLs (plotly's exports). No inline script runs unless hashed."""
+    scripts = " ".join(["'self'", "'unsafe-eval'", *script_hashes])  # Dash gives them quoted
     return (
         f"default-src 'self'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
         "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "

@@ -198,6 +198,7 @@ def load_hf(source: str, flag: str) -> tuple[nn.Module, ModelDefaults, str]:
             "pip install 'imacs[hf]'"
         ) from None
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # transformers 5 draws bars while loading weights
     try:
         model = AutoModelForImageClassification.from_pretrained(
             str(root), local_files_only=True, trust_remote_code=False

@@ -461,6 +461,8 @@ def test_brw012_the_app_works_under_its_content_security_policy(browser, server)
         page.locator(".gallery .patch").first.click()
         page.wait_for_selector(".panels img")
         assert page.locator("#map .js-plotly-plot").count() == 1
+        page.wait_for_selector("#map canvas")  # the WebGL scatter drew (needs eval)
+        assert "WebGL is not supported" not in page.inner_text("#map")
         assert problems == []  # a CSP violation is reported as a console error
     finally:
         page.close()

@@ -392,7 +392,9 @@ def test_app019_healthz_and_headers_reveal_nothing(client, runs_root, tmp_path) 
         assert r.headers["X-Frame-Options"] == "DENY"
         csp = r.headers["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
-        assert "script-src 'self' 'sha256-" in csp and "unsafe-eval" not in csp
+        scripts = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
+        # no inline script runs unless hashed; eval stays for plotly's WebGL map
+        assert "'self' 'unsafe-eval' 'sha256-" in scripts and "unsafe-inline" not in scripts
 
 
 def test_app020_damaged_runs_answer_a_sentence_not_500(runs_root, tmp_path) -> None:
