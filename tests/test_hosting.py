@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import time
 import urllib.request
 from pathlib import Path
@@ -24,18 +30,115 @@ def test_hst001_dockerfile_passes_hadolint() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_hst002_image_installs_with_the_script_ci_runs() -> None:
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "bash scripts/install.sh" in dockerfile
-    assert "bash scripts/install.sh" in (ROOT / "scripts" / "test.sh").read_text()
+def _dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (INSTRUCTION, arguments), continuations joined."""
+    out, buf = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue  # comments and blank lines, also inside a continued instruction
+        if s.endswith("\\"):
+            buf += s[:-1] + " "
+            continue
+        instr, _, args = (buf + s).partition(" ")
+        out.append((instr.upper(), args.strip()))
+        buf = ""
+    return out
+
+
+def _stage_image(root: Path, steps: list[tuple[str, str]]) -> Path:
+    """Copy what the Dockerfile's COPY lines copy into ``root`` (the image's file system);
+    returns the WORKDIR. A COPY of a path that does not exist fails here, as in docker."""
+    workdir = root
+    for instr, args in steps:
+        if instr == "WORKDIR":
+            workdir = root / args.lstrip("/")
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif instr == "COPY":
+            *sources, dest = args.split()
+            for src in sources:
+                path = ROOT / src
+                assert path.exists(), f"COPY {src}: not in the repository"
+                target = workdir / dest
+                if path.is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+                    shutil.copytree(path, target, ignore=ignore, dirs_exist_ok=True)
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target / path.name)
+    return workdir
+
+
+def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
+    """The Dockerfile's install step, run for real (without docker, without network): its
+    COPY lines staged into a fake image, its RUN line executed with its SHELL, ARG and ENV
+    into a fresh virtual environment, pip offline on the packages CI installed."""
+    steps = _dockerfile()
+    env = {"HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    for instr, args in steps:
+        if instr == "ARG" and "=" in args:
+            key, _, value = args.partition("=")
+            env[key] = value
+        elif instr == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    shell = next(json.loads(args) for instr, args in steps if instr == "SHELL")
+    installs = [args for instr, args in steps if instr == "RUN" and "install.sh" in args]
+    assert len(installs) == 1, "the image must install through scripts/install.sh"
+    pin = re.search(r"torch==([\w.]+)", (ROOT / "scripts" / "install.sh").read_text())[1]
+    pins = re.findall(r"torch==([\w.+]+)", installs[0])
+    assert pins and {p.split("+")[0] for p in pins} == {pin}  # every variant: CI's torch
+    # the variant whose torch build CI installed (the CPU wheel, or PyPI's default build)
+    env["VARIANT"] = "cpu" if importlib.metadata.version("torch").endswith("+cpu") else "cuda"
+    image = tmp_path / "image"
+    workdir = _stage_image(image, steps)
+
+    # a fresh environment that sees CI's packages (torch, dash, ...) but holds none of them:
+    # pip must find every requirement satisfied, the Dockerfile's torch pin included
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    vpy = venv / "bin" / "python"
+    site = subprocess.run(
+        [vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "ci-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    ran = tmp_path / "scripts-ran"
+    (tmp_path / "bash_env").write_text(f'echo "$0 $*" >> {shlex.quote(str(ran))}\n')
+    env.update(
+        PATH=f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        VIRTUAL_ENV=str(venv),
+        BASH_ENV=str(tmp_path / "bash_env"),  # every bash script started records itself
+        PIP_NO_INDEX="1",  # offline: nothing may need a download
+        PIP_NO_BUILD_ISOLATION="0",  # build with the setuptools CI has
+    )
+    out = subprocess.run(
+        [*shell, installs[0]], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "scripts/install.sh " in ran.read_text().splitlines()  # CI's script, no --dev
+
+    check = (
+        "import imacs, app.main, torch; "
+        "print(imacs.__file__); print(app.main.ASSETS.is_dir()); print(torch.__version__)"
+    )
+    got = subprocess.run([vpy, "-c", check], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    where, assets, torch_version = got.stdout.split()
+    assert Path(where).is_relative_to(workdir) and assets == "True"
+    assert torch_version.split("+")[0] == pin  # the image's torch is the one CI pins
+    version = subprocess.run([venv / "bin" / "imacs", "--version"], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+    assert version.returncode == 0 and version.stdout.startswith("imacs ")
+
+    # CI installs through the same script (with --dev for its test tools)
+    assert "bash scripts/install.sh --dev" in (ROOT / "scripts" / "test.sh").read_text()
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
-    for needed in ("HEALTHCHECK", "/healthz", "USER 10001", 'VOLUME ["/runs"]', "gunicorn"):
-        assert needed in dockerfile + ENTRY.read_text(), needed
-    # everything the image copies exists
-    for line in dockerfile.splitlines():
-        if line.startswith("COPY "):
-            for src in line.split()[1:-1]:
-                assert (ROOT / src).exists(), src
+    entry = json.loads(next(args for instr, args in steps if instr == "ENTRYPOINT"))[0]
+    assert os.access(image / entry.lstrip("/"), os.X_OK), entry
+    rest = {instr: args for instr, args in steps}
+    assert "/healthz" in rest["HEALTHCHECK"] and rest["USER"] == "10001"
+    assert rest["VOLUME"] == '["/runs"]' and "gunicorn" in ENTRY.read_text()
 
 
 def _free_port() -> int:
