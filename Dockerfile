@@ -22,9 +22,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /opt/imacs/src
 COPY pyproject.toml README.md ./
 COPY imacs ./imacs
-COPY app ./app
-COPY assets ./assets
-COPY sample_data ./sample_data
+COPY imacs_app ./imacs_app
 COPY scripts ./scripts
 
 # The same install script CI runs. The CPU variant takes PyTorch's CPU wheel; the CUDA

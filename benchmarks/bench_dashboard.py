@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_large_run import make_run
 
-from app.main import create_app
+from imacs_app.main import create_app
 
 
 def _payload(

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_dashboard import _payload  # noqa: E402
 
-from app.main import create_app  # noqa: E402
 from imacs.demo import demo_run  # noqa: E402
+from imacs_app.main import create_app  # noqa: E402
 
 
 def _port() -> int:

@@ -171,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(run.summary())
     if args.no_serve:
         return 0
-    from app.main import serve
+    from imacs_app.main import serve
 
     url = f"http://{args.host}:{args.port}/"
 
@@ -198,7 +198,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError(
             f"{root}: holds no imacs runs; make one with imacs analyze --out {root}/NAME"
         )
-    from app.main import serve  # the web stack loads only for this command
+    from imacs_app.main import serve  # the web stack loads only for this command
 
     def announce() -> None:
         print(

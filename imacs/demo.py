@@ -1,6 +1,6 @@
 """``imacs demo``: the bundled sample data and models, analysed and served in one command.
 
-The sample (``sample_data/``, made by ``sample_data/landcover.py``) is a land-cover
+The sample (``imacs/sample_data/``, made by ``imacs/sample_data/landcover.py``) is a land-cover
 classification set and two small CNNs with a known difference: model B's training labels
 leaked through a data provider's logo, so B calls anything with the logo "urban". The run is
 written to ``<cache>/demo/landcover`` and reused while nothing changed, so a second start
@@ -16,8 +16,8 @@ from .cache import default_cache_dir
 from .errors import InputError
 from .run import Run
 
-#: the sample folder of a source checkout (imacs is installed from the repository)
-SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
+#: the sample: package data, so an installed wheel has it too
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 
 #: the analysis the demo runs; also the README's reference command
 DEMO_SETTINGS: dict[str, object] = {
@@ -39,8 +39,8 @@ def sample_files(sample_dir: Path = SAMPLE_DIR) -> dict[str, Path]:
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise InputError(
-            f"{missing[0]}: sample data not found; imacs demo runs from a clone of the "
-            "repository (remake the sample with python sample_data/landcover.py)"
+            f"{missing[0]}: sample data not found; reinstall imacs, or remake the sample "
+            "with python imacs/sample_data/landcover.py in a clone of the repository"
         )
     return files
 

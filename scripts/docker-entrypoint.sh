@@ -18,7 +18,7 @@ if [[ "${1:-serve}" == "serve" ]]; then
     runs="${IMACS_CACHE_DIR:-$HOME/.cache/imacs}/demo"
   fi
   export IMACS_RUNS="$runs"
-  exec gunicorn app.wsgi:application \
+  exec gunicorn imacs_app.wsgi:application \
     --workers "${IMACS_WORKERS:-4}" \
     --bind "${IMACS_BIND:-0.0.0.0:8050}" \
     --timeout 120 \

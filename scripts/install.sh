@@ -12,10 +12,10 @@ PY="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 
 "$PY" -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
-# Editable: the dashboard's assets/ and the demo's sample_data/ live beside the package.
 if [[ "${1:-}" == "--dev" ]]; then
   # hf: the tests build local Hugging Face models (transformers needs no torchvision)
   "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,hf]"
 else
-  "$PY" -m pip install --quiet --disable-pip-version-check -e .
+  # a regular install: the wheel carries the dashboard's assets and the demo's sample
+  "$PY" -m pip install --quiet --disable-pip-version-check .
 fi

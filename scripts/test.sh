@@ -25,8 +25,8 @@ fi
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.cache/numba}"
 mkdir -p "$NUMBA_CACHE_DIR"
 
-ruff check imacs app tests benchmarks scripts
-ruff format --check imacs app tests benchmarks scripts
+ruff check imacs imacs_app tests benchmarks scripts
+ruff format --check imacs imacs_app tests benchmarks scripts
 
 set +e
 python -m pytest "$@"

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from werkzeug.serving import make_server
 
-from app.main import create_app
+from imacs_app.main import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -337,7 +337,7 @@ def test_brw007_a_cluster_says_what_its_images_share(page, server, marked_run) -
 def test_brw008_run_picker_newest_first_and_filtered_download(page, server, runs, tmp_path) -> None:
     import csv
 
-    from app.reader import Filters, RunCatalog
+    from imacs_app.reader import Filters, RunCatalog
 
     page.goto(server + "/")
     page.wait_for_selector(".strip")
@@ -383,7 +383,7 @@ def test_brw009_the_map_has_a_cluster_legend_and_fills_its_card(page, server, ma
 
 
 def test_brw010_overlays_come_with_their_colour_scale(page, server, runs, marked_run) -> None:
-    from app.reader import RunCatalog, overlay_scale
+    from imacs_app.reader import RunCatalog, overlay_scale
 
     c = int(marked_run.clusters.iloc[0]["cluster"])
     image = int(marked_run.patches.query("cluster == @c")["image_id"].iloc[0])

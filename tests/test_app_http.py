@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.main import create_app
-from app.reader import RunCatalog
-from app.state import ViewState, parse_search
+from imacs_app.main import create_app
+from imacs_app.reader import RunCatalog
+from imacs_app.state import ViewState, parse_search
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_app006_url_state_round_trip() -> None:
 
 def test_app007_web_process_never_imports_torch(runs_root) -> None:
     code = (
-        "import sys; from app.main import create_app; "
+        "import sys; from imacs_app.main import create_app; "
         f"c = create_app({str(runs_root)!r}).server.test_client(); "
         "assert c.get('/render/shortcut/1/diff.png').status_code == 200; "
         "assert c.get('/download/shortcut/clusters.csv?class=vertical').status_code == 200; "
@@ -163,7 +163,7 @@ def test_app007_web_process_never_imports_torch(runs_root) -> None:
 
 def test_app008_wsgi_entry_serves_the_runs_folder(runs_root) -> None:
     code = (
-        "from app.wsgi import application; c = application.test_client(); "
+        "from imacs_app.wsgi import application; c = application.test_client(); "
         "r = c.get('/healthz'); print(r.status_code, r.get_json()['runs'])"
     )
     env = {**__import__("os").environ, "IMACS_RUNS": str(runs_root)}
@@ -194,8 +194,8 @@ def test_app009_basic_auth_guards_everything_but_healthz(runs_root) -> None:
 
 
 def test_app010_auth_accounts_from_environment(tmp_path) -> None:
-    from app.auth import load_accounts
     from imacs.errors import InputError
+    from imacs_app.auth import load_accounts
 
     assert load_accounts({}) == {}
     assert load_accounts({"IMACS_BASIC_AUTH": "ana:pw"}) == {"ana": "pw"}
@@ -245,7 +245,7 @@ def test_app012_missing_thumbnail(runs_root, tmp_path) -> None:
 def test_app013_filters_reach_every_number(runs_root, tmp_path) -> None:
     import pandas as pd
 
-    from app.reader import Filters
+    from imacs_app.reader import Filters
 
     # a run where B is wrong on 10 of the 40 horizontal images
     root = tmp_path / "runs"
@@ -278,7 +278,7 @@ def test_app013_filters_reach_every_number(runs_root, tmp_path) -> None:
 
 
 def test_app014_a_clusters_breakdown_shows_its_cause(marked_run) -> None:
-    from app.reader import Filters
+    from imacs_app.reader import Filters
 
     view = RunCatalog(marked_run.path).get(None)
     top = int(marked_run.clusters.iloc[0]["cluster"])  # the red mark, read by B
@@ -312,7 +312,7 @@ def test_app015_runs_are_listed_newest_first(runs_root, tmp_path) -> None:
 
 
 def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> None:
-    from app.callbacks import _clicked_cluster
+    from imacs_app.callbacks import _clicked_cluster
 
     cat = RunCatalog(runs_root)
     s = ViewState(run="shortcut", classes=("vertical",))
@@ -334,8 +334,8 @@ def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> N
 
 
 def test_app017_auth_fails_closed(tmp_path, runs_root) -> None:
-    from app.auth import load_accounts
     from imacs.errors import InputError
+    from imacs_app.auth import load_accounts
 
     empty = tmp_path / "users"
     empty.write_text("# nobody yet\n\n")
@@ -356,7 +356,7 @@ def test_app017_auth_fails_closed(tmp_path, runs_root) -> None:
     assert res.returncode == 2 and "IMACS_BASIC_AUTH is set but empty" in res.stderr
     assert "Traceback" not in res.stderr
     res = subprocess.run(
-        [sys.executable, "-c", "import app.wsgi"],
+        [sys.executable, "-c", "import imacs_app.wsgi"],
         capture_output=True, text=True, timeout=120,
         env={**env, "IMACS_RUNS": str(runs_root)},
     )  # fmt: skip

@@ -69,6 +69,30 @@ def _stage_image(root: Path, steps: list[tuple[str, str]]) -> Path:
     return workdir
 
 
+def _fresh_venv(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh virtual environment that sees CI's packages (torch, dash, ...) through a .pth
+    line but holds none of them, not imacs either (the editable install's hook lives in a
+    .pth file there, and .pth files of an added folder are not run); its environment
+    variables keep pip offline."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run(
+        [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],  # noqa: E501
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "ci-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "PATH": f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "VIRTUAL_ENV": str(venv),
+        "PIP_NO_INDEX": "1",  # offline: nothing may need a download
+        "PIP_NO_BUILD_ISOLATION": "0",  # (sic: "0" turns isolation off) CI's setuptools builds
+        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(tmp_path / "numba")),
+    }
+    return venv, env
+
+
 def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
     """The Dockerfile's install step, run for real (without docker, without network): its
     COPY lines staged into a fake image, its RUN line executed with its SHELL, ARG and ENV
@@ -92,25 +116,11 @@ def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
     image = tmp_path / "image"
     workdir = _stage_image(image, steps)
 
-    # a fresh environment that sees CI's packages (torch, dash, ...) but holds none of them:
-    # pip must find every requirement satisfied, the Dockerfile's torch pin included
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    venv, venv_env = _fresh_venv(tmp_path)
     vpy = venv / "bin" / "python"
-    site = subprocess.run(
-        [vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    Path(site, "ci-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     ran = tmp_path / "scripts-ran"
     (tmp_path / "bash_env").write_text(f'echo "$0 $*" >> {shlex.quote(str(ran))}\n')
-    env.update(
-        PATH=f"{venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        VIRTUAL_ENV=str(venv),
-        BASH_ENV=str(tmp_path / "bash_env"),  # every bash script started records itself
-        PIP_NO_INDEX="1",  # offline: nothing may need a download
-        PIP_NO_BUILD_ISOLATION="0",  # build with the setuptools CI has
-    )
+    env.update(venv_env, BASH_ENV=str(tmp_path / "bash_env"))  # bash scripts record themselves
     out = subprocess.run(
         [*shell, installs[0]], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
     )
@@ -118,14 +128,14 @@ def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
     assert "scripts/install.sh " in ran.read_text().splitlines()  # CI's script, no --dev
 
     check = (
-        "import imacs, app.main, torch; "
-        "print(imacs.__file__); print(app.main.ASSETS.is_dir()); print(torch.__version__)"
+        "import imacs, imacs_app.main, torch; "
+        "print(imacs.__file__); print(imacs_app.main.ASSETS.is_dir()); print(torch.__version__)"
     )
     got = subprocess.run([vpy, "-c", check], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert got.returncode == 0, got.stderr
     where, assets, torch_version = got.stdout.split()
-    assert Path(where).is_relative_to(workdir) and assets == "True"
+    assert Path(where).is_relative_to(venv) and assets == "True"  # installed, not the source
     assert torch_version.split("+")[0] == pin  # the image's torch is the one CI pins
     version = subprocess.run([venv / "bin" / "imacs", "--version"], env=env,
                              capture_output=True, text=True)  # fmt: skip
@@ -147,19 +157,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def _serve(
+    env: dict[str, str], cmd: list[str] | None = None, cwd: Path = ROOT
+) -> tuple[subprocess.Popen, str]:
+    """Start a server (the image's entry point unless ``cmd``; ``{port}`` in it is filled)
+    and wait until /healthz answers; returns the process and its base URL."""
     port = _free_port()
     full = {
         **os.environ,
-        **env,
         "IMACS_BIND": f"127.0.0.1:{port}",
         "IMACS_WORKERS": "2",
         "PYTHONPATH": str(ROOT),
+        **env,
     }
     proc = subprocess.Popen(
-        [str(ENTRY), "serve"],
+        [a.format(port=port) for a in cmd] if cmd else [str(ENTRY), "serve"],
         env=full,
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -227,3 +241,47 @@ def test_hst005_entrypoint_runs_other_commands() -> None:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0 and out.stdout.startswith("imacs ")
+
+
+def test_hst010_built_wheel_runs_the_demo_and_serves_a_styled_dashboard(tmp_path) -> None:
+    """pip install of the built wheel (not the source tree) into a fresh environment: the
+    demo finds its sample inside the package and the dashboard its CSS."""
+    dist = tmp_path / "dist"
+    venv, env = _fresh_venv(tmp_path)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(dist), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = dist.glob("imacs-*.whl")
+    inst = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+         "--no-deps", "--no-index", str(wheel)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+    )  # fmt: skip
+    assert inst.returncode == 0, inst.stdout + inst.stderr
+    away = tmp_path / "elsewhere"  # no source tree in sight
+    away.mkdir()
+    imacs = str(venv / "bin" / "imacs")
+    env["PYTHONPATH"] = ""
+    demo = subprocess.run(
+        [imacs, "demo", "--no-serve", "--cache-dir", str(tmp_path / "cache")],
+        cwd=away, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert demo.returncode == 0, demo.stderr
+    run_dir = tmp_path / "cache" / "demo" / "landcover"
+    assert (run_dir / "run.json").is_file(), demo.stdout + demo.stderr
+
+    proc, base = _serve(
+        env, [imacs, "serve", str(run_dir), "--host", "127.0.0.1", "--port", "{port}"], away
+    )
+    try:
+        with urllib.request.urlopen(base + "/", timeout=10) as r:
+            page = r.read().decode()
+        css = re.search(r'href="(/assets/style\.css[^"]*)"', page)
+        assert css, "the page links no stylesheet: the wheel lacks the assets"
+        with urllib.request.urlopen(base + css[1], timeout=10) as r:
+            assert r.status == 200 and b".strip" in r.read()
+    finally:
+        _stop(proc)

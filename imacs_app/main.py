@@ -16,7 +16,7 @@ from .layout import layout
 from .reader import RunCatalog
 from .server import register_routes
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parent / "assets"  # package data: ships in the wheel
 
 
 def create_app(runs: str | Path, accounts: dict[str, str] | None = None) -> Dash:
@@ -53,7 +53,7 @@ def serve(
     debug: bool = False,
     announce: Callable[[], None] | None = None,
 ) -> None:
-    """Serve the dashboard (development server; use gunicorn with app.wsgi for a team).
+    """Serve the dashboard (development server; use gunicorn with imacs_app.wsgi for a team).
 
     Raises:
         InputError: the port is taken, or the authentication settings give no account.

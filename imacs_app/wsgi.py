@@ -1,4 +1,4 @@
-"""WSGI entry point: ``gunicorn -w 4 -b 0.0.0.0:8050 app.wsgi:application``.
+"""WSGI entry point: ``gunicorn -w 4 -b 0.0.0.0:8050 imacs_app.wsgi:application``.
 
 The runs folder comes from ``IMACS_RUNS`` (default ``/runs``). A misconfigured login
 (``IMACS_BASIC_AUTH`` set but empty, an accounts file with no account) stops the worker with

@@ -1,7 +1,7 @@
 """The embedded default: procedurally generated land-cover tiles and two small CNNs.
 
-Everything here is deterministic (seeded). ``python sample_data/landcover.py`` remakes the
-evaluation set and both models in this folder; see sample_data/README.md for the story.
+Everything here is deterministic (seeded). ``python imacs/sample_data/landcover.py`` remakes the
+evaluation set and both models in this folder; see imacs/sample_data/README.md for the story.
 
 Classes: water, forest, fields, urban (64x64 RGB tiles, satellite-like textures with colour,
 season and lighting variation).
