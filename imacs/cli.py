@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
 from .errors import ImacsError, InputError
@@ -171,8 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(run.summary())
     if args.no_serve:
         return 0
-    from imacs_app.main import serve
-
+    serve = _dashboard()
     url = f"http://{args.host}:{args.port}/"
 
     def announce() -> None:
@@ -198,7 +197,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError(
             f"{root}: holds no imacs runs; make one with imacs analyze --out {root}/NAME"
         )
-    from imacs_app.main import serve  # the web stack loads only for this command
+    serve = _dashboard()  # the web stack loads only for this command
 
     def announce() -> None:
         print(
@@ -209,6 +208,19 @@ def _serve(args: argparse.Namespace) -> int:
 
     serve(root, host=args.host, port=args.port, debug=args.debug, announce=announce)
     return 0
+
+
+def _dashboard() -> Callable[..., None]:
+    """The dashboard's ``serve(runs, host, port, debug, announce)``, found by its entry point
+    (group ``imacs.dashboard``), so the analysis package never imports the web app."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group="imacs.dashboard", name="serve")
+    if not found:
+        raise InputError(
+            "the dashboard is not installed with this imacs; reinstall it: pip install imacs"
+        )
+    return next(iter(found)).load()
 
 
 def _analyze(args: argparse.Namespace) -> int:

@@ -187,7 +187,7 @@ def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Fig
             y=y,
             mode="markers",
             marker=marker,
-            # for the hover text; a click is read by its point index (callbacks.py): a
+            # for the hover text; a click is read by its point index (components/navigation.py): a
             # typed array is left out of click events, and a list of 100k is slow to build
             customdata=cl,
             hovertemplate="cluster %{customdata}<extra></extra>",

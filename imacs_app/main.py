@@ -11,9 +11,9 @@ from dash import Dash
 
 from imacs.errors import InputError
 
-from . import auth, callbacks
+from . import auth, components
+from .catalog import RunCatalog
 from .layout import layout
-from .reader import RunCatalog
 from .server import register_routes
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # package data: ships in the wheel
@@ -38,7 +38,7 @@ def create_app(runs: str | Path, accounts: dict[str, str] | None = None) -> Dash
     app.layout = layout
     # accounts first: a misconfigured login must stop the start, not open the door
     accounts = auth.load_accounts() if accounts is None else accounts
-    callbacks.register(app, catalog)
+    components.register(app, catalog)
     # hashes of Dash's inline bootstrap and the clientside callbacks, for the CSP
     register_routes(app.server, catalog, app.csp_hashes())
     auth.install(app.server, accounts)

@@ -13,7 +13,8 @@ from flask import Flask, Response, abort, jsonify, request, send_file
 from imacs.errors import InputError
 from imacs.run import safe_csv
 
-from .reader import RunCatalog, render_png
+from .catalog import RunCatalog
+from .render import render_png
 from .state import parse_search
 
 #: answers for every route: no sniffing, no framing, no third-party anything

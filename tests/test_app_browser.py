@@ -337,7 +337,8 @@ def test_brw007_a_cluster_says_what_its_images_share(page, server, marked_run) -
 def test_brw008_run_picker_newest_first_and_filtered_download(page, server, runs, tmp_path) -> None:
     import csv
 
-    from imacs_app.reader import Filters, RunCatalog
+    from imacs_app.catalog import RunCatalog
+    from imacs_app.reader import Filters
 
     page.goto(server + "/")
     page.wait_for_selector(".strip")
@@ -383,7 +384,8 @@ def test_brw009_the_map_has_a_cluster_legend_and_fills_its_card(page, server, ma
 
 
 def test_brw010_overlays_come_with_their_colour_scale(page, server, runs, marked_run) -> None:
-    from imacs_app.reader import RunCatalog, overlay_scale
+    from imacs_app.catalog import RunCatalog
+    from imacs_app.render import overlay_scale
 
     c = int(marked_run.clusters.iloc[0]["cluster"])
     image = int(marked_run.patches.query("cluster == @c")["image_id"].iloc[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imacs_app.catalog import RunCatalog
 from imacs_app.main import create_app
-from imacs_app.reader import RunCatalog
 from imacs_app.state import ViewState, parse_search
 
 
@@ -312,7 +313,7 @@ def test_app015_runs_are_listed_newest_first(runs_root, tmp_path) -> None:
 
 
 def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> None:
-    from imacs_app.callbacks import _clicked_cluster
+    from imacs_app.components.navigation import clicked_cluster as _clicked_cluster
 
     cat = RunCatalog(runs_root)
     s = ViewState(run="shortcut", classes=("vertical",))
@@ -437,3 +438,53 @@ def test_app021_csv_cells_cannot_run_as_formulas(runs_root, tmp_path) -> None:
     )
     served = create_app(tmp_path).server.test_client().get("/download/run/patches.csv")
     assert served.status_code == 200 and ",=" not in served.get_data(as_text=True)
+
+
+def test_app022_catalog_rescans_only_when_the_folder_changed(runs_root, tmp_path, monkeypatch):
+    import imacs_app.catalog as catalog_module
+
+    root = tmp_path / "runs"
+    shutil.copytree(runs_root / "shortcut", root / "one")
+    catalog = RunCatalog(root)
+    scans = []
+    scan = RunCatalog._scan
+    monkeypatch.setattr(RunCatalog, "_scan", lambda self: scans.append(1) or scan(self))
+    monkeypatch.setattr(catalog_module, "_RACY_NS", 0)  # the copies were made just now
+    assert list(catalog.run_dirs()) == ["one"] and len(scans) == 1
+    for _ in range(20):  # page loads, callbacks and thumbnails: no rescan
+        catalog.run_dirs()
+        assert catalog.safe_file("one", "images/0.jpg") is not None
+    assert len(scans) == 1
+    # a run committed two levels down, then one removed: both seen at the next call
+    shutil.copytree(runs_root / "shortcut", root / "team" / ".two.tmp")
+    os.rename(root / "team" / ".two.tmp", root / "team" / "two")
+    assert set(catalog.run_dirs()) == {"one", "team/two"}
+    shutil.rmtree(root / "one")
+    assert list(catalog.run_dirs()) == ["team/two"]
+    assert catalog.safe_file("one", "images/0.jpg") is None
+    assert len(scans) == 3
+
+
+def test_app023_analysis_package_never_imports_the_dashboard() -> None:
+    """One direction: imacs_app reads runs through imacs; imacs reaches the dashboard only
+    through its entry point (imacs serve, imacs demo)."""
+    import ast
+
+    import imacs
+
+    offenders = []
+    for path in Path(imacs.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "imacs_app"]
+    assert offenders == []
+    from imacs.cli import _dashboard
+    from imacs_app.main import serve
+
+    assert _dashboard() is serve

@@ -246,11 +246,14 @@ def test_hst005_entrypoint_runs_other_commands() -> None:
 def test_hst010_built_wheel_runs_the_demo_and_serves_a_styled_dashboard(tmp_path) -> None:
     """pip install of the built wheel (not the source tree) into a fresh environment: the
     demo finds its sample inside the package and the dashboard its CSS."""
-    dist = tmp_path / "dist"
+    dist, source = tmp_path / "dist", tmp_path / "source"
     venv, env = _fresh_venv(tmp_path)
+    # build from a copy: a build writes build/ and *.egg-info into the tree it builds
+    skip = (".git", ".venv", ".cache", "build", "*.egg-info", "__pycache__", ".*_cache")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip))
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "-w", str(dist), str(ROOT)],
+         "--no-index", "-w", str(dist), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stdout + built.stderr

@@ -1,0 +1,170 @@
+"""The runs a server shows: a folder scanned for run directories, with a cheap change check,
+and a small per-process cache of loaded runs.
+
+Everything the web app shows comes through :class:`RunCatalog`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from imacs.errors import InputError
+from imacs.run import Run
+
+from .reader import RunView
+
+#: folders changed less than this long ago are rescanned on every call (file system times
+#: are coarser than the changes they stamp; git calls this "racy")
+_RACY_NS = 2_000_000_000
+
+
+class RunCatalog:
+    """Runs under a root folder: the root itself if it is a run, or runs one or two levels down.
+
+    Args:
+        root (str or Path): a run directory or a folder of run directories.
+        max_cached (int): loaded runs kept in memory per process. Default: 8.
+    """
+
+    def __init__(self, root: str | Path, max_cached: int = 8) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.max_cached = max_cached
+        self._cache: OrderedDict[str, RunView] = OrderedDict()
+        self._checked: dict[Path, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+        self._listing: tuple[tuple, dict[str, Path]] | None = None
+
+    def _signature(self) -> tuple:
+        """What changes when a run appears, disappears or is replaced: the modification
+        times of the root and of its sub-folders (a run is committed by renaming it into its
+        parent folder, which changes the parent's time). A single ``scandir``, where a
+        rescan lists every run's folder."""
+        try:
+            stamp = [self.root.stat().st_mtime_ns]
+            with os.scandir(self.root) as entries:
+                for e in entries:
+                    if e.is_dir() and not e.name.startswith("."):
+                        stamp.append((e.name, e.stat().st_mtime_ns))
+        except OSError:
+            return ()
+        return (*sorted(stamp[1:]), stamp[0])
+
+    def _candidates(self) -> dict[str, Path]:
+        """Run directories under the root (readable or not), rescanned only when
+        :meth:`_signature` changed."""
+        if (self.root / "run.json").is_file():
+            return {self.root.name: self.root}
+        sig = self._signature()
+        with self._lock:
+            if self._listing is not None and self._listing[0] == sig:
+                return dict(self._listing[1])
+        found = self._scan()
+        newest = max([sig[-1], *(t for _, t in sig[:-1])]) if sig else 0
+        if time.time_ns() - newest > _RACY_NS:  # a change within the same clock tick as
+            with self._lock:  # this scan would leave the times as they are: rescan then
+                self._listing = (sig, found)
+        return dict(found)
+
+    def _scan(self) -> dict[str, Path]:
+        found: dict[str, Path] = {}
+        if not self.root.is_dir():
+            return found
+        manifests = sorted(self.root.glob("*/run.json")) + sorted(self.root.glob("*/*/run.json"))
+        for manifest in manifests:
+            d = manifest.parent
+            if any(part.startswith(".") for part in d.relative_to(self.root).parts):
+                continue  # temporary folders of runs being written
+            found[d.relative_to(self.root).as_posix()] = d
+        return found
+
+    def _check(self, path: Path) -> str | None:
+        """None if the run's manifest is readable and of this format, else why not."""
+        try:
+            mtime = (path / "run.json").stat().st_mtime
+        except OSError as exc:
+            return str(exc)
+        with self._lock:
+            hit = self._checked.get(path)
+        if hit is not None and hit[0] == mtime:
+            return hit[1]
+        try:
+            Run(path)
+            problem = None
+        except InputError as exc:
+            problem = str(exc)
+        with self._lock:
+            self._checked[path] = (mtime, problem)
+        return problem
+
+    def run_dirs(self) -> dict[str, Path]:
+        """Readable runs, newest first: id (path relative to the root, or the root's name)
+        -> directory. A run's age is its manifest's modification time."""
+        found = {k: p for k, p in self._candidates().items() if self._check(p) is None}
+
+        def age(item: tuple[str, Path]) -> tuple[float, str]:
+            try:
+                return (-(item[1] / "run.json").stat().st_mtime, item[0])
+            except OSError:  # removed since it was listed: last
+                return (0.0, item[0])
+
+        return dict(sorted(found.items(), key=age))
+
+    def problems(self) -> dict[str, str]:
+        """Runs found but not readable (an older format, a broken manifest): id -> why."""
+        out = {}
+        for k, p in self._candidates().items():
+            why = self._check(p)
+            if why is not None:
+                out[k] = why
+        return out
+
+    def default_run(self) -> str | None:
+        """The newest run: the one a user just made is the one they want to see."""
+        return next(iter(self.run_dirs()), None)
+
+    def get(self, run_id: str | None) -> RunView:
+        """The run with this id (or the newest one); raises InputError if there is none."""
+        dirs = self.run_dirs()
+        if run_id is None:
+            run_id = next(iter(dirs), None)
+            if run_id is None:
+                raise InputError(f"{self.root}: no imacs runs found; make one with imacs analyze")
+        elif run_id not in dirs:
+            raise InputError(
+                f"no run named {run_id!r} under {self.root} (removed, or never made); "
+                "pick one in the run list"
+            )
+        path = dirs[run_id]
+        try:
+            mtime = (path / "run.json").stat().st_mtime
+        except OSError:
+            raise InputError(
+                f"{path}: the run was removed while it was being read; pick one in the run list"
+            ) from None
+        with self._lock:
+            view = self._cache.get(run_id)
+            if view is not None and view.mtime == mtime:
+                self._cache.move_to_end(run_id)
+                return view
+        view = RunView(run_id=run_id, run=Run(path), mtime=mtime)
+        with self._lock:
+            self._cache[run_id] = view
+            self._cache.move_to_end(run_id)
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return view
+
+    def safe_file(self, run_id: str, subpath: str) -> Path | None:
+        """A thumbnail file inside the run's ``thumbs/`` folder, or None (never outside)."""
+        path = self._candidates().get(run_id)  # thumbnails come by the dozen: no sorting
+        if path is None or self._check(path) is not None:
+            return None
+        base = (path / "thumbs").resolve()
+        target = (base / subpath).resolve()
+        if not target.is_relative_to(base) or target.suffix.lower() not in (".jpg", ".png"):
+            return None
+        return target if target.is_file() else None

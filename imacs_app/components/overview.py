@@ -1,0 +1,198 @@
+"""Overview: the run's summary (models, accuracies, counts, settings) and the cluster
+ranking with one strip of representative patches per cluster."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from dash import ALL, Dash, Input, Output, Patch, dcc, html
+from dash.exceptions import PreventUpdate
+
+from .. import figures
+from ..catalog import RunCatalog
+from ..state import parse_search
+from .common import NO_MATCH, files_url, guarded, pct, stat, view_of
+
+
+def summary() -> html.Section:
+    return html.Section(id="summary", className="summary")
+
+
+def ranking_card() -> html.Section:
+    return html.Section(
+        className="card",
+        children=[
+            html.H2("Clusters, ranked by |B − A|"),
+            html.P(
+                "Each cluster groups similar-looking salient patches. "
+                "Bars show the mean share of each model's attribution inside them; "
+                "click a bar or a row to open the cluster.",
+                className="hint",
+            ),
+            dcc.Loading(dcc.Graph(id="ranking", config={"displayModeBar": False})),
+            html.Div(id="strips", className="strips"),
+        ],
+    )
+
+
+def trait(column: str, value: str) -> str:
+    """How a breakdown value reads in a sentence: ``B predicts urban``, ``class forest``,
+    ``site = north`` (a meta-annotation)."""
+    if column in ("A predicts", "B predicts", "class"):
+        return f"{column} {value}"
+    return f"{column} = {value}"
+
+
+def register(app: Dash, catalog: RunCatalog) -> None:
+    """The summary and ranking, and marking the selected cluster in them."""
+
+    @app.callback(
+        Output("summary", "children"),
+        Output("dl-clusters", "href"),
+        Output("dl-patches", "href"),
+        Output("ranking", "figure"),
+        Output("strips", "children"),
+        Input("key-data", "data"),
+    )
+    @guarded(5, blank=("", "", figures.empty("See the message above."), []))
+    def data_views(key):
+        s = parse_search(key)
+        view = view_of(catalog, s)
+        m = view.run.manifest
+        names = view.run.names
+        f = s.filters
+        clusters = view.clusters(f)
+        summ = view.summary(f)
+        settings = m["settings"]
+        ig = settings["attribution"]
+
+        def count(kept: str, total: str) -> str:
+            return f"{summ[kept]} / {summ[total]}" if f.active else str(summ[total])
+
+        tag = " · filtered" if f.active else ""
+        summary = [
+            html.Div(
+                className="models",
+                children=[
+                    html.Span([html.B("A "), names["a"]], className="model-a"),
+                    html.Span(" vs ", className="vs"),
+                    html.Span([html.B("B "), names["b"]], className="model-b"),
+                ],
+            ),
+            html.Div(
+                className="stats",
+                children=[
+                    stat(f"accuracy A{tag}", pct(summ["accuracy_a"])),
+                    stat(f"accuracy B{tag}", pct(summ["accuracy_b"])),
+                    stat(f"agreement{tag}", pct(summ["agreement"])),
+                    stat("images", count("n_images", "n_images_total")),
+                    stat("skipped", str(summ["n_skipped"])),
+                    stat("patches", count("n_patches", "n_patches_total")),
+                    stat("clusters", count("n_clusters", "n_clusters_total")),
+                ],
+            ),
+            html.Div(
+                f"IG {ig['steps']} steps, {ig['baseline']} baseline, target {ig['target']}; "
+                f"input {settings['preprocess']['image_size'][0]}"
+                f"x{settings['preprocess']['image_size'][1]}; {len(view.run.classes)} classes; "
+                f"seed {settings['seed']}; made {m['created']}",
+                className="settings",
+            ),
+        ]
+        problems = catalog.problems()
+        if problems:
+            summary.append(
+                html.Div(
+                    className="warning",
+                    children=[f"{len(problems)} run(s) here cannot be read and are not listed: "]
+                    + [html.Div(f"{k}: {why}") for k, why in sorted(problems.items())],
+                )
+            )
+        qs = s.with_(run=None).to_search()
+        dl_c = f"/download/{quote(view.run_id)}/clusters.csv{qs}"
+        dl_p = f"/download/{quote(view.run_id)}/patches.csv{qs}"
+        if clusters.empty:
+            return (
+                summary,
+                dl_c,
+                dl_p,
+                figures.empty(NO_MATCH, height=200),
+                [],
+            )
+        reps = view.representatives(f)
+        traits = view.cluster_traits(f)
+        strips = []
+        for r in clusters.itertuples():
+            c = int(r.cluster)
+            if c in traits.index:
+                t = traits.loc[c]
+                stands_out = f"{trait(t['column'], t['value'])} in {t['share']:.0%} of images"
+            else:
+                stands_out = f"mostly {r.top_class}"
+            strips.append(
+                html.Button(
+                    id={"type": "strip", "cluster": c},
+                    className="strip",
+                    n_clicks=0,
+                    children=[
+                        html.Div(
+                            className="strip-head",
+                            children=[
+                                html.Span(f"#{int(r.rank)} cluster {c}", className="strip-title"),
+                                html.Span(
+                                    f"B − A {r.diff:+.3f}",
+                                    className="pos" if r.diff >= 0 else "neg",
+                                ),
+                                html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
+                                html.Span(stands_out, className="strip-trait"),
+                            ],
+                        ),
+                        html.Div(
+                            className="thumbs",
+                            children=[
+                                html.Img(
+                                    src=files_url(view, f"patches/{pid}.jpg"),
+                                    alt=f"patch {pid}",
+                                )
+                                for pid in reps.get(c, [])
+                            ],
+                        ),
+                    ],
+                )
+            )
+        return (
+            summary,
+            dl_c,
+            dl_p,
+            figures.ranking(clusters, names, None),
+            strips,
+        )
+
+    @app.callback(
+        Output("ranking", "figure", allow_duplicate=True),
+        Input("key-cluster", "data"),
+        Input("ranking", "figure"),
+        prevent_initial_call=True,
+    )
+    def ranking_highlight(key, fig):
+        """Mark the selected cluster's row in the ranking (the figure is not rebuilt)."""
+        if not fig or not fig.get("data"):
+            raise PreventUpdate
+        shapes = figures.ranking_marks(
+            fig["data"][0].get("customdata") or [], parse_search(key).cluster
+        )
+        if (fig.get("layout") or {}).get("shapes", []) == shapes:
+            raise PreventUpdate
+        patch = Patch()
+        patch["layout"]["shapes"] = shapes
+        return patch
+
+    @app.callback(
+        Output({"type": "strip", "cluster": ALL}, "className"),
+        Input("key-cluster", "data"),
+        Input({"type": "strip", "cluster": ALL}, "id"),
+    )
+    def strip_highlight(key, ids):
+        """Mark the selected cluster's strip."""
+        selected = parse_search(key).cluster
+        return ["strip selected" if i["cluster"] == selected else "strip" for i in ids]

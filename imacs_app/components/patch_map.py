@@ -1,0 +1,77 @@
+"""The patch map: every patch at its 2-D projection, coloured by cluster or by B − A; the
+selected cluster's points are outlined without resending the map."""
+
+from __future__ import annotations
+
+from dash import Dash, Input, Output, Patch, dcc, html
+from dash.exceptions import PreventUpdate
+
+from imacs.errors import InputError
+
+from .. import figures
+from ..catalog import RunCatalog
+from ..state import parse_search
+from .common import NO_MATCH, problem, view_of
+
+
+def map_card() -> html.Section:
+    return html.Section(
+        className="card map-card",
+        children=[
+            html.H2("Patch map"),
+            dcc.RadioItems(
+                id="map-color",
+                options=[
+                    {"label": "colour by cluster", "value": "cluster"},
+                    {"label": "colour by B − A", "value": "diff"},
+                ],
+                value="cluster",
+                inline=True,
+            ),
+            dcc.Loading(
+                dcc.Graph(
+                    id="map",
+                    className="map-graph",
+                    config={"displaylogo": False},
+                    responsive=True,
+                ),
+                parent_className="map-fill",
+            ),
+        ],
+    )
+
+
+def register(app: Dash, catalog: RunCatalog) -> None:
+    """Draw the map; outline the selected cluster."""
+
+    @app.callback(Output("map", "figure"), Input("key-map", "data"))
+    def map_view(key):
+        s = parse_search(key)
+        try:
+            view = view_of(catalog, s)
+            p = view.filtered_patches(s.filters)
+        except InputError as exc:
+            return figures.empty(problem(exc))
+        if p.empty:
+            return figures.empty(NO_MATCH)
+        return figures.embedding_map(p, s.color, int(view.run.manifest["summary"]["n_clusters"]))
+
+    @app.callback(
+        Output("map", "figure", allow_duplicate=True),
+        Input("key-cluster", "data"),
+        Input("map", "figure"),
+        prevent_initial_call=True,
+    )
+    def map_highlight(key, fig):
+        if fig is not None and len(fig.get("data") or []) < 2:
+            raise PreventUpdate  # a map that says why it is empty
+        s = parse_search(key)
+        try:
+            p = view_of(catalog, s).filtered_patches(s.filters)
+        except InputError:
+            raise PreventUpdate from None
+        sel = p[p["cluster"] == s.cluster] if s.cluster is not None else p.iloc[0:0]
+        patch = Patch()
+        patch["data"][1]["x"] = sel["proj_x"].round(3).tolist()
+        patch["data"][1]["y"] = sel["proj_y"].round(3).tolist()
+        return patch
