@@ -10,6 +10,6 @@ if [[ -z "${VIRTUAL_ENV:-}" ]]; then
   # shellcheck disable=SC1091
   source .venv/bin/activate
 fi
-bash scripts/install.sh
+bash scripts/install.sh --editable
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.cache/numba}"
 exec imacs demo "$@"

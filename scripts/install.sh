@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs imacs and everything it needs into the current Python environment.
 # One script for every place imacs runs: CI (.ci/run via scripts/test.sh), the Dockerfile,
-# and a developer's machine. Usage: scripts/install.sh [--dev]
-#   --dev   editable install plus the test tools (pytest, ruff)
+# and a developer's machine. Usage: scripts/install.sh [--dev | --editable]
+#   --dev       editable install plus the test tools (pytest, ruff) and transformers
+#   --editable  editable install (scripts/demo.sh)
+#   (none)      a regular install from the built wheel (the Dockerfile)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +14,12 @@ PY="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 
 "$PY" -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
-if [[ "${1:-}" == "--dev" ]]; then
-  # hf: the tests build local Hugging Face models (transformers needs no torchvision)
-  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,hf]"
-else
-  # a regular install: the wheel carries the dashboard's assets and the demo's sample
-  "$PY" -m pip install --quiet --disable-pip-version-check .
-fi
+case "${1:-}" in
+  --dev)  # editable, plus the test tools; hf: the tests build local Hugging Face models
+    "$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,hf]" ;;
+  --editable)  # a clone someone works in (scripts/demo.sh)
+    "$PY" -m pip install --quiet --disable-pip-version-check -e . ;;
+  "")  # a regular install: the wheel carries the dashboard's assets and the demo's sample
+    "$PY" -m pip install --quiet --disable-pip-version-check . ;;
+  *) echo "usage: scripts/install.sh [--dev | --editable]" >&2; exit 2 ;;
+esac
