@@ -7,7 +7,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from .reader import RunView
 
@@ -148,9 +148,37 @@ def _outline(view: RunView, im: Image.Image, image_id: int, highlight: int | Non
         )
 
 
-def render_png(view: RunView, image_id: int, kind: str, patch_id: int | None = None) -> bytes:
+def _removed(view: RunView, im: Image.Image, image_id: int, cluster: int | None) -> None:
+    """Fill the boxes of the image's patches in ``cluster`` with the run's IG baseline, as
+    the what-if stage showed the image to both models (black, 50 % grey, or a blur)."""
+    row = view.images.loc[image_id]
+    sx, sy = im.width / float(row["width"]), im.height / float(row["height"])
+    patches = view.patches[
+        (view.patches["image_id"] == image_id) & (view.patches["cluster"] == cluster)
+    ]
+    baseline = view.run.manifest["settings"]["attribution"]["baseline"]
+    if baseline == "blur":
+        fill = im.filter(ImageFilter.BoxBlur(max(1, max(im.size) // 8)))
+    else:
+        fill = Image.new("RGB", im.size, (0, 0, 0) if baseline == "black" else (128, 128, 128))
+    draw = ImageDraw.Draw(im)
+    for p in patches.itertuples():
+        box = (round(p.x0 * sx), round(p.y0 * sy), round(p.x1 * sx), round(p.y1 * sy))
+        im.paste(fill.crop(box), box[:2])
+        draw.rectangle(box, outline=(255, 220, 0), width=1)
+
+
+def render_png(
+    view: RunView,
+    image_id: int,
+    kind: str,
+    patch_id: int | None = None,
+    cluster: int | None = None,
+) -> bytes:
     """A PNG of an image: ``image`` (patches outlined), ``a``/``b`` (each model's share of
-    attribution, on one shared scale), ``diff`` (B minus A) or ``context`` (one patch outlined).
+    attribution, on one shared scale), ``diff`` (B minus A), ``context`` (one patch
+    outlined) or ``removed`` (the patches of ``cluster`` filled with the IG baseline, as
+    the what-if stage showed it to the models).
 
     The overlays' scales are robust (:func:`overlay_scale`): the single hottest pixel does
     not wash out the rest of the map.
@@ -161,6 +189,9 @@ def render_png(view: RunView, image_id: int, kind: str, patch_id: int | None = N
     if kind in ("image", "context"):
         im = base.copy()
         _outline(view, im, image_id, highlight=patch_id if kind == "context" else None)
+    elif kind == "removed":
+        im = base.copy()
+        _removed(view, im, image_id, cluster)
     else:
         sa, sb = _share(view, "a", image_id), _share(view, "b", image_id)
         scale = _scale_of(sa, sb)

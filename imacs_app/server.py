@@ -81,13 +81,14 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
         except InputError:
             abort(404)
         patch = request.args.get("patch", type=int)
+        cluster = request.args.get("cluster", type=int)
         tag = hashlib.sha1(
-            f"{view.run.manifest['fingerprint']}/{view.mtime}/{image_id}/{kind}/{patch}".encode()
+            f"{view.run.manifest['fingerprint']}/{view.mtime}/{image_id}/{kind}/{patch}/{cluster}".encode()
         ).hexdigest()
         if request.if_none_match and tag in request.if_none_match:
             return Response(status=304, headers={"ETag": f'"{tag}"'})
         try:
-            png = render_png(view, image_id, kind, patch)
+            png = render_png(view, image_id, kind, patch, cluster)
         except KeyError:
             abort(404)
         except (InputError, OSError, ValueError) as exc:

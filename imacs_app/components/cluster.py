@@ -11,6 +11,7 @@ from .. import figures
 from ..catalog import RunCatalog
 from ..state import parse_search
 from .common import aspect, close_button, files_url, guarded, render_url, view_of
+from .evidence import whatif_panel
 from .overview import trait
 
 #: patches shown in a cluster's gallery
@@ -85,6 +86,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 n,
                 "all images passing the filters" if s.filters.active else "all images",
             ),
+            whatif_panel(view, row, p, s.cluster),
             html.Div(
                 className="two",
                 children=[

@@ -28,6 +28,7 @@ def files_url(view, sub: str) -> str:
 
 
 def render_url(view, image_id: int, kind: str, patch: int | None = None) -> str:
+    """The URL of an image's rendering (see :func:`imacs_app.render.render_png`)."""
     q = f"?patch={patch}" if patch is not None else ""
     return f"/render/{quote(view.run_id)}/{image_id}/{kind}.png{q}"
 

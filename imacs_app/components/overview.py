@@ -12,6 +12,7 @@ from .. import figures
 from ..catalog import RunCatalog
 from ..state import parse_search
 from .common import NO_MATCH, files_url, guarded, pct, stat, view_of
+from .evidence import verdict_line
 
 
 def summary() -> html.Section:
@@ -145,6 +146,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                                 ),
                                 html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
                                 html.Span(stands_out, className="strip-trait"),
+                                verdict_line(r._asdict()),
                             ],
                         ),
                         html.Div(
