@@ -36,6 +36,36 @@ def ranking_card() -> html.Section:
     )
 
 
+def _evidence(m: dict) -> list:
+    """How far the maps can be trusted and how much the two models' maps agree (runs made
+    before these were computed show nothing), and the run's warnings."""
+    out = []
+    spearman = m["summary"].get("map_spearman_median")
+    if spearman is not None:
+        iou = m["summary"].get("map_iou_top10_median")
+        out.append(
+            html.P(
+                f"Map agreement per image (median): Spearman {spearman:.2f}"
+                + ("" if iou is None else f", top-10 % IoU {iou:.2f}")
+                + " (1 = both models look at the same pixels).",
+                className="trust",
+                id="map-agreement",
+            )
+        )
+    trust = m.get("trust") or {}
+    for r in ("a", "b"):
+        reading = (trust.get(r) or {}).get("reading")
+        if reading:
+            out.append(html.P(f"Trust: {reading}", className=f"trust model-{r}"))
+    if m.get("warnings"):
+        out.append(
+            html.Div(className="warning", id="run-warnings", children=[
+                html.Div(f"Warning: {w}") for w in m["warnings"]
+            ])
+        )  # fmt: skip
+    return out
+
+
 def trait(column: str, value: str) -> str:
     """How a breakdown value reads in a sentence: ``B predicts urban``, ``class forest``,
     ``site = north`` (a meta-annotation)."""
@@ -100,6 +130,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 className="settings",
             ),
         ]
+        summary += _evidence(m)
         problems = catalog.problems()
         if problems:
             summary.append(
