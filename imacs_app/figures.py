@@ -54,25 +54,41 @@ def _layout(fig: go.Figure, height: int) -> go.Figure:
     return fig
 
 
-def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None) -> go.Figure:
-    """Paired bars of A's and B's mean share per cluster, and B - A with its interval."""
+def ranking(
+    clusters: pd.DataFrame, names: dict[str, str], selected: int | None, relative: bool = False
+) -> go.Figure:
+    """Paired bars of A's and B's mean share per cluster, and B - A with its interval; with
+    ``relative``, the shares renormalised over each image's patches (``*_rel`` columns),
+    ranked by their difference."""
     from plotly.subplots import make_subplots
 
-    c = clusters.sort_values("rank")
-    labels = [f"#{r} · c{k}" for r, k in zip(c["rank"], c["cluster"], strict=True)]
+    sfx = "_rel" if relative else ""
+    a, b, d = f"attr_a{sfx}", f"attr_b{sfx}", f"diff{sfx}"
+    if relative:
+        c = clusters.reindex(clusters[d].abs().sort_values(ascending=False, kind="stable").index)
+        ranks = range(1, len(c) + 1)
+    else:
+        c = clusters.sort_values("rank")
+        ranks = c["rank"]
+    labels = [f"#{r} · c{k}" for r, k in zip(ranks, c["cluster"], strict=True)]
     fig = make_subplots(
         rows=1,
         cols=2,
         shared_yaxes=True,
         column_widths=[0.55, 0.45],
         horizontal_spacing=0.03,
-        subplot_titles=("mean share of attribution", "B − A (95% interval)"),
+        subplot_titles=(
+            "relative reliance (share among the image's patches)"
+            if relative
+            else "mean share of attribution",
+            "B − A (95% interval)",
+        ),
     )
     # plain lists: plotly sends numpy arrays as typed arrays, which click events may omit
     custom = [int(k) for k in c["cluster"]]
     fig.add_bar(
         y=labels,
-        x=c["attr_a"],
+        x=c[a],
         name=f"A: {names['a']}",
         orientation="h",
         marker_color=COLOUR_A,
@@ -82,7 +98,7 @@ def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None)
     )
     fig.add_bar(
         y=labels,
-        x=c["attr_b"],
+        x=c[b],
         name=f"B: {names['b']}",
         orientation="h",
         marker_color=COLOUR_B,
@@ -90,10 +106,10 @@ def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None)
         row=1,
         col=1,
     )
-    colours = np.where(c["diff"] >= 0, COLOUR_B, COLOUR_A)
+    colours = np.where(c[d] >= 0, COLOUR_B, COLOUR_A)
     fig.add_bar(
         y=labels,
-        x=c["diff"],
+        x=c[d],
         orientation="h",
         marker_color=colours,
         showlegend=False,
@@ -102,8 +118,8 @@ def ranking(clusters: pd.DataFrame, names: dict[str, str], selected: int | None)
         error_x={
             "type": "data",
             "symmetric": False,
-            "array": c["diff_hi"] - c["diff"],
-            "arrayminus": c["diff"] - c["diff_lo"],
+            "array": c[f"{d}_hi"] - c[d],
+            "arrayminus": c[d] - c[f"{d}_lo"],
             "color": "#444",
             "thickness": 1,
         },

@@ -1,6 +1,7 @@
 """The page URL holds the view state, so a pasted link opens the same view.
 
 ``?run=ID&cluster=3&image=12&class=cat&class=dog&outcome=only_b&meta=site%3Dnorth&color=diff``
+``&measure=relative`` ranks by relative reliance instead of shares of attribution.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class ViewState:
     outcome: str | None = None
     meta: tuple[tuple[str, str], ...] = ()
     color: str = "cluster"
+    measure: str = "share"  # or "relative": shares renormalised over each image's patches
 
     @property
     def filters(self) -> Filters:
@@ -42,6 +44,8 @@ class ViewState:
         q.extend(("meta", f"{k}={v}") for k, v in self.meta)
         if self.color != "cluster":
             q.append(("color", self.color))
+        if self.measure != "share":
+            q.append(("measure", self.measure))
         return "?" + urlencode(q) if q else ""
 
 
@@ -64,6 +68,7 @@ def parse_search(search: str | None) -> ViewState:
             k, v = item.split("=", 1)
             meta.append((k, v))
     color = (q.get("color") or ["cluster"])[0]
+    measure = (q.get("measure") or ["share"])[0]
     return ViewState(
         run=(q.get("run") or [None])[0],
         cluster=_int(q.get("cluster")),
@@ -72,4 +77,5 @@ def parse_search(search: str | None) -> ViewState:
         outcome=outcome if outcome in OUTCOMES else None,
         meta=tuple(dict.fromkeys(meta)),
         color=color if color in ("cluster", "diff") else "cluster",
+        measure=measure if measure in ("share", "relative") else "share",
     )

@@ -162,9 +162,9 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             except InputError as none_left:
                 runs, _, _ = _options(None)
                 msg = html.Div(problem(none_left), className="error")
-                return (no_update, runs, None, [], [], None, [], [], s.color, msg)
+                return (no_update, runs, None, [], [], None, [], [], s.color, s.measure, msg)
             notice = f"{notice}. Showing the newest run, {view.run_id}, instead."
-            s = ViewState(color=s.color)
+            s = ViewState(color=s.color, measure=s.measure)
         s = s.with_(run=view.run_id)
         canonical = s.to_search()
         runs, class_opts, meta_opts = _options(view)
@@ -178,6 +178,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             meta_opts,
             [f"{k}={v}" for k, v in s.meta],
             s.color,
+            s.measure,
             html.Div(notice, className="error") if notice else None,
         )
 
@@ -191,6 +192,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Output("f-meta", "options"),
         Output("f-meta", "value"),
         Output("map-color", "value"),
+        Output("rank-measure", "value"),
         Output("notice", "children"),
         Input("url", "search"),
         Input("run-picker", "value"),
@@ -198,6 +200,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Input("f-outcome", "value"),
         Input("f-meta", "value"),
         Input("map-color", "value"),
+        Input("rank-measure", "value"),
         Input("ranking", "clickData"),
         Input("map", "clickData"),
         Input({"type": "strip", "cluster": ALL}, "n_clicks"),
@@ -205,7 +208,9 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Input({"type": "pick-image", "image": ALL}, "n_clicks"),
         Input({"type": "close", "what": ALL}, "n_clicks"),
     )
-    def state(search, run, classes, outcome, meta, colour, rank_click, map_click, *_clicks):
+    def state(
+        search, run, classes, outcome, meta, colour, measure, rank_click, map_click, *_clicks
+    ):
         """The URL is the source of truth; controls and clicks rewrite it.
 
         Dropdown options and values are always set together, so a value never arrives
@@ -221,12 +226,14 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         if trig == "run-picker":
             if not run or run == s.run:
                 raise PreventUpdate
-            return _load(ViewState(run=run, color=s.color), search)
+            return _load(ViewState(run=run, color=s.color, measure=s.measure), search)
         if trig in ("f-class", "f-outcome", "f-meta"):
             pairs = tuple(tuple(m.split("=", 1)) for m in (meta or []) if "=" in m)
             s = s.with_(
                 classes=tuple(classes or ()), outcome=outcome or None, meta=pairs, image=None
             )
+        elif trig == "rank-measure":
+            s = s.with_(measure=measure or "share")
         elif trig == "map-color":
             s = s.with_(color=colour or "cluster")
         elif trig in ("ranking", "map"):
@@ -244,7 +251,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         new = s.to_search()
         if new == (search or ""):
             raise PreventUpdate
-        return (new, *(no_update,) * 8, None)
+        return (new, *(no_update,) * 9, None)
 
     def _key(keep):
         def derive(search, old):

@@ -30,6 +30,20 @@ def ranking_card() -> html.Section:
                 "click a bar or a row to open the cluster.",
                 className="hint",
             ),
+            dcc.RadioItems(
+                id="rank-measure",
+                options=[
+                    {"label": "share of attribution", "value": "share"},
+                    {"label": "relative reliance", "value": "relative"},
+                ],
+                value="share",
+                inline=True,
+                title=(
+                    "Relative reliance renormalises each model's shares over the image's "
+                    "salient patches, so a model with diffuse maps does not lose every "
+                    "cluster to the other"
+                ),
+            ),
             dcc.Loading(dcc.Graph(id="ranking", config={"displayModeBar": False})),
             html.Div(id="strips", className="strips"),
         ],
@@ -151,11 +165,17 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 figures.empty(NO_MATCH, height=200),
                 [],
             )
+        relative = s.measure == "relative" and "diff_rel" in clusters.columns
+        if relative:  # rows in the order of the ranking shown
+            clusters = clusters.reindex(
+                clusters["diff_rel"].abs().sort_values(ascending=False, kind="stable").index
+            )
         reps = view.representatives(f)
         traits = view.cluster_traits(f)
         strips = []
-        for r in clusters.itertuples():
+        for pos, r in enumerate(clusters.itertuples(), start=1):
             c = int(r.cluster)
+            shown = float(r.diff_rel if relative else r.diff)
             if c in traits.index:
                 t = traits.loc[c]
                 stands_out = f"{trait(t['column'], t['value'])} in {t['share']:.0%} of images"
@@ -170,10 +190,13 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                         html.Div(
                             className="strip-head",
                             children=[
-                                html.Span(f"#{int(r.rank)} cluster {c}", className="strip-title"),
                                 html.Span(
-                                    f"B − A {r.diff:+.3f}",
-                                    className="pos" if r.diff >= 0 else "neg",
+                                    f"#{pos if relative else int(r.rank)} cluster {c}",
+                                    className="strip-title",
+                                ),
+                                html.Span(
+                                    f"B − A {shown:+.3f}" + (" relative" if relative else ""),
+                                    className="pos" if shown >= 0 else "neg",
                                 ),
                                 html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
                                 html.Span(stands_out, className="strip-trait"),
@@ -197,7 +220,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             summary,
             dl_c,
             dl_p,
-            figures.ranking(clusters, names, None),
+            figures.ranking(clusters, names, None, relative),
             strips,
         )
 
