@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from .attribute_set import ROLES, attribute_set, fill_cache, plan_chunks
-from .attribution import (
-    PairedAttribution,
-)
+from .agreement import map_agreement
+from .attribution import PairedAttribution
 from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer
 from .comparison import compare_clusters
@@ -351,6 +350,9 @@ def _analysis(
             ).fit(emb)
         with timer.stage("comparison"):
             images_df = images_table(records, dataset, valid, att)
+        with timer.stage("agreement"):
+            images_df = images_df.assign(**map_agreement(att.maps["a"], att.maps["b"]))
+        with timer.stage("comparison"):
             warnings = class_order_warnings(images_df, len(dataset.classes), names)
             for w in warnings:
                 say(f"warning: {w}")

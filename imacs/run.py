@@ -193,8 +193,14 @@ class Run:
             f"{s['n_clusters']} clusters",
             f"  accuracy: A {a} {s['accuracy_a']:.3f}  B {b} {s['accuracy_b']:.3f}  "
             f"agreement {s['agreement']:.3f}",
-            "  top clusters (diff = B - A share of attribution):",
         ]
+        if s.get("map_spearman_median") is not None:  # runs before issue 10 lack it
+            iou = s.get("map_iou_top10_median")
+            lines.append(
+                f"  map agreement per image (median): Spearman {s['map_spearman_median']:.2f}, "
+                f"top-10% IoU {'n/a' if iou is None else f'{iou:.2f}'} (1 = same pixels)"
+            )
+        lines.append("  top clusters (diff = B - A share of attribution):")
         for row in self.clusters.head(5).itertuples():
             lines.append(
                 f"    #{row.rank} cluster {row.cluster}: diff {row.diff:+.3f} "
