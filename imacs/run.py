@@ -208,6 +208,10 @@ class Run:
                 f"{' significant' if getattr(row, 'significant', False) else ''}, "
                 f"{row.n_patches} patches in {row.n_images} images, mostly {row.top_class}"
             )
+        trust = m.get("trust") or {}  # runs before issue 10 have none
+        for r in ("a", "b"):
+            if trust.get(r, {}).get("reading"):
+                lines.append(f"  trust ({trust['n_images']} images): {trust[r]['reading']}")
         for w in m.get("warnings", []):
             lines.append(f"  warning: {w}")
         total = sum(m["timings"].values())

@@ -156,6 +156,7 @@ def manifest(
     n_clusters: int,
     files: dict[str, str],
     warnings: list[str] | None = None,
+    trust: dict[str, object] | None = None,
 ) -> dict[str, object]:
     top = clusters_df.iloc[0]
     model_info = {}
@@ -185,6 +186,7 @@ def manifest(
         "timings": timings,
         "skipped": skipped,
         "warnings": warnings or [],
+        "trust": trust or {},
         "summary": {
             "n_images": len(images_df),
             "n_skipped": len(skipped),
