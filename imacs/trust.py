@@ -9,7 +9,7 @@ On a seeded sample of images (:class:`TrustSettings`, ``--trust-sample``), for e
   The same is done in a random pixel order, the control. The area under a curve (fraction of
   pixels on x, probability on y) summarises it: good maps give a lower deletion area and a
   higher insertion area than the random order. A model whose deletion area is not below the
-  random one by ``margin`` gets a warning: its maps are no better than chance at pointing
+  random one by ``margin`` (or two standard errors over the sample) gets a warning: its maps are no better than chance at pointing
   to what it uses.
 * **Infidelity** (captum's ``infidelity``, normalised so the maps' scale does not matter):
   the squared error between the attribution-weighted pixel noise and the change in the
@@ -51,8 +51,9 @@ class TrustSettings:
         sensitivity_sample (int): images, of the sample, for ``sensitivity_max``. Default: 8.
         sensitivity_perturbations (int): perturbations per image for it. Default: 3.
         sensitivity_radius (float): half-width of its uniform noise. Default: 0.02.
-        margin (float): deletion area below the random order's by less than this: no better
-            than random. Default: 0.02.
+        margin (float): deletion area below the random order's by less than this, or than
+            two standard errors of the paired difference over the sample if more: no better
+            than random. Default: 0.05.
         seed (int): seed of the sample, the random orders and the noise. Default: 0.
     """
 
@@ -71,7 +72,7 @@ class TrustSettings:
     sensitivity_sample: int = setting(8, convert=whole(0, 100_000))
     sensitivity_perturbations: int = setting(3, convert=whole(1, 100))
     sensitivity_radius: float = setting(0.02, convert=real(0.0, 1.0))
-    margin: float = setting(0.02, convert=real(0.0, 1.0))
+    margin: float = setting(0.05, convert=real(0.0, 1.0))
     seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
 
     def __post_init__(self) -> None:
@@ -310,9 +311,11 @@ def trust_report(
             else None
         )
         res["n_sensitivity"] = n_sens
-        res["better_than_random"] = bool(
-            res["deletion_auc"] < res["deletion_auc_random"] - ts.margin
-        )
+        # better by a margin that also covers the sample's noise (2 paired standard errors)
+        gain = auc(cur["deletion_random"]) - auc(cur["deletion"])
+        se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+        res["margin"] = max(ts.margin, 2.0 * se)
+        res["better_than_random"] = bool(float(gain.mean()) > res["margin"])
         start = float(cur["deletion"][:, 0].mean())
         drop, drop_random = start - res["deletion_auc"], start - res["deletion_auc_random"]
         res["drop_ratio"] = float(drop / drop_random) if drop_random > 0.01 else None

@@ -48,6 +48,9 @@ def test_agr003_identical_models_agree_everywhere(shortcut, tmp_path) -> None:
     assert img["map_spearman"].min() > 0.999 and img["map_iou_top10"].min() > 0.999
     assert run.manifest["summary"]["map_spearman_median"] == pytest.approx(1.0, abs=1e-3)
     assert "map agreement per image (median): Spearman 1.00, top-10% IoU 1.00" in run.summary()
+    trust = run.manifest["trust"]  # --trust-sample 0: no tests, only the delta distribution
+    assert trust["n_images"] == 0 and "reading" not in trust["b"] and "delta" in trust["b"]
+    assert "trust (" not in run.summary()
 
 
 @pytest.mark.slow
