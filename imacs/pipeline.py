@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .attribute_set import ROLES, attribute_set, fill_cache, plan_chunks
 from .agreement import map_agreement
+from .attribute_set import ROLES, attribute_set, fill_cache, plan_chunks
 from .attribution import PairedAttribution
 from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer

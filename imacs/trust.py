@@ -9,8 +9,8 @@ On a seeded sample of images (:class:`TrustSettings`, ``--trust-sample``), for e
   The same is done in a random pixel order, the control. The area under a curve (fraction of
   pixels on x, probability on y) summarises it: good maps give a lower deletion area and a
   higher insertion area than the random order. A model whose deletion area is not below the
-  random one by ``margin`` (or two standard errors over the sample) gets a warning: its maps are no better than chance at pointing
-  to what it uses.
+  random one by ``margin`` (or by two standard errors over the sample, if more) gets a
+  warning: its maps are no better than chance at pointing to what it uses.
 * **Infidelity** (captum's ``infidelity``, normalised so the maps' scale does not matter):
   the squared error between the attribution-weighted pixel noise and the change in the
   logit it causes; lower is better. The same maps with their pixels shuffled are the control.

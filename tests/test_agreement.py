@@ -95,7 +95,7 @@ def test_agr004_a_shortcut_on_top_of_the_same_evidence_lowers_agreement_where_th
     print(json.dumps(got))  # measured: Spearman 0.82 vs 0.86, IoU 0.58 vs 0.69
     (rho_marked, rho_clean), (iou_marked, iou_clean) = got.values()
     assert rho_marked < rho_clean - 0.02 and iou_marked < iou_clean - 0.05
-    assert 0.7 < rho_marked and 0.45 < iou_marked  # still largely the same evidence
+    assert rho_marked > 0.7 and iou_marked > 0.45  # still largely the same evidence
 
     # the fixture's A (stripes) and B (only the mark) look at unrelated pixels everywhere:
     # agreement at chance (two random 10 % sets: IoU 0.05), marked or not
