@@ -76,3 +76,68 @@ def test_tru003_both_real_models_beat_the_random_order(shortcut_run) -> None:
         t = trust[r]
         assert t["better_than_random"] and t["deletion_auc"] < t["deletion_auc_random"] - 0.2
     assert not shortcut_run.manifest["warnings"]
+
+
+def test_tru004_bad_trust_sample_through_the_cli(tmp_path) -> None:
+    from tests.test_cli import _run
+
+    for bad, fix in (("-1", "must be at least 0"), ("lots", "give a whole number")):
+        proc = _run("analyze", "--model-a", "a.pt", "--model-b", "b.pt", "--data", ".",
+                    "--out", str(tmp_path / "r"), "--trust-sample", bad)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "--trust-sample" in proc.stderr and fix in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert "--trust-sample N" in _run("analyze", "--help").stdout
+
+
+def test_tru005_a_run_from_before_the_trust_columns_still_loads(shortcut_run, tmp_path) -> None:
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from imacs.comparison import compare_clusters
+
+    old = tmp_path / "old"
+    shutil.copytree(shortcut_run.path, old)
+    m = json.loads((old / "run.json").read_text())
+    m.pop("trust")
+    for k in [k for k in m["summary"] if k.startswith("map_")]:
+        m["summary"].pop(k)
+    m["timings"] = {k: v for k, v in m["timings"].items() if k not in ("trust", "agreement")}
+    (old / "run.json").write_text(json.dumps(m))
+    new_cols = ("map_spearman", "map_iou_top10", "attr_a_rel", "attr_b_rel", "diff_rel")
+    for name in ("images", "patches", "clusters"):
+        df = pd.read_parquet(old / f"{name}.parquet")
+        df.drop(columns=[c for c in df.columns if c.startswith(new_cols)]).to_parquet(
+            old / f"{name}.parquet"
+        )
+    run = imacs.load_run(old)
+    text = run.summary()
+    assert "top clusters" in text and "trust (" not in text and "map agreement" not in text
+    run.export(patches_csv=tmp_path / "p.csv", clusters_csv=tmp_path / "c.csv")
+    # the dashboard's recomputation on an old patch table derives the relative shares
+    clusters, _ = compare_clusters(
+        run.patches, run.images.set_index("image_id"), run.classes, run.comparison_settings()
+    )
+    fresh = shortcut_run.clusters.set_index("cluster")
+    got = clusters.set_index("cluster")
+    assert np.allclose(got["diff_rel"], fresh.loc[got.index, "diff_rel"], atol=1e-6)
+    assert np.allclose(got["diff"], fresh.loc[got.index, "diff"])
+
+
+def test_tru006_new_numbers_reach_export_and_the_run_api(shortcut_run, tmp_path) -> None:
+    import pandas as pd
+
+    shortcut_run.export(patches_csv=tmp_path / "p.csv", clusters_csv=tmp_path / "c.csv")
+    p, c = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "c.csv")
+    assert {"attr_a_rel", "attr_b_rel", "diff_rel"} <= set(p.columns)
+    assert {"attr_a_rel", "attr_b_rel", "diff_rel", "diff_rel_lo", "diff_rel_hi"} <= set(c.columns)
+    sums = p.groupby("image_id")[["attr_a_rel", "attr_b_rel"]].sum()
+    assert np.allclose(sums, 1.0, atol=1e-5)
+    # the planted shortcut (rank 1 by diff) is also the cluster B relies on most by diff_rel
+    # (measured: +0.50 [+0.29, +0.72]); by |diff_rel| its counterpart ranks first: A's stripes
+    # in the marked images, which B's renormalised maps leave empty (-0.66)
+    top_rel = c.loc[c["diff_rel"].idxmax()]
+    assert top_rel["cluster"] == c.iloc[0]["cluster"] and top_rel["diff_rel_lo"] > 0.2
+    assert {"map_spearman", "map_iou_top10"} <= set(shortcut_run.images.columns)
