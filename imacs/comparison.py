@@ -95,8 +95,7 @@ def compare_clusters(
         p = p.assign(**relative_shares(p))
     rel = ["attr_a_rel", "attr_b_rel"]
     p = p.astype(dict.fromkeys(["attr_a", "attr_b", *rel], np.float64))  # means in float64
-    stats = _family_stats(p, settings)
-    stats_rel = _family_stats(p, settings, "attr_a_rel", "attr_b_rel")
+    stats, stats_rel = _family_stats(p, settings, extra=(("attr_a_rel", "attr_b_rel"),))
     rows = []
     for k, (cluster, grp) in enumerate(p.groupby("cluster", sort=True)):
         img_ids = np.unique(grp["image_id"].to_numpy())
@@ -181,47 +180,59 @@ def relative_shares(patches: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def _family_stats(
-    p: pd.DataFrame, settings: ComparisonSettings, col_a: str = "attr_a", col_b: str = "attr_b"
-) -> dict[str, np.ndarray]:
+    p: pd.DataFrame,
+    settings: ComparisonSettings,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> list[dict[str, np.ndarray]]:
     """Standard errors, simultaneous intervals and family-wise p-values for every cluster
-    (in ascending cluster order), from per-(cluster, image) sums of ``col_b - col_a``."""
-    d = (p[col_b] - p[col_a]).to_numpy()
+    (in ascending cluster order), from per-(cluster, image) sums of ``attr_b - attr_a``;
+    then standard errors and simultaneous intervals (no p-values) of each ``(col_a, col_b)``
+    pair in ``extra``, from the very same bootstrap resamples (drawing them is most of the
+    cost, and the first result does not change with ``extra``)."""
     c_codes, c_ids = pd.factorize(p["cluster"], sort=True)
     i_codes, i_ids = pd.factorize(p["image_id"], sort=True)
     n_c, n_i = len(c_ids), len(i_ids)
-    sums = np.zeros((n_c, n_i))
+    pairs = (("attr_a", "attr_b"), *extra)
+    sums = np.zeros((len(pairs), n_c, n_i))
     counts = np.zeros((n_c, n_i))
-    np.add.at(sums, (c_codes, i_codes), d)
+    for j, (col_a, col_b) in enumerate(pairs):
+        np.add.at(sums[j], (c_codes, i_codes), (p[col_b] - p[col_a]).to_numpy())
     np.add.at(counts, (c_codes, i_codes), 1.0)
-    diff = sums.sum(1) / counts.sum(1)
+    diff = sums.sum(2) / counts.sum(1)
     rng = np.random.default_rng(settings.seed)
 
     # bootstrap over images, one resample for every cluster
-    boot = np.empty((settings.n_boot, n_c))
+    boot = np.empty((len(pairs), settings.n_boot, n_c))
     block = max(1, 4_000_000 // max(n_i, 1))  # bound memory: ~4M weights at a time
     for start in range(0, settings.n_boot, block):
         b = min(block, settings.n_boot - start)
         w = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=b).astype(np.float64)
-        num, den = w @ sums.T, w @ counts.T
-        boot[start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-    with np.errstate(invalid="ignore"):
-        se = np.nan_to_num(np.nanstd(boot, axis=0, ddof=1))
-        t = np.abs(boot - diff) / np.where(se > 0, se, np.inf)
-    max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
-    q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
-    lo, hi = diff - q * se, diff + q * se
+        den = w @ counts.T
+        for j in range(len(pairs)):
+            num = w @ sums[j].T
+            boot[j, start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    out = []
+    for j in range(len(pairs)):
+        with np.errstate(invalid="ignore"):
+            se = np.nan_to_num(np.nanstd(boot[j], axis=0, ddof=1))
+            t = np.abs(boot[j] - diff[j]) / np.where(se > 0, se, np.inf)
+        max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
+        q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
+        out.append({"se": se, "lo": diff[j] - q * se, "hi": diff[j] + q * se})
 
     # sign-flip permutations: swapping A and B in an image flips its differences' sign
-    norm = np.sqrt((sums**2).sum(1))
+    first = sums[0]
+    norm = np.sqrt((first**2).sum(1))
     scale = np.where(norm > 0, norm, np.inf)
-    observed = np.abs(sums.sum(1)) / scale
+    observed = np.abs(first.sum(1)) / scale
     exceed = np.zeros(n_c)
     block = max(1, 4_000_000 // max(n_i, 1))
     for start in range(0, settings.n_perm, block):
         b = min(block, settings.n_perm - start)
         signs = rng.integers(0, 2, size=(b, n_i)) * 2.0 - 1.0
-        max_z = (np.abs(signs @ sums.T) / scale).max(axis=1)
+        max_z = (np.abs(signs @ first.T) / scale).max(axis=1)
         exceed += (max_z[:, None] >= observed[None, :] - 1e-12).sum(0)
     p_value = (1.0 + exceed) / (settings.n_perm + 1.0)
     p_value[norm == 0] = 1.0
-    return {"se": se, "lo": lo, "hi": hi, "p": p_value}
+    out[0]["p"] = p_value
+    return out
