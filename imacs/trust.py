@@ -124,7 +124,8 @@ def curves(
     rng = np.random.default_rng(seed)
     flat = np.asarray(maps, dtype=np.float32).reshape(n, pixels)
     orders = {
-        "": np.argsort(-flat, axis=1, kind="stable"),  # most positive attribution first
+        # most positive attribution first; equal values (a flat region) in random order
+        "": np.lexsort((rng.random((n, pixels)), -flat), axis=1),
         "_random": np.argsort(rng.random((n, pixels)), axis=1),
     }
     counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int64)
@@ -293,32 +294,14 @@ def trust_report(
     out["n_images"] = len(idx)
     out["fractions"] = np.linspace(0, 1, ts.steps + 1).round(6).tolist()
     warnings = []
-    n_sens = min(ts.sensitivity_sample, len(idx))
     for r in ("a", "b"):
-        m = np.asarray(maps[r][idx], np.float32)
-        target = per_role[r]["pred"][idx]
-        cur = curves(engine, r, images, m, target, ts.steps, ts.seed)
-        res: dict[str, Any] = {}
-        for k, v in cur.items():  # deletion, deletion_random, insertion, insertion_random
-            kind, _, control = k.partition("_")
-            res[f"{kind}_auc{'_random' if control else ''}"] = float(auc(v).mean())
-            res[f"{k}_curve"] = v.mean(0).round(5).tolist()
-        infid = infidelity_scores(engine, r, images, m, target, ts)
-        res.update({k: float(v.mean()) for k, v in infid.items()})
-        res["sensitivity_max"] = (
-            float(sensitivity_scores(engine, r, images[:n_sens], target[:n_sens], ts).mean())
-            if n_sens
-            else None
-        )
-        res["n_sensitivity"] = n_sens
-        # better by a margin that also covers the sample's noise (2 paired standard errors)
-        gain = auc(cur["deletion_random"]) - auc(cur["deletion"])
-        se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
-        res["margin"] = max(ts.margin, 2.0 * se)
-        res["better_than_random"] = bool(float(gain.mean()) > res["margin"])
-        start = float(cur["deletion"][:, 0].mean())
-        drop, drop_random = start - res["deletion_auc"], start - res["deletion_auc_random"]
-        res["drop_ratio"] = float(drop / drop_random) if drop_random > 0.01 else None
+        try:
+            res = _model_report(engine, r, images, maps[r], per_role[r]["pred"], idx, ts)
+        except Exception as exc:  # user model code on altered images: anything can come out
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            warnings.append(f"model {r.upper()} ({names[r]}): trust tests failed ({first})")
+            out[r]["error"] = first
+            continue
         res["reading"] = _reading(r, names[r], res)
         out[r] = {**res, **out[r]}
         if not res["better_than_random"]:
@@ -329,6 +312,44 @@ def trust_report(
                 "side of the clusters with caution"
             )
     return out, warnings
+
+
+def _model_report(
+    engine: PairedAttribution,
+    r: str,
+    images: np.ndarray,
+    maps: np.ndarray,
+    pred: np.ndarray,
+    idx: np.ndarray,
+    ts: TrustSettings,
+) -> dict[str, Any]:
+    """Every sample-based test of one model."""
+    n_sens = min(ts.sensitivity_sample, len(idx))
+    m = np.asarray(maps[idx], np.float32)
+    target = pred[idx]
+    cur = curves(engine, r, images, m, target, ts.steps, ts.seed)
+    res: dict[str, Any] = {}
+    for k, v in cur.items():  # deletion, deletion_random, insertion, insertion_random
+        kind, _, control = k.partition("_")
+        res[f"{kind}_auc{'_random' if control else ''}"] = float(auc(v).mean())
+        res[f"{k}_curve"] = v.mean(0).round(5).tolist()
+    infid = infidelity_scores(engine, r, images, m, target, ts)
+    res.update({k: float(v.mean()) for k, v in infid.items()})
+    res["sensitivity_max"] = (
+        float(sensitivity_scores(engine, r, images[:n_sens], target[:n_sens], ts).mean())
+        if n_sens
+        else None
+    )
+    res["n_sensitivity"] = n_sens
+    # better by a margin that also covers the sample's noise (2 paired standard errors)
+    gain = auc(cur["deletion_random"]) - auc(cur["deletion"])
+    se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+    res["margin"] = max(ts.margin, 2.0 * se)
+    res["better_than_random"] = bool(float(gain.mean()) > res["margin"])
+    start = float(cur["deletion"][:, 0].mean())
+    drop, drop_random = start - res["deletion_auc"], start - res["deletion_auc_random"]
+    res["drop_ratio"] = float(drop / drop_random) if drop_random > 0.01 else None
+    return res
 
 
 def _reading(role: str, name: str, res: dict[str, Any]) -> str:
