@@ -65,6 +65,7 @@ def test_tru002_noise_maps_are_no_better_than_random_real_ones_are(
         assert np.isfinite(trust[r]["infidelity"]) and trust[r]["delta"]["max_abs"] >= 0
     assert b["infidelity"] < b["infidelity_shuffled"]
     assert "trust" in run.manifest["timings"] and "agreement" in run.manifest["timings"]
+    assert run.trust == trust and run.warnings == run.manifest["warnings"]
     summary = run.summary()
     assert "trust (32 images): A's maps" in summary and "warning: model A" in summary
 
@@ -115,6 +116,7 @@ def test_tru005_a_run_from_before_the_trust_columns_still_loads(shortcut_run, tm
     run = imacs.load_run(old)
     text = run.summary()
     assert "top clusters" in text and "trust (" not in text and "map agreement" not in text
+    assert run.trust == {} and run.warnings == []
     run.export(patches_csv=tmp_path / "p.csv", clusters_csv=tmp_path / "c.csv")
     # the dashboard's recomputation on an old patch table derives the relative shares
     clusters, _ = compare_clusters(
