@@ -123,6 +123,21 @@ class PairedAttribution:
 
         return forward
 
+    def baseline(self, x: torch.Tensor) -> torch.Tensor:
+        """The Integrated Gradients baseline for a batch in [0, 1] pixel space (the
+        trust tests fill removed pixels with it)."""
+        return self._baseline(x)
+
+    def logits_function(self, role: str) -> object:
+        """Model ``role`` as a function of [0, 1] pixels (normalised, autocast as set),
+        returning float32 logits; what Integrated Gradients differentiates."""
+        return self._forward(role)
+
+    def probabilities(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities of model ``role`` for a batch of [0, 1] pixels, without
+        gradients (errors as for attribution)."""
+        return torch.softmax(self._logits(role, x), dim=1)
+
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
         kind = self.settings.baseline
         if kind == "black":

@@ -18,6 +18,17 @@ its promise however many clusters a run has:
   one image are not independent; one resample serves every cluster), widened by the
   bootstrap's max-|t| over clusters so that all intervals hold together at level ``ci``.
   ``diff_se`` is each cluster's bootstrap standard error.
+
+Relative reliance. ``attr_a``/``attr_b`` are shares of each model's attribution over the whole
+image, so a model with diffuse maps (little mass in any patch) gets low shares in every
+cluster and ``diff`` leans towards the other model everywhere. The second definition removes
+that bias: ``attr_a_rel``/``attr_b_rel`` are each model's shares renormalised over the
+image's selected patches (per image and model they sum to 1; 0 where the model has no
+positive attribution in them), aggregated per cluster exactly as ``attr_a``/``attr_b``, with
+``diff_rel = attr_b_rel - attr_a_rel`` and its simultaneous interval
+``diff_rel_lo``/``diff_rel_hi`` from the same bootstrap procedure. It answers "of what each
+model attends to among the salient regions, how much is this kind of content?"; ``diff`` stays
+the headline and the ranking.
 """
 
 from __future__ import annotations
@@ -62,7 +73,8 @@ def compare_clusters(
 
     Args:
         patches (pandas.DataFrame): one row per patch with columns ``image_id``,
-            ``cluster``, ``attr_a``, ``attr_b`` and ``saliency``.
+            ``cluster``, ``attr_a``, ``attr_b`` and ``saliency``; ``attr_a_rel`` and
+            ``attr_b_rel`` when the table has them (else from these patches, per image).
         images (pandas.DataFrame): one row per image, indexed by ``image_id``, with columns
             ``label``, ``pred_a``, ``pred_b``.
         classes (list[str]): class names by index.
@@ -70,15 +82,20 @@ def compare_clusters(
 
     Returns:
         ``clusters``: one row per cluster (sorted by rank) with ``cluster, rank,
-        n_patches, n_images, attr_a, attr_b, diff, diff_se, diff_lo, diff_hi,
-        significant, saliency, top_class, top_class_share, disagree_rate, acc_a, acc_b``;
+        n_patches, n_images, attr_a, attr_b, diff, diff_se, diff_lo, diff_hi, p_value,
+        significant, saliency, top_class, top_class_share, disagree_rate, acc_a, acc_b,
+        attr_a_rel, attr_b_rel, diff_rel, diff_rel_lo, diff_rel_hi`` (relative reliance:
+        see the module's notes);
         ``cluster_classes``: one row per (cluster, class) with ``cluster, class,
         class_name, n_patches, n_images, attr_a, attr_b, diff``.
     """
     settings = settings or ComparisonSettings()
     p = patches.join(images[["label", "pred_a", "pred_b"]], on="image_id")
-    p = p.astype({"attr_a": np.float64, "attr_b": np.float64})  # means and diff in float64
-    stats = _family_stats(p, settings)
+    if not {"attr_a_rel", "attr_b_rel"} <= set(p.columns):  # runs before issue 10
+        p = p.assign(**relative_shares(p))
+    rel = ["attr_a_rel", "attr_b_rel"]
+    p = p.astype(dict.fromkeys(["attr_a", "attr_b", *rel], np.float64))  # means in float64
+    stats, stats_rel = _family_stats(p, settings, extra=(("attr_a_rel", "attr_b_rel"),))
     rows = []
     for k, (cluster, grp) in enumerate(p.groupby("cluster", sort=True)):
         img_ids = np.unique(grp["image_id"].to_numpy())
@@ -105,6 +122,11 @@ def compare_clusters(
                 "disagree_rate": float((img["pred_a"] != img["pred_b"]).mean()),
                 "acc_a": float((img["pred_a"] == img["label"]).mean()),
                 "acc_b": float((img["pred_b"] == img["label"]).mean()),
+                "attr_a_rel": float(grp["attr_a_rel"].mean()),
+                "attr_b_rel": float(grp["attr_b_rel"].mean()),
+                "diff_rel": float(grp["attr_b_rel"].mean() - grp["attr_a_rel"].mean()),
+                "diff_rel_lo": float(stats_rel["lo"][k]),
+                "diff_rel_hi": float(stats_rel["hi"][k]),
             }
         )
     clusters = pd.DataFrame(rows)
@@ -137,46 +159,80 @@ def compare_clusters(
     return clusters, by_class
 
 
-def _family_stats(p: pd.DataFrame, settings: ComparisonSettings) -> dict[str, np.ndarray]:
+def relative_shares(patches: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each patch's ``attr_a``/``attr_b`` renormalised over its image's patches.
+
+    Args:
+        patches (pandas.DataFrame): every selected patch of the images concerned, with
+            ``image_id``, ``attr_a`` and ``attr_b``.
+
+    Returns:
+        ``attr_a_rel``, ``attr_b_rel`` and ``diff_rel`` per patch (float64); per image and
+        model the shares sum to 1, or are all 0 when the model's shares in them are.
+    """
+    out = {}
+    for r in ("a", "b"):
+        share = patches[f"attr_{r}"].to_numpy(np.float64)
+        total = patches.groupby("image_id")[f"attr_{r}"].transform("sum").to_numpy(np.float64)
+        out[f"attr_{r}_rel"] = np.where(total > 0, share / np.where(total > 0, total, 1.0), 0.0)
+    out["diff_rel"] = out["attr_b_rel"] - out["attr_a_rel"]
+    return out
+
+
+def _family_stats(
+    p: pd.DataFrame,
+    settings: ComparisonSettings,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> list[dict[str, np.ndarray]]:
     """Standard errors, simultaneous intervals and family-wise p-values for every cluster
-    (in ascending cluster order), from per-(cluster, image) sums of ``attr_b - attr_a``."""
-    d = (p["attr_b"] - p["attr_a"]).to_numpy()
+    (in ascending cluster order), from per-(cluster, image) sums of ``attr_b - attr_a``;
+    then standard errors and simultaneous intervals (no p-values) of each ``(col_a, col_b)``
+    pair in ``extra``, from the very same bootstrap resamples (drawing them is most of the
+    cost, and the first result does not change with ``extra``)."""
     c_codes, c_ids = pd.factorize(p["cluster"], sort=True)
     i_codes, i_ids = pd.factorize(p["image_id"], sort=True)
     n_c, n_i = len(c_ids), len(i_ids)
-    sums = np.zeros((n_c, n_i))
+    pairs = (("attr_a", "attr_b"), *extra)
+    sums = np.zeros((len(pairs), n_c, n_i))
     counts = np.zeros((n_c, n_i))
-    np.add.at(sums, (c_codes, i_codes), d)
+    for j, (col_a, col_b) in enumerate(pairs):
+        np.add.at(sums[j], (c_codes, i_codes), (p[col_b] - p[col_a]).to_numpy())
     np.add.at(counts, (c_codes, i_codes), 1.0)
-    diff = sums.sum(1) / counts.sum(1)
+    diff = sums.sum(2) / counts.sum(1)
     rng = np.random.default_rng(settings.seed)
 
     # bootstrap over images, one resample for every cluster
-    boot = np.empty((settings.n_boot, n_c))
+    boot = np.empty((len(pairs), settings.n_boot, n_c))
     block = max(1, 4_000_000 // max(n_i, 1))  # bound memory: ~4M weights at a time
     for start in range(0, settings.n_boot, block):
         b = min(block, settings.n_boot - start)
         w = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=b).astype(np.float64)
-        num, den = w @ sums.T, w @ counts.T
-        boot[start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-    with np.errstate(invalid="ignore"):
-        se = np.nan_to_num(np.nanstd(boot, axis=0, ddof=1))
-        t = np.abs(boot - diff) / np.where(se > 0, se, np.inf)
-    max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
-    q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
-    lo, hi = diff - q * se, diff + q * se
+        den = w @ counts.T
+        for j in range(len(pairs)):
+            num = w @ sums[j].T
+            boot[j, start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+    out = []
+    for j in range(len(pairs)):
+        with np.errstate(invalid="ignore"):
+            se = np.nan_to_num(np.nanstd(boot[j], axis=0, ddof=1))
+            t = np.abs(boot[j] - diff[j]) / np.where(se > 0, se, np.inf)
+        max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
+        q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
+        out.append({"se": se, "lo": diff[j] - q * se, "hi": diff[j] + q * se})
 
     # sign-flip permutations: swapping A and B in an image flips its differences' sign
-    norm = np.sqrt((sums**2).sum(1))
+    first = sums[0]
+    norm = np.sqrt((first**2).sum(1))
     scale = np.where(norm > 0, norm, np.inf)
-    observed = np.abs(sums.sum(1)) / scale
+    observed = np.abs(first.sum(1)) / scale
     exceed = np.zeros(n_c)
     block = max(1, 4_000_000 // max(n_i, 1))
     for start in range(0, settings.n_perm, block):
         b = min(block, settings.n_perm - start)
         signs = rng.integers(0, 2, size=(b, n_i)) * 2.0 - 1.0
-        max_z = (np.abs(signs @ sums.T) / scale).max(axis=1)
+        max_z = (np.abs(signs @ first.T) / scale).max(axis=1)
         exceed += (max_z[:, None] >= observed[None, :] - 1e-12).sum(0)
     p_value = (1.0 + exceed) / (settings.n_perm + 1.0)
     p_value[norm == 0] = 1.0
-    return {"se": se, "lo": lo, "hi": hi, "p": p_value}
+    out[0]["p"] = p_value
+    return out

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .agreement import map_agreement
 from .attribute_set import ROLES, attribute_set, fill_cache, plan_chunks
-from .attribution import (
-    PairedAttribution,
-)
+from .attribution import PairedAttribution
 from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer
 from .comparison import compare_clusters
@@ -46,6 +45,7 @@ from .store import (
 )
 from .tables import class_order_warnings, images_table, manifest, patches_table
 from .thumbnails import thumbnails_and_pixels
+from .trust import trust_report
 
 __all__ = ["AnalysisSettings", "analyze", "run_analysis"]
 
@@ -76,6 +76,7 @@ def analyze(
     patch_size: int | None = None,
     patches_per_image: int = 4,
     seed: int = 0,
+    trust_sample: int = 64,
     strict: bool = False,
     overwrite: bool = False,
     rebuild: bool = False,
@@ -118,6 +119,8 @@ def analyze(
             the input side.
         patches_per_image (int): most patches per image. Default: 4.
         seed (int): seed for clustering, projection and bootstrap. Default: 0.
+        trust_sample (int): images on which each model's maps are tested against a random
+            pixel order (:mod:`imacs.trust`); 0 turns the tests off. Default: 64.
         strict (bool): stop at the first unreadable image instead of skipping it.
         overwrite (bool): replace a different run already in ``out``. Default: False.
         rebuild (bool): recompute even when ``out`` already holds this very run (otherwise
@@ -138,7 +141,7 @@ def analyze(
         image_size=image_size, mean=mean, std=std, strict=strict, steps=steps,
         baseline=baseline, target=target, batch_size=batch_size, device=device,
         precision=precision, clusters=clusters, projection=projection, patch_size=patch_size,
-        patches_per_image=patches_per_image, seed=seed,
+        patches_per_image=patches_per_image, seed=seed, trust_sample=trust_sample,
     )  # fmt: skip
     if cache_dir is True:
         cache_root: Path | None = default_cache_dir()
@@ -351,6 +354,9 @@ def _analysis(
             ).fit(emb)
         with timer.stage("comparison"):
             images_df = images_table(records, dataset, valid, att)
+        with timer.stage("agreement"):
+            images_df = images_df.assign(**map_agreement(att.maps["a"], att.maps["b"]))
+        with timer.stage("comparison"):
             warnings = class_order_warnings(images_df, len(dataset.classes), names)
             for w in warnings:
                 say(f"warning: {w}")
@@ -358,6 +364,9 @@ def _analysis(
             clusters_df, by_class_df = compare_clusters(
                 patches_df, images_df.set_index("image_id"), dataset.classes, settings.comparison
             )
+        with timer.stage("trust"):
+            trust, trust_warnings = trust_report(engine, records, att, settings, names)
+        warnings += trust_warnings
         with timer.stage("write"):
             files = {
                 "images": write_table(tmp, "images", images_df),
@@ -387,6 +396,7 @@ def _analysis(
             n_clusters=clusterer.n_clusters_,
             files=files,
             warnings=warnings,
+            trust=trust,
         )
         commit(tmp, out, run_manifest)
     say(f"run written to {out}")

@@ -80,7 +80,9 @@ class Run:
 
     @cached_property
     def images(self) -> pd.DataFrame:
-        """One row per image: ``image_id, image, label, label_name, pred_a, pred_b, ...``."""
+        """One row per image: ``image_id, image, label, label_name, pred_a, pred_b, ...``,
+        and the agreement of the two maps, ``map_spearman`` and ``map_iou_top10`` (absent
+        in runs made before they existed)."""
         return self._table("images")
 
     @cached_property
@@ -90,13 +92,27 @@ class Run:
 
     @cached_property
     def clusters(self) -> pd.DataFrame:
-        """One row per cluster, sorted by rank (1 = largest absolute ``diff``)."""
+        """One row per cluster, sorted by rank (1 = largest absolute ``diff``); relative
+        reliance in ``attr_a_rel, attr_b_rel, diff_rel, diff_rel_lo, diff_rel_hi``."""
         return self._table("clusters")
 
     @cached_property
     def cluster_classes(self) -> pd.DataFrame:
         """Per-cluster, per-class breakdown."""
         return self._table("cluster_classes")
+
+    @property
+    def trust(self) -> dict:
+        """Per model (``"a"``, ``"b"``): deletion/insertion areas and mean curves against a
+        random pixel order, infidelity, sensitivity, the convergence delta's distribution
+        and a one-line ``reading`` (:mod:`imacs.trust`); also ``n_images``, ``steps`` and
+        ``fractions``. Empty for runs made before it existed."""
+        return dict(self.manifest.get("trust") or {})
+
+    @property
+    def warnings(self) -> list[str]:
+        """The run's warnings (class order, maps no better than random...)."""
+        return list(self.manifest.get("warnings", []))
 
     @property
     def classes(self) -> list[str]:
@@ -193,8 +209,14 @@ class Run:
             f"{s['n_clusters']} clusters",
             f"  accuracy: A {a} {s['accuracy_a']:.3f}  B {b} {s['accuracy_b']:.3f}  "
             f"agreement {s['agreement']:.3f}",
-            "  top clusters (diff = B - A share of attribution):",
         ]
+        if s.get("map_spearman_median") is not None:  # runs before issue 10 lack it
+            iou = s.get("map_iou_top10_median")
+            lines.append(
+                f"  map agreement per image (median): Spearman {s['map_spearman_median']:.2f}, "
+                f"top-10% IoU {'n/a' if iou is None else f'{iou:.2f}'} (1 = same pixels)"
+            )
+        lines.append("  top clusters (diff = B - A share of attribution):")
         for row in self.clusters.head(5).itertuples():
             lines.append(
                 f"    #{row.rank} cluster {row.cluster}: diff {row.diff:+.3f} "
@@ -202,7 +224,11 @@ class Run:
                 f"{' significant' if getattr(row, 'significant', False) else ''}, "
                 f"{row.n_patches} patches in {row.n_images} images, mostly {row.top_class}"
             )
-        for w in m.get("warnings", []):
+        trust = self.trust  # runs before issue 10 have none
+        for r in ("a", "b"):
+            if trust.get(r, {}).get("reading"):
+                lines.append(f"  trust ({trust['n_images']} images): {trust[r]['reading']}")
+        for w in self.warnings:
             lines.append(f"  warning: {w}")
         total = sum(m["timings"].values())
         lines.append(f"  computed in {total:.1f}s")

@@ -32,6 +32,7 @@ from .options import (
     whole,
 )
 from .patches import PatchSettings
+from .trust import TrustSettings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -191,6 +192,7 @@ class AnalysisSettings:
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     patches: PatchSettings = field(default_factory=PatchSettings)
     comparison: ComparisonSettings = field(default_factory=ComparisonSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
     n_clusters: int | None = setting(
         None,
         flag="--clusters",

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .agreement import agreement_summary
 from .attribute_set import ROLES, SetAttribution
 from .clustering import PatchClusterer
+from .comparison import relative_shares
 from .data import Dataset, ImageRecord
 from .models import LoadedModel
 from .patches import PatchTable
@@ -94,7 +96,7 @@ def _abs_max_per_row(maps: np.ndarray, block: int = 256) -> np.ndarray:
 def patches_table(
     table: PatchTable, box_orig: np.ndarray, clusterer: PatchClusterer
 ) -> pd.DataFrame:
-    return pd.DataFrame(
+    df = pd.DataFrame(
         {
             "patch_id": np.arange(len(table), dtype=np.int64),
             "image_id": table.image,
@@ -115,6 +117,8 @@ def patches_table(
             "proj_y": clusterer.projection_[:, 1],
         }
     )
+    # relative reliance: each model's shares renormalised over the image's patches
+    return df.assign(**relative_shares(df))
 
 
 def _versions() -> dict[str, str]:
@@ -152,6 +156,7 @@ def manifest(
     n_clusters: int,
     files: dict[str, str],
     warnings: list[str] | None = None,
+    trust: dict[str, object] | None = None,
 ) -> dict[str, object]:
     top = clusters_df.iloc[0]
     model_info = {}
@@ -181,6 +186,7 @@ def manifest(
         "timings": timings,
         "skipped": skipped,
         "warnings": warnings or [],
+        "trust": trust or {},
         "summary": {
             "n_images": len(images_df),
             "n_skipped": len(skipped),
@@ -191,6 +197,7 @@ def manifest(
             "agreement": float((images_df["pred_a"] == images_df["pred_b"]).mean()),
             "median_abs_delta_a": float(images_df["delta_a"].abs().median()),
             "median_abs_delta_b": float(images_df["delta_b"].abs().median()),
+            **agreement_summary(images_df),
             "top_cluster": {
                 "cluster": int(top["cluster"]),
                 "diff": float(top["diff"]),

@@ -112,3 +112,61 @@ def test_cmp004_a_real_difference_stays_significant_among_many_clusters() -> Non
     assert top["cluster"] == 11 and top["significant"] and top["p_value"] < 0.01
     assert top["diff_lo"] > 0  # its simultaneous interval excludes 0 too
     assert clusters["significant"].sum() == 1
+
+
+def _diffuse_a(shortcut: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both models rank the content of every image the same, but A's maps are diffuse: only
+    40 % of A's attribution lands in the salient patches (B: 100 %). With ``shortcut``, B
+    also moves reliance onto cluster 3 (a mark in half the images) away from the rest."""
+    rng = np.random.default_rng(1)
+    n_img = 80
+    images = pd.DataFrame(
+        {"label": np.arange(n_img) % 2, "pred_a": np.arange(n_img) % 2,
+         "pred_b": np.arange(n_img) % 2},
+        index=pd.Index(np.arange(n_img), name="image_id"),
+    )  # fmt: skip
+    rows = []
+    for img in range(n_img):
+        clusters = [0, 1, 2] + ([3] if shortcut and img % 2 else [])
+        weights = rng.dirichlet(np.full(3, 5.0))  # how B spreads over clusters 0-2
+        if shortcut and img % 2:
+            weights = np.r_[0.4 * weights, 0.6]  # B: 60 % on the mark
+            a_weights = np.r_[0.9 * rng.dirichlet(np.full(3, 5.0)), 0.1]  # A: 10 %
+        else:
+            a_weights = weights
+        for c, wb, wa in zip(clusters, weights, a_weights, strict=True):
+            rows.append((img, c, 0.4 * wa, wb))  # A: same ranking, 40 % of the mass
+    patches = pd.DataFrame(rows, columns=["image_id", "cluster", "attr_a", "attr_b"])
+    patches["saliency"] = 2.0
+    return patches, images
+
+
+def test_cmp005_relative_reliance_removes_the_diffuse_map_bias() -> None:
+    patches, images = _diffuse_a(shortcut=False)
+    clusters, _ = compare_clusters(patches, images, ["e", "o"])
+    # the plain diff leans towards B everywhere (A's maps are merely diffuse)...
+    assert (clusters["diff"] > 0.15).all() and clusters["significant"].all()
+    # ... the relative one sees that both models rank the content alike
+    assert np.abs(clusters["diff_rel"]).max() < 1e-9
+    assert (clusters["diff_rel_lo"] <= 1e-9).all() and (clusters["diff_rel_hi"] >= -1e-9).all()
+    assert np.allclose(clusters["diff"], clusters["attr_b"] - clusters["attr_a"])  # unchanged
+    assert np.allclose(clusters["diff_rel"], clusters["attr_b_rel"] - clusters["attr_a_rel"])
+    # per image and model the relative shares sum to 1
+    from imacs.comparison import relative_shares
+
+    rel = patches.assign(**relative_shares(patches)).groupby("image_id")
+    assert np.allclose(rel["attr_a_rel"].sum(), 1) and np.allclose(rel["attr_b_rel"].sum(), 1)
+
+
+def test_cmp006_a_planted_shortcut_still_comes_first_by_diff_rel() -> None:
+    patches, images = _diffuse_a(shortcut=True)
+    clusters, _ = compare_clusters(patches, images, ["e", "o"])
+    by_rel = clusters.sort_values("diff_rel", key=np.abs, ascending=False)
+    assert by_rel["cluster"].iloc[0] == 3
+    mark = clusters.set_index("cluster").loc[3]
+    assert mark["diff_rel"] == pytest.approx(0.5, abs=0.01)  # 0.6 for B - 0.1 for A
+    assert mark["diff_rel_lo"] > 0.4
+    # plain diff: every cluster leans towards B, the mark among them
+    assert (clusters["diff"] > 0).all()
+    others = clusters.set_index("cluster").loc[[0, 1, 2]]
+    assert (others["diff_rel"] < 0).all()  # B moved reliance away from them

@@ -1,0 +1,370 @@
+"""Trust in the maps: do they point at what the model actually uses?
+
+On a seeded sample of images (:class:`TrustSettings`, ``--trust-sample``), for each model:
+
+* **Deletion and insertion curves.** Pixels are replaced by the run's Integrated Gradients
+  baseline in the order of the model's positive attribution, most attributed first
+  (*deletion*), or revealed on top of the baseline in that order (*insertion*), in ``steps``
+  equal steps; the curve is the model's probability of the class it originally predicted.
+  The same is done in a random pixel order, the control. The area under a curve (fraction of
+  pixels on x, probability on y) summarises it: good maps give a lower deletion area and a
+  higher insertion area than the random order. A model whose deletion area is not below the
+  random one by ``margin`` (or by two standard errors over the sample, if more) gets a
+  warning: its maps are no better than chance at pointing to what it uses.
+* **Infidelity** (captum's ``infidelity``, normalised so the maps' scale does not matter):
+  the squared error between the attribution-weighted pixel noise and the change in the
+  logit it causes; lower is better. The same maps with their pixels shuffled are the control.
+* **Sensitivity** (captum's ``sensitivity_max``): the largest relative change of the map when
+  the image is perturbed by uniform noise of ``sensitivity_radius``; it re-runs Integrated
+  Gradients with the run's settings, so it uses a smaller sub-sample.
+* **Convergence delta** over every image (computed by the attribution stage): its absolute
+  value and its size relative to ``f(x) - f(baseline)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .options import real, setting, validate, whole
+
+if TYPE_CHECKING:
+    from .attribute_set import SetAttribution
+    from .attribution import PairedAttribution
+    from .data import ImageRecord
+    from .settings import AnalysisSettings
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """How the maps are tested.
+
+    Args:
+        sample (int): images (seeded sample) tested per model; 0 turns the tests off.
+            Default: 64.
+        steps (int): steps of the deletion and insertion curves. Default: 16.
+        infidelity_perturbations (int): noise draws per image for infidelity. Default: 8.
+        noise (float): standard deviation of the infidelity noise, in [0, 1] pixel units.
+            Default: 0.05.
+        sensitivity_sample (int): images, of the sample, for ``sensitivity_max``. Default: 8.
+        sensitivity_perturbations (int): perturbations per image for it. Default: 3.
+        sensitivity_radius (float): half-width of its uniform noise. Default: 0.02.
+        margin (float): deletion area below the random order's by less than this, or than
+            two standard errors of the paired difference over the sample if more: no better
+            than random. Default: 0.05.
+        seed (int): seed of the sample, the random orders and the noise. Default: 0.
+    """
+
+    sample: int = setting(
+        64,
+        flag="--trust-sample",
+        metavar="N",
+        convert=whole(0, 100_000),
+        group="trust",
+        help="images on which each model's maps are tested against a random pixel order "
+        "(deletion/insertion, infidelity, sensitivity); 0 turns it off",
+    )
+    steps: int = setting(16, convert=whole(2, 256))
+    infidelity_perturbations: int = setting(8, convert=whole(1, 1000))
+    noise: float = setting(0.05, convert=real(0.0, 1.0))
+    sensitivity_sample: int = setting(8, convert=whole(0, 100_000))
+    sensitivity_perturbations: int = setting(3, convert=whole(1, 100))
+    sensitivity_radius: float = setting(0.02, convert=real(0.0, 1.0))
+    margin: float = setting(0.05, convert=real(0.0, 1.0))
+    seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+def pick_sample(n: int, size: int, seed: int) -> np.ndarray:
+    """``size`` distinct image indices out of ``n`` (all of them if fewer), ascending."""
+    rng = np.random.default_rng(seed)
+    if size >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
+def _budget(engine: PairedAttribution, pixels: int) -> int:
+    """Images per forward pass: ~2M input floats on a CPU, more on a GPU."""
+    floats = 2_000_000 if engine.device.type == "cpu" else 60_000_000
+    return max(1, floats // (3 * pixels))
+
+
+def curves(
+    engine: PairedAttribution,
+    role: str,
+    images: np.ndarray,
+    maps: np.ndarray,
+    target: np.ndarray,
+    steps: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Deletion and insertion curves of model ``role``, in the maps' order and at random.
+
+    Args:
+        engine (PairedAttribution): the run's engine (device, baseline, preprocessing).
+        role (str): the model.
+        images (numpy.ndarray): (n, 3, H, W) pixels in [0, 1].
+        maps (numpy.ndarray): (n, H, W) attribution maps of the model for these images.
+        target (numpy.ndarray): (n,) class whose probability is followed.
+        steps (int): curve steps; the curves have ``steps + 1`` points.
+        seed (int): seed of the random orders.
+
+    Returns:
+        ``deletion``, ``insertion``, ``deletion_random``, ``insertion_random``: each
+        (n, steps + 1) probabilities at fractions ``0, 1/steps, ..., 1`` of the pixels.
+    """
+    import torch
+
+    n, _, h, w = images.shape
+    pixels = h * w
+    rng = np.random.default_rng(seed)
+    flat = np.asarray(maps, dtype=np.float32).reshape(n, pixels)
+    orders = {
+        # most positive attribution first; equal values (a flat region) in random order
+        "": np.lexsort((rng.random((n, pixels)), -flat), axis=1),
+        "_random": np.argsort(rng.random((n, pixels)), axis=1),
+    }
+    counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int64)
+    out: dict[str, np.ndarray] = {}
+    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(engine.device)
+    base_all = engine.baseline(x_all)
+    per_pass = _budget(engine, pixels)
+    tgt = torch.as_tensor(target, dtype=torch.long, device=engine.device)
+    for suffix, order in orders.items():
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(pixels)[None, :], axis=1)
+        rank_t = torch.from_numpy(rank.reshape(n, 1, h, w)).to(engine.device)
+        probs = {"deletion": np.empty((n, steps + 1)), "insertion": np.empty((n, steps + 1))}
+        # one input per (image, step, curve): rows ordered image-major
+        jobs = [(i, k) for i in range(n) for k in range(steps + 1)]
+        for s in range(0, len(jobs), max(1, per_pass // 2)):
+            part = jobs[s : s + max(1, per_pass // 2)]
+            ii = torch.tensor([i for i, _ in part], device=engine.device)
+            kk = torch.tensor([counts[k] for _, k in part], device=engine.device)
+            mask = rank_t[ii] < kk.view(-1, 1, 1, 1)  # pixels already removed / revealed
+            x, b = x_all[ii], base_all[ii]
+            batch = torch.cat([torch.where(mask, b, x), torch.where(mask, x, b)])
+            p = engine.probabilities(role, batch)
+            p = p.gather(1, torch.cat([tgt[ii], tgt[ii]]).view(-1, 1)).squeeze(1).cpu().numpy()
+            for j, (i, k) in enumerate(part):
+                probs["deletion"][i, k] = p[j]
+                probs["insertion"][i, k] = p[len(part) + j]
+        for kind, values in probs.items():
+            out[f"{kind}{suffix}"] = values
+    return out
+
+
+def auc(curve: np.ndarray) -> np.ndarray:
+    """Area under (n, steps + 1) curves over fractions 0..1 (trapezoids)."""
+    steps = curve.shape[1] - 1
+    return (curve[:, 1:] + curve[:, :-1]).sum(1) / (2 * steps)
+
+
+def infidelity_scores(
+    engine: PairedAttribution,
+    role: str,
+    images: np.ndarray,
+    maps: np.ndarray,
+    target: np.ndarray,
+    settings: TrustSettings,
+) -> dict[str, np.ndarray]:
+    """captum's normalised ``infidelity`` of the maps and of the same maps pixel-shuffled.
+
+    The noise is one value per pixel shared by the colour channels, so a channel-summed map
+    (what a run keeps) is the exact attribution for it: its share per channel is a third.
+    """
+    import torch
+    from captum.metrics import infidelity
+
+    n, _, h, w = images.shape
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(engine.device)
+    tgt = torch.as_tensor(target, dtype=torch.long, device=engine.device)
+    rng = np.random.default_rng(settings.seed + 1)
+    shuffled = np.stack([rng.permutation(m.ravel()).reshape(h, w) for m in maps])
+    forward = engine.logits_function(role)
+    out = {}
+    for name, m in (("infidelity", maps), ("infidelity_shuffled", shuffled)):
+        attr = torch.from_numpy(np.asarray(m, np.float32) / 3.0).to(engine.device)
+        attr = attr[:, None].expand(-1, 3, -1, -1)
+        gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+
+        def perturb(inputs: torch.Tensor, g: torch.Generator = gen) -> tuple:
+            noise = torch.randn((inputs.shape[0], 1, *inputs.shape[2:]), generator=g)
+            noise = (noise * settings.noise).to(inputs.device).expand_as(inputs)
+            return noise, inputs - noise
+
+        per_batch = max(n, min(n * settings.infidelity_perturbations, _budget(engine, h * w)))
+        with torch.no_grad():
+            score = infidelity(
+                forward, perturb, x, attr, target=tgt, normalize=True,
+                n_perturb_samples=settings.infidelity_perturbations,
+                max_examples_per_batch=per_batch,
+            )  # fmt: skip
+        out[name] = score.float().cpu().numpy()
+    return out
+
+
+def sensitivity_scores(
+    engine: PairedAttribution,
+    role: str,
+    images: np.ndarray,
+    target: np.ndarray,
+    settings: TrustSettings,
+) -> np.ndarray:
+    """captum's ``sensitivity_max`` of the run's Integrated Gradients, per image."""
+    import torch
+    from captum.attr import IntegratedGradients
+    from captum.metrics import sensitivity_max
+
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(engine.device)
+    tgt = torch.as_tensor(target, dtype=torch.long, device=engine.device)
+    ig = IntegratedGradients(engine.logits_function(role), multiply_by_inputs=True)
+    att = engine.settings
+    torch.manual_seed(settings.seed)  # captum's default perturbation draws from torch
+
+    def explain(inputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> tuple:
+        (x,) = inputs  # captum passes tuples and wants them back
+        maps = ig.attribute(
+            x, baselines=engine.baseline(x), target=target, n_steps=att.steps,
+            method=att.method, internal_batch_size=max(len(x), 64),
+        ).sum(dim=1)  # fmt: skip
+        return (maps,)
+
+    score = sensitivity_max(
+        explain, (x,), target=tgt, perturb_radius=settings.sensitivity_radius,
+        n_perturb_samples=settings.sensitivity_perturbations,
+    )  # fmt: skip
+    return score.float().cpu().numpy()
+
+
+def delta_stats(maps: np.ndarray, delta: np.ndarray, block: int = 256) -> dict[str, float]:
+    """The convergence delta over every image: absolute, and relative to ``f(x) - f(b)``
+    (a map's sum is ``f(x) - f(b) + delta``), streamed over memory-mapped maps."""
+    total = np.zeros(len(maps))
+    for s in range(0, len(maps), block):
+        total[s : s + block] = np.asarray(maps[s : s + block], np.float64).sum(axis=(1, 2))
+    delta = np.asarray(delta, np.float64)
+    gap = np.abs(total - delta)
+    rel = np.abs(delta) / np.maximum(gap, 1e-6)
+    return {
+        "median_abs": float(np.median(np.abs(delta))),
+        "p90_abs": float(np.quantile(np.abs(delta), 0.9)),
+        "max_abs": float(np.abs(delta).max()),
+        "median_rel": float(np.median(rel)),
+        "p90_rel": float(np.quantile(rel, 0.9)),
+    }
+
+
+def trust_report(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    att: SetAttribution,
+    settings: AnalysisSettings,
+    names: dict[str, str],
+) -> tuple[dict[str, Any], list[str]]:
+    """The trust section of ``run.json`` and the warnings it raises.
+
+    Args:
+        engine (PairedAttribution): the run's engine.
+        records (list[ImageRecord]): the analysed images, in the order of ``att``.
+        att (SetAttribution): both models' maps (may be memory-mapped), predictions and
+            convergence deltas for these images.
+        settings (AnalysisSettings): the run's settings (``preprocess`` and ``trust``).
+        names (dict): display names of the models.
+
+    Returns:
+        ``{"n_images": ..., "steps": ..., "fractions": [...], "a": {...}, "b": {...}}`` and a
+        list of warnings.
+    """
+    from .imaging import load_rgb
+
+    maps, per_role, preprocess = att.maps, att.per_role, settings.preprocess
+    ts = settings.trust
+    out: dict[str, Any] = {"n_images": 0, "steps": ts.steps}
+    for r in ("a", "b"):
+        out[r] = {"delta": delta_stats(maps[r], per_role[r]["delta"])}
+    idx = pick_sample(len(records), ts.sample, ts.seed) if ts.sample else []
+    if len(idx) == 0:
+        return out, []
+    images = np.stack([preprocess.to_array(load_rgb(records[i].path)) for i in idx])
+    out["n_images"] = len(idx)
+    out["fractions"] = np.linspace(0, 1, ts.steps + 1).round(6).tolist()
+    warnings = []
+    for r in ("a", "b"):
+        try:
+            res = _model_report(engine, r, images, maps[r], per_role[r]["pred"], idx, ts)
+        except Exception as exc:  # user model code on altered images: anything can come out
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            warnings.append(f"model {r.upper()} ({names[r]}): trust tests failed ({first})")
+            out[r]["error"] = first
+            continue
+        res["reading"] = _reading(r, names[r], res)
+        out[r] = {**res, **out[r]}
+        if not res["better_than_random"]:
+            warnings.append(
+                f"model {r.upper()} ({names[r]}): its maps are no better than a random pixel "
+                f"order at finding what it uses (deletion area {res['deletion_auc']:.2f} vs "
+                f"{res['deletion_auc_random']:.2f} at random, on {len(idx)} images); read its "
+                "side of the clusters with caution"
+            )
+    return out, warnings
+
+
+def _model_report(
+    engine: PairedAttribution,
+    r: str,
+    images: np.ndarray,
+    maps: np.ndarray,
+    pred: np.ndarray,
+    idx: np.ndarray,
+    ts: TrustSettings,
+) -> dict[str, Any]:
+    """Every sample-based test of one model."""
+    n_sens = min(ts.sensitivity_sample, len(idx))
+    m = np.asarray(maps[idx], np.float32)
+    target = pred[idx]
+    cur = curves(engine, r, images, m, target, ts.steps, ts.seed)
+    res: dict[str, Any] = {}
+    for k, v in cur.items():  # deletion, deletion_random, insertion, insertion_random
+        kind, _, control = k.partition("_")
+        res[f"{kind}_auc{'_random' if control else ''}"] = float(auc(v).mean())
+        res[f"{k}_curve"] = v.mean(0).round(5).tolist()
+    infid = infidelity_scores(engine, r, images, m, target, ts)
+    res.update({k: float(v.mean()) for k, v in infid.items()})
+    res["sensitivity_max"] = (
+        float(sensitivity_scores(engine, r, images[:n_sens], target[:n_sens], ts).mean())
+        if n_sens
+        else None
+    )
+    res["n_sensitivity"] = n_sens
+    # better by a margin that also covers the sample's noise (2 paired standard errors)
+    gain = auc(cur["deletion_random"]) - auc(cur["deletion"])
+    se = float(gain.std(ddof=1) / np.sqrt(len(gain))) if len(gain) > 1 else 0.0
+    res["margin"] = max(ts.margin, 2.0 * se)
+    res["better_than_random"] = bool(float(gain.mean()) > res["margin"])
+    start = float(cur["deletion"][:, 0].mean())
+    drop, drop_random = start - res["deletion_auc"], start - res["deletion_auc_random"]
+    res["drop_ratio"] = float(drop / drop_random) if drop_random > 0.01 else None
+    return res
+
+
+def _reading(role: str, name: str, res: dict[str, Any]) -> str:
+    """One line a user understands."""
+    who = f"{role.upper()}'s maps ({name})"
+    areas = (
+        f"deletion area {res['deletion_auc']:.2f} vs {res['deletion_auc_random']:.2f} random, "
+        f"insertion {res['insertion_auc']:.2f} vs {res['insertion_auc_random']:.2f}"
+    )
+    if not res["better_than_random"]:
+        return f"{who}: no better than a random pixel order ({areas})"
+    ratio = res["drop_ratio"]
+    if ratio is not None:
+        return (
+            f"{who}: deleting their top pixels first lowers the prediction {ratio:.1f}x as "
+            f"much as a random order ({areas})"
+        )
+    return f"{who}: better than a random pixel order ({areas})"

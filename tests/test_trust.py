@@ -1,0 +1,145 @@
+"""Trust in the maps: deletion/insertion against a random order, infidelity, sensitivity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import imacs
+from imacs.attribution import PairedAttribution
+from imacs.errors import InputError
+from imacs.settings import AnalysisSettings
+from imacs.trust import TrustSettings, auc, pick_sample
+
+
+def test_tru001_settings_are_declared_once_and_checked() -> None:
+    s = AnalysisSettings.from_keywords(trust_sample=10, seed=3)
+    assert s.trust.sample == 10 and s.trust.seed == 3
+    assert s.result_fields()["trust"]["sample"] == 10  # part of the run's fingerprint
+    for bad in (-1, 2.5, "many"):
+        with pytest.raises(InputError, match=r"setting sample \(--trust-sample\)"):
+            AnalysisSettings.from_keywords(trust_sample=bad)
+    assert TrustSettings().sample == 64
+    assert pick_sample(10, 64, 0).tolist() == list(range(10))
+    assert pick_sample(100, 5, 0).tolist() == pick_sample(100, 5, 0).tolist()
+    assert auc(np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])).tolist() == [1.0, 0.25]
+
+
+@pytest.mark.slow
+def test_tru002_noise_maps_are_no_better_than_random_real_ones_are(
+    shortcut, tmp_path, monkeypatch
+) -> None:
+    real_attribute = PairedAttribution.attribute
+
+    def noisy_a(self, role, images, labels=None):  # model A's maps replaced by noise
+        res = real_attribute(self, role, images, labels)
+        if role == "a":
+            rng = np.random.default_rng(int(images.sum() * 1000) % 2**32)
+            res.maps = rng.normal(size=res.maps.shape).astype(np.float32)
+        return res
+
+    monkeypatch.setattr(PairedAttribution, "attribute", noisy_a)
+    run = imacs.analyze(
+        shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "noise", image_size=32,
+        steps=16, projection="pca", progress=False, cache_dir=None, trust_sample=32,
+    )  # fmt: skip
+    trust = run.manifest["trust"]
+    a, b = trust["a"], trust["b"]
+    print({r: {k: v for k, v in trust[r].items() if not k.endswith("curve")} for r in "ab"})
+    assert trust["n_images"] == 32 and len(trust["fractions"]) == 17
+    # noise: deletion in the map's order is no faster than at random
+    assert not a["better_than_random"]
+    assert abs(a["deletion_auc"] - a["deletion_auc_random"]) < 0.05
+    assert any("model A" in w and "no better than a random" in w for w in run.manifest["warnings"])
+    assert "no better than a random pixel order" in a["reading"]
+    # B's real maps find its mark: deleting it first drops the prediction far faster
+    assert b["better_than_random"] and b["deletion_auc"] < b["deletion_auc_random"] - 0.2
+    assert b["insertion_auc"] > b["insertion_auc_random"]
+    assert b["drop_ratio"] > 3
+    assert not any("model B" in w for w in run.manifest["warnings"])
+    # curves start at the prediction and end at the baseline
+    assert b["deletion_curve"][0] == pytest.approx(b["insertion_curve"][-1], abs=1e-5)
+    assert b["deletion_curve"][-1] == pytest.approx(b["insertion_curve"][0], abs=1e-5)
+    for r in "ab":
+        assert trust[r]["sensitivity_max"] >= 0 and trust[r]["n_sensitivity"] == 8
+        assert np.isfinite(trust[r]["infidelity"]) and trust[r]["delta"]["max_abs"] >= 0
+    assert b["infidelity"] < b["infidelity_shuffled"]
+    assert "trust" in run.manifest["timings"] and "agreement" in run.manifest["timings"]
+    assert run.trust == trust and run.warnings == run.manifest["warnings"]
+    summary = run.summary()
+    assert "trust (32 images): A's maps" in summary and "warning: model A" in summary
+
+
+def test_tru003_both_real_models_beat_the_random_order(shortcut_run) -> None:
+    trust = shortcut_run.manifest["trust"]  # the shared run: default sample of 64 of 80
+    assert trust["n_images"] == 64
+    for r in "ab":
+        t = trust[r]
+        assert t["better_than_random"] and t["deletion_auc"] < t["deletion_auc_random"] - 0.2
+    assert not shortcut_run.manifest["warnings"]
+
+
+def test_tru004_bad_trust_sample_through_the_cli(tmp_path) -> None:
+    from tests.test_cli import _run
+
+    for bad, fix in (("-1", "must be at least 0"), ("lots", "give a whole number")):
+        proc = _run("analyze", "--model-a", "a.pt", "--model-b", "b.pt", "--data", ".",
+                    "--out", str(tmp_path / "r"), "--trust-sample", bad)  # fmt: skip
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert "--trust-sample" in proc.stderr and fix in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert "--trust-sample N" in _run("analyze", "--help").stdout
+
+
+def test_tru005_a_run_from_before_the_trust_columns_still_loads(shortcut_run, tmp_path) -> None:
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from imacs.comparison import compare_clusters
+
+    old = tmp_path / "old"
+    shutil.copytree(shortcut_run.path, old)
+    m = json.loads((old / "run.json").read_text())
+    m.pop("trust")
+    for k in [k for k in m["summary"] if k.startswith("map_")]:
+        m["summary"].pop(k)
+    m["timings"] = {k: v for k, v in m["timings"].items() if k not in ("trust", "agreement")}
+    (old / "run.json").write_text(json.dumps(m))
+    new_cols = ("map_spearman", "map_iou_top10", "attr_a_rel", "attr_b_rel", "diff_rel")
+    for name in ("images", "patches", "clusters"):
+        df = pd.read_parquet(old / f"{name}.parquet")
+        df.drop(columns=[c for c in df.columns if c.startswith(new_cols)]).to_parquet(
+            old / f"{name}.parquet"
+        )
+    run = imacs.load_run(old)
+    text = run.summary()
+    assert "top clusters" in text and "trust (" not in text and "map agreement" not in text
+    assert run.trust == {} and run.warnings == []
+    run.export(patches_csv=tmp_path / "p.csv", clusters_csv=tmp_path / "c.csv")
+    # the dashboard's recomputation on an old patch table derives the relative shares
+    clusters, _ = compare_clusters(
+        run.patches, run.images.set_index("image_id"), run.classes, run.comparison_settings()
+    )
+    fresh = shortcut_run.clusters.set_index("cluster")
+    got = clusters.set_index("cluster")
+    assert np.allclose(got["diff_rel"], fresh.loc[got.index, "diff_rel"], atol=1e-6)
+    assert np.allclose(got["diff"], fresh.loc[got.index, "diff"])
+
+
+def test_tru006_new_numbers_reach_export_and_the_run_api(shortcut_run, tmp_path) -> None:
+    import pandas as pd
+
+    shortcut_run.export(patches_csv=tmp_path / "p.csv", clusters_csv=tmp_path / "c.csv")
+    p, c = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "c.csv")
+    assert {"attr_a_rel", "attr_b_rel", "diff_rel"} <= set(p.columns)
+    assert {"attr_a_rel", "attr_b_rel", "diff_rel", "diff_rel_lo", "diff_rel_hi"} <= set(c.columns)
+    sums = p.groupby("image_id")[["attr_a_rel", "attr_b_rel"]].sum()
+    assert np.allclose(sums, 1.0, atol=1e-5)
+    # the planted shortcut (rank 1 by diff) is also the cluster B relies on most by diff_rel
+    # (measured: +0.50 [+0.29, +0.72]); by |diff_rel| its counterpart ranks first: A's stripes
+    # in the marked images, which B's renormalised maps leave empty (-0.66)
+    top_rel = c.loc[c["diff_rel"].idxmax()]
+    assert top_rel["cluster"] == c.iloc[0]["cluster"] and top_rel["diff_rel_lo"] > 0.2
+    assert {"map_spearman", "map_iou_top10"} <= set(shortcut_run.images.columns)
