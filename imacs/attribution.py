@@ -273,6 +273,19 @@ class PairedAttribution:
             delta=delta.float().cpu().numpy(),
         )
 
+    def baseline(self, images: np.ndarray) -> np.ndarray:
+        """The Integrated Gradients baseline of (n, 3, H, W) pixels in [0, 1], computed on the
+        device (what-if removal fills boxes with it)."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            return self._baseline(x).float().cpu().numpy()
+
+    def probabilities(self, role: str, images: np.ndarray) -> np.ndarray:
+        """(n, classes) float32 softmax probabilities of model ``role`` for (n, 3, H, W)
+        pixels in [0, 1]: one forward pass under inference mode, at the run's precision."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        return torch.softmax(self._logits(role, x), dim=1).float().cpu().numpy()
+
     def _baseline_logits_for(self, role: str, baseline: torch.Tensor) -> torch.Tensor:
         if self.settings.baseline == "blur":
             return self._logits(role, baseline)

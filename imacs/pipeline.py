@@ -2,8 +2,8 @@
 
 Stages run in one direction, and :func:`run_analysis` reads top to bottom as them:
 load -> attribution -> patches -> thumbnails -> embedding -> clustering -> comparison ->
-run directory. Each stage lives in its own module; this one wires them together, times them
-and commits the run.
+what-if removal -> run directory. Each stage lives in its own module; this one wires them
+together, times them and commits the run.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from .store import (
 )
 from .tables import class_order_warnings, images_table, manifest, patches_table
 from .thumbnails import thumbnails_and_pixels
+from .whatif import what_if
 
 __all__ = ["AnalysisSettings", "analyze", "run_analysis"]
 
@@ -76,6 +77,8 @@ def analyze(
     patch_size: int | None = None,
     patches_per_image: int = 4,
     seed: int = 0,
+    whatif: bool = True,
+    whatif_top: int = 10,
     strict: bool = False,
     overwrite: bool = False,
     rebuild: bool = False,
@@ -117,7 +120,11 @@ def analyze(
         patch_size (int, optional): patch side in model-input pixels. Default: a quarter of
             the input side.
         patches_per_image (int): most patches per image. Default: 4.
-        seed (int): seed for clustering, projection and bootstrap. Default: 0.
+        seed (int): seed for clustering, projection, bootstrap and what-if boxes. Default: 0.
+        whatif (bool): re-run both models with the top clusters' patches removed (and with
+            random boxes as a control); see :mod:`imacs.whatif`. Default: True.
+        whatif_top (int): clusters to test: the ``whatif_top`` largest ``|diff|``, plus every
+            significant one. Default: 10.
         strict (bool): stop at the first unreadable image instead of skipping it.
         overwrite (bool): replace a different run already in ``out``. Default: False.
         rebuild (bool): recompute even when ``out`` already holds this very run (otherwise
@@ -138,7 +145,7 @@ def analyze(
         image_size=image_size, mean=mean, std=std, strict=strict, steps=steps,
         baseline=baseline, target=target, batch_size=batch_size, device=device,
         precision=precision, clusters=clusters, projection=projection, patch_size=patch_size,
-        patches_per_image=patches_per_image, seed=seed,
+        patches_per_image=patches_per_image, seed=seed, whatif=whatif, whatif_top=whatif_top,
     )  # fmt: skip
     if cache_dir is True:
         cache_root: Path | None = default_cache_dir()
@@ -358,12 +365,17 @@ def _analysis(
             clusters_df, by_class_df = compare_clusters(
                 patches_df, images_df.set_index("image_id"), dataset.classes, settings.comparison
             )
+        with timer.stage("whatif"):  # forward passes with the top clusters' patches removed
+            whatif_df, whatif_info = what_if(
+                engine, records, images_df, patches_df, clusters_df, settings, progress, say
+            )
         with timer.stage("write"):
             files = {
                 "images": write_table(tmp, "images", images_df),
                 "patches": write_table(tmp, "patches", patches_df),
                 "clusters": write_table(tmp, "clusters", clusters_df),
                 "cluster_classes": write_table(tmp, "cluster_classes", by_class_df),
+                "whatif": write_table(tmp, "whatif", whatif_df),
                 "embedding": write_array(tmp, "embedding", emb),
             }
             for r in ROLES:
@@ -388,6 +400,7 @@ def _analysis(
             files=files,
             warnings=warnings,
         )
+        run_manifest["whatif"] = whatif_info
         commit(tmp, out, run_manifest)
     say(f"run written to {out}")
     if ranks is not None:
