@@ -200,13 +200,19 @@ class _Jobs:
 
 def _plan(patches: pd.DataFrame, chosen: list[int], hw: tuple[int, int], seed: int) -> _Jobs:
     p = patches[patches["cluster"].isin(chosen)]
+    cl, im = p["cluster"].to_numpy(np.int64), p["image_id"].to_numpy(np.int64)
+    order = np.lexsort((im, cl))
+    cl, im = cl[order], im[order]
+    all_boxes = p[["in_x0", "in_y0", "in_x1", "in_y1"]].to_numpy(np.int64)[order]
+    starts = np.flatnonzero(np.r_[len(cl) > 0, (cl[1:] != cl[:-1]) | (im[1:] != im[:-1])])
+    ends = np.r_[starts[1:], len(cl)]
     clusters, images, removal, control, clashes = [], [], [], [], []
-    for (c, i), grp in p.groupby(["cluster", "image_id"], sort=True):
-        boxes = grp[["in_x0", "in_y0", "in_x1", "in_y1"]].to_numpy(np.int64)
-        rng = np.random.default_rng([seed, int(c), int(i)])  # independent of the order
+    for s, e in zip(starts, ends, strict=True):
+        c, i, boxes = int(cl[s]), int(im[s]), all_boxes[s:e]
+        rng = np.random.default_rng([seed, c, i])  # independent of the order
         ctrl, clash = control_boxes(boxes, hw, rng)
-        clusters.append(int(c))
-        images.append(int(i))
+        clusters.append(c)
+        images.append(i)
         removal.append(boxes)
         control.append(ctrl)
         clashes.append(clash)
@@ -279,7 +285,9 @@ def what_if(
         for r in ROLES
     }
     batch = max(16, 4 * settings.attribution.batch_size)  # forward passes only
-    by_image = {int(i): np.flatnonzero(jobs.image == i) for i in ids}
+    order = np.argsort(jobs.image, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(jobs.image[order])) + 1) if len(ids) else []
+    by_image = dict(zip(ids.tolist(), groups, strict=True))  # image -> its jobs
     block = max(8, batch // 2)
     base: dict[int, np.ndarray] = {}
     try:

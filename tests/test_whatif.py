@@ -156,3 +156,15 @@ def test_wif008_verdict_rule_is_exact_for_small_n() -> None:
     assert excess_p_value(9, 0) <= 0.05 / 20 < excess_p_value(8, 0)
     c = pd.DataFrame({"cluster": [7, 3, 5], "rank": [1, 2, 3], "significant": [0, 0, 1]})
     assert chosen_clusters(c, 1) == [7, 5] and chosen_clusters(c, 0) == [5]
+
+
+def test_wif009_nothing_chosen_gives_an_empty_table(shortcut_run) -> None:
+    from imacs.settings import AnalysisSettings
+    from imacs.whatif import what_if
+
+    run = shortcut_run
+    clusters = run.clusters.assign(significant=False)
+    settings = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
+    table, info = what_if(None, [], run.images, run.patches, clusters, settings)  # type: ignore[arg-type]
+    assert table.empty and list(table.columns) == list(COLUMNS)
+    assert info["n_clusters"] == 0 and info["n_images"] == 0 and info["enabled"]
