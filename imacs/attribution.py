@@ -288,6 +288,18 @@ class PairedAttribution:
             delta=delta.float().cpu().numpy(),
         )
 
+    def baseline_array(self, images: np.ndarray) -> np.ndarray:
+        """:meth:`baseline` for (n, 3, H, W) numpy pixels in [0, 1], computed on the device
+        (what-if removal, which imports no torch, fills boxes with it)."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            return self.baseline(x).float().cpu().numpy()
+
+    def probabilities_array(self, role: str, images: np.ndarray) -> np.ndarray:
+        """:meth:`probabilities` for (n, 3, H, W) numpy pixels: (n, classes) float32."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        return self.probabilities(role, x).float().cpu().numpy()
+
     def _baseline_logits_for(self, role: str, baseline: torch.Tensor) -> torch.Tensor:
         if self.settings.baseline == "blur":
             return self._logits(role, baseline)

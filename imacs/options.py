@@ -183,6 +183,13 @@ def real(
     return convert
 
 
+def boolean(v: Any) -> bool:
+    """True or False (numpy booleans too); anything else is refused, not guessed."""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return bool(v)
+    raise ValueError("give True or False")
+
+
 def optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return lambda v: None if v is None else convert(v)
 

@@ -2,24 +2,22 @@
 
 Stages run in one direction, and :func:`run_analysis` reads top to bottom as them:
 load -> attribution -> patches -> thumbnails -> embedding -> clustering -> comparison ->
-run directory. Each stage lives in its own module; this one wires them together, times them
-and commits the run.
+what-if removal -> run directory. Each stage lives in its own module; this one wires them
+together, times them and commits the run.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .agreement import map_agreement
-from .attribute_set import ROLES, attribute_set, fill_cache, plan_chunks
+from .attribute_set import attribute_set, fill_cache, plan_chunks
 from .attribution import PairedAttribution
 from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer
@@ -30,7 +28,7 @@ from .embedding import PatchEmbedder
 from .errors import InputError
 from .models import ModelSpec, load_model, model_class_names, model_preprocess
 from .patches import extract_patches, to_original_pixels
-from .progress import Progress
+from .progress import Progress, StageTimer
 from .run import Run
 from .settings import AnalysisSettings
 from .store import (
@@ -39,13 +37,17 @@ from .store import (
     commit,
     is_current,
     staging,
-    write_array,
-    write_scaled_maps,
-    write_table,
 )
-from .tables import class_order_warnings, images_table, manifest, patches_table
+from .tables import (
+    class_order_warnings,
+    images_table,
+    manifest,
+    patches_table,
+    write_run_files,
+)
 from .thumbnails import thumbnails_and_pixels
 from .trust import trust_report
+from .whatif import what_if
 
 __all__ = ["AnalysisSettings", "analyze", "run_analysis"]
 
@@ -77,6 +79,8 @@ def analyze(
     patches_per_image: int = 4,
     seed: int = 0,
     trust_sample: int = 64,
+    whatif: bool = True,
+    whatif_top: int = 10,
     strict: bool = False,
     overwrite: bool = False,
     rebuild: bool = False,
@@ -118,9 +122,13 @@ def analyze(
         patch_size (int, optional): patch side in model-input pixels. Default: a quarter of
             the input side.
         patches_per_image (int): most patches per image. Default: 4.
-        seed (int): seed for clustering, projection and bootstrap. Default: 0.
+        seed (int): seed for clustering, projection, bootstrap and what-if boxes. Default: 0.
         trust_sample (int): images on which each model's maps are tested against a random
             pixel order (:mod:`imacs.trust`); 0 turns the tests off. Default: 64.
+        whatif (bool): re-run both models with the top clusters' patches removed (and with
+            random boxes as a control); see :mod:`imacs.whatif`. Default: True.
+        whatif_top (int): clusters to test: the ``whatif_top`` largest ``|diff|``, plus every
+            significant one. Default: 10.
         strict (bool): stop at the first unreadable image instead of skipping it.
         overwrite (bool): replace a different run already in ``out``. Default: False.
         rebuild (bool): recompute even when ``out`` already holds this very run (otherwise
@@ -142,6 +150,7 @@ def analyze(
         baseline=baseline, target=target, batch_size=batch_size, device=device,
         precision=precision, clusters=clusters, projection=projection, patch_size=patch_size,
         patches_per_image=patches_per_image, seed=seed, trust_sample=trust_sample,
+        whatif=whatif, whatif_top=whatif_top,
     )  # fmt: skip
     if cache_dir is True:
         cache_root: Path | None = default_cache_dir()
@@ -163,19 +172,6 @@ def analyze(
         progress=progress,
         log=log,
     )
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 4)
 
 
 def run_analysis(
@@ -237,7 +233,7 @@ def _analysis(
     ranks: Ranks | None,
 ) -> Run:
     say = log or (lambda _msg: None)
-    timer = _Timer()
+    timer = StageTimer()
     out = Path(out).expanduser().absolute()
 
     with timer.stage("load"):
@@ -367,18 +363,19 @@ def _analysis(
         with timer.stage("trust"):
             trust, trust_warnings = trust_report(engine, records, att, settings, names)
         warnings += trust_warnings
+        with timer.stage("whatif"):  # forward passes with the top clusters' patches removed
+            whatif_df, whatif_info = what_if(
+                engine, records, images_df, patches_df, clusters_df, settings, progress, say
+            )
         with timer.stage("write"):
-            files = {
-                "images": write_table(tmp, "images", images_df),
-                "patches": write_table(tmp, "patches", patches_df),
-                "clusters": write_table(tmp, "clusters", clusters_df),
-                "cluster_classes": write_table(tmp, "cluster_classes", by_class_df),
-                "embedding": write_array(tmp, "embedding", emb),
+            tables = {
+                "images": images_df,
+                "patches": patches_df,
+                "clusters": clusters_df,
+                "cluster_classes": by_class_df,
+                "whatif": whatif_df,
             }
-            for r in ROLES:
-                scale = images_df[f"attr_scale_{r}"].to_numpy(np.float32)
-                files[f"attr_{r}"] = write_scaled_maps(tmp, f"attr_{r}", att.maps[r], scale)
-                files[f"probs_{r}"] = write_array(tmp, f"probs_{r}", att.per_role[r]["probs"])
+            files = write_run_files(tmp, tables, emb, att)
         att.maps.clear()
         shutil.rmtree(scratch)
         run_manifest = manifest(
@@ -397,6 +394,7 @@ def _analysis(
             files=files,
             warnings=warnings,
             trust=trust,
+            whatif=whatif_info,
         )
         commit(tmp, out, run_manifest)
     say(f"run written to {out}")

@@ -8,6 +8,8 @@ Layout of a run directory (format version 1)::
     patches.parquet          one row per salient patch
     clusters.parquet         one row per cluster, sorted by rank
     cluster_classes.parquet  one row per (cluster, class)
+    whatif.parquet           one row per cluster tested by what-if removal (imacs.whatif);
+                             absent in runs made before it
     attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
                              by its largest absolute value (``attr_scale_a/b`` in images)
     probs_a.npy, probs_b.npy (images, classes) float32 class probabilities
@@ -29,6 +31,7 @@ import pandas as pd
 from .comparison import ComparisonSettings
 from .errors import InputError, disk_error
 from .store import FORMAT, FORMAT_VERSION, MANIFEST
+from .whatif import empty_table, merge_into
 
 _TABLES = ("images", "patches", "clusters", "cluster_classes")
 
@@ -93,8 +96,20 @@ class Run:
     @cached_property
     def clusters(self) -> pd.DataFrame:
         """One row per cluster, sorted by rank (1 = largest absolute ``diff``); relative
-        reliance in ``attr_a_rel, attr_b_rel, diff_rel, diff_rel_lo, diff_rel_hi``."""
-        return self._table("clusters")
+        reliance in ``attr_a_rel, attr_b_rel, diff_rel, diff_rel_lo, diff_rel_hi``, and the
+        what-if columns of :attr:`whatif` (NaN for clusters it did not test)."""
+        return merge_into(self._table("clusters"), self.whatif)
+
+    @cached_property
+    def whatif(self) -> pd.DataFrame:
+        """What-if removal, one row per tested cluster in rank order: ``cluster``,
+        ``whatif_n_images``, per model (``_a``, ``_b``) ``whatif_flip_, whatif_drop_,
+        whatif_acc_before_, whatif_acc_after_, whatif_control_flip_, whatif_control_drop_,
+        whatif_p_``, and ``whatif_effect``, ``whatif_verdict`` (see :mod:`imacs.whatif`).
+        Empty for a run made with ``--no-whatif`` or before the stage existed."""
+        if "whatif" not in self.manifest["files"]:
+            return empty_table()
+        return self._table("whatif")
 
     @cached_property
     def cluster_classes(self) -> pd.DataFrame:
@@ -224,6 +239,8 @@ class Run:
                 f"{' significant' if getattr(row, 'significant', False) else ''}, "
                 f"{row.n_patches} patches in {row.n_images} images, mostly {row.top_class}"
             )
+            if isinstance(getattr(row, "whatif_verdict", None), str):
+                lines.append(f"        what-if: {row.whatif_effect}: {row.whatif_verdict}")
         trust = self.trust  # runs before issue 10 have none
         for r in ("a", "b"):
             if trust.get(r, {}).get("reading"):

@@ -33,6 +33,7 @@ from .options import (
 )
 from .patches import PatchSettings
 from .trust import TrustSettings
+from .whatif import WhatIfSettings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,6 +194,7 @@ class AnalysisSettings:
     patches: PatchSettings = field(default_factory=PatchSettings)
     comparison: ComparisonSettings = field(default_factory=ComparisonSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
+    whatif: WhatIfSettings = field(default_factory=WhatIfSettings)
     n_clusters: int | None = setting(
         None,
         flag="--clusters",
@@ -265,8 +267,9 @@ def add_cli_options(parser: argparse.ArgumentParser, groups: dict[str, Any]) -> 
         default = defaults
         for name in path:
             default = getattr(default, name)
-        if isinstance(default, bool):
-            group.add_argument(opt.flag, action="store_true", default=None, help=opt.help)
+        if isinstance(default, bool):  # on by default: --flag / --no-flag
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            group.add_argument(opt.flag, action=action, default=None, help=opt.help)
             continue
         shown = "x".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = opt.help if "default" in opt.help else f"{opt.help} (default {shown})"

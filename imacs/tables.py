@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from .data import Dataset, ImageRecord
 from .models import LoadedModel
 from .patches import PatchTable
 from .settings import AnalysisSettings
-from .store import FORMAT, FORMAT_VERSION
+from .store import FORMAT, FORMAT_VERSION, write_array, write_scaled_maps, write_table
 
 
 def images_table(
@@ -157,6 +158,7 @@ def manifest(
     files: dict[str, str],
     warnings: list[str] | None = None,
     trust: dict[str, object] | None = None,
+    whatif: dict[str, object] | None = None,
 ) -> dict[str, object]:
     top = clusters_df.iloc[0]
     model_info = {}
@@ -187,6 +189,7 @@ def manifest(
         "skipped": skipped,
         "warnings": warnings or [],
         "trust": trust or {},
+        "whatif": whatif or {},
         "summary": {
             "n_images": len(images_df),
             "n_skipped": len(skipped),
@@ -209,3 +212,18 @@ def manifest(
         },
         "files": files,
     }
+
+
+def write_run_files(
+    tmp: Path, tables: dict[str, pd.DataFrame], embedding: np.ndarray, att: SetAttribution
+) -> dict[str, str]:
+    """Write the run's tables, the embedding, both models' scaled maps and probabilities
+    into ``tmp``; returns the manifest's ``files`` entry."""
+    files = {name: write_table(tmp, name, frame) for name, frame in tables.items()}
+    files["embedding"] = write_array(tmp, "embedding", embedding)
+    images = tables["images"]
+    for r in ROLES:
+        scale = images[f"attr_scale_{r}"].to_numpy(np.float32)
+        files[f"attr_{r}"] = write_scaled_maps(tmp, f"attr_{r}", att.maps[r], scale)
+        files[f"probs_{r}"] = write_array(tmp, f"probs_{r}", att.per_role[r]["probs"])
+    return files

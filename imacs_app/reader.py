@@ -18,6 +18,7 @@ import pandas as pd
 
 from imacs.comparison import compare_clusters
 from imacs.run import Run
+from imacs.whatif import merge_into
 
 OUTCOMES = {
     "both_right": "both right",
@@ -281,7 +282,8 @@ class RunView:
             self.run.classes,
             self.run.comparison_settings(),  # the very statistic the run was computed with
         )
-        return clusters
+        # what-if removal was measured on all images: its columns are the run's, unfiltered
+        return merge_into(clusters, self.run.whatif)
 
     def export_patches(self, f: Filters) -> pd.DataFrame:
         return self._kept(self.run.patch_rows(), f)
