@@ -468,3 +468,50 @@ def test_brw012_the_app_works_under_its_content_security_policy(browser, server)
         assert problems == []  # a CSP violation is reported as a console error
     finally:
         page.close()
+
+
+def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
+    page, server, shortcut_run
+) -> None:
+    top = shortcut_run.clusters.iloc[0]
+    page.goto(f"{server}/?run=shortcut")
+    page.wait_for_selector(".strip")
+    summary = page.locator(".summary").inner_text()
+    median = shortcut_run.manifest["summary"]["map_spearman_median"]
+    assert f"Spearman {median:.2f}" in page.locator("#map-agreement").inner_text()
+    for r in ("a", "b"):  # each model's trust line, as run.json says it
+        assert shortcut_run.manifest["trust"][r]["reading"] in summary
+    # the what-if verdict sits in the ranking, where a user reads first
+    strip = page.locator(".strip").first.inner_text()
+    assert f"what-if: B depends — {top['whatif_verdict']}" in strip
+
+    page.locator(".strip").first.click()
+    page.wait_for_selector("#whatif table")
+    panel = page.locator("#whatif")
+    assert "B depends" in panel.inner_text()
+    rows = panel.locator("tbody tr")
+    flip_b = rows.nth(1).locator("td.flip").inner_text()
+    assert flip_b == f"{top['whatif_flip_b']:.0%}" and float(flip_b.rstrip("%")) >= 80
+    assert rows.nth(0).locator("td.flip").inner_text() == f"{top['whatif_flip_a']:.0%}"
+    # before/after pictures: the removed version is a real rendering, not a broken image
+    removed = panel.locator("img.removed")
+    assert removed.count() >= 1
+    removed.first.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#whatif img.removed')]"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+    # relative reliance: the toggle re-ranks, and the URL keeps it
+    page.locator("#rank-measure label", has_text="relative reliance").click()
+    _wait_for_query(page, "measure", "relative")
+    page.wait_for_function(
+        "() => document.querySelector('#ranking').innerText.includes('relative reliance')"
+    )
+    rel = shortcut_run.clusters.reindex(
+        shortcut_run.clusters["diff_rel"].abs().sort_values(ascending=False, kind="stable").index
+    )
+    first = page.locator(".strip").first.inner_text()
+    assert first.startswith(f"#1 cluster {int(rel.iloc[0]['cluster'])}")
+    assert f"B − A {rel.iloc[0]['diff_rel']:+.3f} relative" in first
+    assert page.console_errors == []

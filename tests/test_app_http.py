@@ -488,3 +488,25 @@ def test_app023_analysis_package_never_imports_the_dashboard() -> None:
     from imacs_app.main import serve
 
     assert _dashboard() is serve
+
+
+def test_app024_removed_rendering_fills_the_cluster_with_the_baseline(client, shortcut_run):
+    from PIL import Image
+
+    top = int(shortcut_run.clusters.iloc[0]["cluster"])
+    p = shortcut_run.patches
+    row = p[p["cluster"] == top].iloc[0]
+    image_id = int(row["image_id"])
+    shown = {}
+    for kind in ("image", "removed"):
+        r = client.get(f"/render/shortcut/{image_id}/{kind}.png?cluster={top}")
+        assert r.status_code == 200 and r.mimetype == "image/png"
+        shown[kind] = np.asarray(Image.open(io.BytesIO(r.data)).convert("RGB"), np.float32)
+    img = shortcut_run.images.set_index("image_id").loc[image_id]
+    sy, sx = shown["image"].shape[0] / img["height"], shown["image"].shape[1] / img["width"]
+    # the inside of the patch's box (its outline aside): black, the run's IG baseline
+    y0, y1 = int(row["y0"] * sy) + 2, int(row["y1"] * sy) - 2
+    x0, x1 = int(row["x0"] * sx) + 2, int(row["x1"] * sx) - 2
+    assert shortcut_run.manifest["settings"]["attribution"]["baseline"] == "black"
+    assert shown["removed"][y0:y1, x0:x1].max() == 0
+    assert shown["image"][y0:y1, x0:x1].mean() > 20  # it held content before

@@ -30,18 +30,20 @@ def ranking_card() -> html.Section:
                 "click a bar or a row to open the cluster.",
                 className="hint",
             ),
-            dcc.RadioItems(
-                id="rank-measure",
-                options=[
-                    {"label": "share of attribution", "value": "share"},
-                    {"label": "relative reliance", "value": "relative"},
-                ],
-                value="share",
-                inline=True,
+            html.Div(
                 title=(
                     "Relative reliance renormalises each model's shares over the image's "
                     "salient patches, so a model with diffuse maps does not lose every "
                     "cluster to the other"
+                ),
+                children=dcc.RadioItems(
+                    id="rank-measure",
+                    options=[
+                        {"label": "share of attribution", "value": "share"},
+                        {"label": "relative reliance", "value": "relative"},
+                    ],
+                    value="share",
+                    inline=True,
                 ),
             ),
             dcc.Loading(dcc.Graph(id="ranking", config={"displayModeBar": False})),
