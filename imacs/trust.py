@@ -88,8 +88,9 @@ def pick_sample(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def _budget(engine: PairedAttribution, pixels: int) -> int:
-    """Images per forward pass: ~2M input floats on a CPU, more on a GPU."""
-    floats = 2_000_000 if engine.device.type == "cpu" else 60_000_000
+    """Images per pass: on a CPU ~300k input floats, which stay in cache (the attribution
+    stage's rule, BENCHMARKS.md); much more on a GPU."""
+    floats = 300_000 if engine.device.type == "cpu" else 60_000_000
     return max(1, floats // (3 * pixels))
 
 
@@ -221,6 +222,7 @@ def sensitivity_scores(
     from captum.metrics import sensitivity_max
 
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(engine.device)
+    h, w = x.shape[-2:]
     tgt = torch.as_tensor(target, dtype=torch.long, device=engine.device)
     ig = IntegratedGradients(engine.logits_function(role), multiply_by_inputs=True)
     att = engine.settings
@@ -230,7 +232,7 @@ def sensitivity_scores(
         (x,) = inputs  # captum passes tuples and wants them back
         maps = ig.attribute(
             x, baselines=engine.baseline(x), target=target, n_steps=att.steps,
-            method=att.method, internal_batch_size=max(len(x), 64),
+            method=att.method, internal_batch_size=max(len(x), _budget(engine, h * w)),
         ).sum(dim=1)  # fmt: skip
         return (maps,)
 

@@ -143,3 +143,35 @@ def test_tru006_new_numbers_reach_export_and_the_run_api(shortcut_run, tmp_path)
     top_rel = c.loc[c["diff_rel"].idxmax()]
     assert top_rel["cluster"] == c.iloc[0]["cluster"] and top_rel["diff_rel_lo"] > 0.2
     assert {"map_spearman", "map_iou_top10"} <= set(shortcut_run.images.columns)
+
+
+def test_tru007_a_model_failing_on_altered_images_warns_instead_of_losing_the_run(
+    tmp_path, monkeypatch
+) -> None:
+    from PIL import Image
+
+    from imacs import trust
+    from imacs.attribute_set import SetAttribution
+    from imacs.data import ImageRecord
+
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(tmp_path / "x.png")
+    recs = [ImageRecord(tmp_path / "x.png", "x.png", 0, 1, 1)] * 3
+    att = SetAttribution(
+        ok=np.ones(3, bool), reason=[""] * 3, size=np.full((3, 2), 8),
+        maps={r: np.ones((3, 8, 8), np.float32) for r in "ab"},
+        per_role={r: {"pred": np.zeros(3, np.int64), "delta": np.full(3, 0.1)} for r in "ab"},
+        classes=["x", "y"],
+    )  # fmt: skip
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch in user layer\nmore detail")
+
+    monkeypatch.setattr(trust, "curves", broken)
+    settings = AnalysisSettings.from_keywords(image_size=8, trust_sample=2)
+    out, warnings = trust.trust_report(None, recs, att, settings, {"a": "m1", "b": "m2"})
+    assert warnings == [
+        "model A (m1): trust tests failed (shape mismatch in user layer)",
+        "model B (m2): trust tests failed (shape mismatch in user layer)",
+    ]
+    assert out["n_images"] == 2 and out["a"]["delta"]["median_abs"] == pytest.approx(0.1)
+    assert "reading" not in out["a"]
