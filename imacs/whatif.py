@@ -205,7 +205,7 @@ def _plan(patches: pd.DataFrame, chosen: list[int], hw: tuple[int, int], seed: i
     cl, im = cl[order], im[order]
     all_boxes = p[["in_x0", "in_y0", "in_x1", "in_y1"]].to_numpy(np.int64)[order]
     starts = np.flatnonzero(np.r_[len(cl) > 0, (cl[1:] != cl[:-1]) | (im[1:] != im[:-1])])
-    ends = np.r_[starts[1:], len(cl)]
+    ends = np.r_[starts[1:], len(cl)] if len(starts) else starts
     clusters, images, removal, control, clashes = [], [], [], [], []
     for s, e in zip(starts, ends, strict=True):
         c, i, boxes = int(cl[s]), int(im[s]), all_boxes[s:e]
@@ -272,6 +272,8 @@ def what_if(
     if not ws.enabled:
         return empty_table(), info
     chosen = chosen_clusters(clusters, ws.top)
+    if not chosen:  # --whatif-top 0 and nothing significant
+        return empty_table(), info
     hw = settings.preprocess.image_size or (224, 224)
     jobs = _plan(patches, chosen, hw, settings.seed)
     ids = np.unique(jobs.image)
@@ -312,7 +314,7 @@ def what_if(
                     for variant, boxes in (("removal", jobs.removal), ("control", jobs.control)):
                         x = np.stack([_filled(pixels, base, jobs.image[j], boxes[j]) for j in js])
                         for r in ROLES:
-                            probs = engine.probabilities_array(r, x)
+                            probs = _probabilities(engine, r, x)
                             orig = before[r][jobs.image[js]]
                             pred, prob = after[variant, r]
                             pred[js] = probs.argmax(1)
@@ -399,3 +401,18 @@ def _filled(
     for x0, y0, x1, y1 in boxes:
         x[:, y0:y1, x0:x1] = b[:, y0:y1, x0:x1]
     return x
+
+
+def _probabilities(engine: PairedAttribution, role: str, x: np.ndarray) -> np.ndarray:
+    """``engine.probabilities_array``, in halves when the device runs out of memory."""
+    from .attribution import DeviceOutOfMemory
+
+    try:
+        return engine.probabilities_array(role, x)
+    except DeviceOutOfMemory:
+        if len(x) == 1:
+            raise
+        half = len(x) // 2
+        return np.concatenate(
+            [_probabilities(engine, role, x[:half]), _probabilities(engine, role, x[half:])]
+        )
