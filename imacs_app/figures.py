@@ -270,3 +270,16 @@ def empty(message: str, height: int = 300) -> go.Figure:
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return _layout(fig, height)
+
+
+def agreement_histogram(spearman: pd.Series) -> go.Figure:
+    """The distribution of the per-image rank correlation of A's and B's maps."""
+    fig = go.Figure(
+        go.Histogram(
+            x=spearman.dropna(), xbins={"start": -1, "end": 1, "size": 0.05}, marker_color="#777"
+        )
+    )
+    fig.update_layout(title={"text": "map agreement per image (Spearman; 1 = same order)", "x": 0})
+    fig.update_xaxes(range=[-1, 1], gridcolor="#eee")
+    fig.update_yaxes(gridcolor="#eee", title="images")
+    return _layout(fig, DETAIL_HEIGHT)

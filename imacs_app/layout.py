@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dash import html
 
-from .components import cluster, image, navigation, overview, patch_map
+from .components import agreement, cluster, image, navigation, overview, patch_map
 
 
 def layout() -> html.Div:
@@ -19,5 +19,6 @@ def layout() -> html.Div:
             html.Main(className="grid", children=[overview.ranking_card(), patch_map.map_card()]),
             cluster.section(),
             image.section(),
+            agreement.section(),
         ],
     )

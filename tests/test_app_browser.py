@@ -515,3 +515,26 @@ def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
     assert first.startswith(f"#1 cluster {int(rel.iloc[0]['cluster'])}")
     assert f"B − A {rel.iloc[0]['diff_rel']:+.3f} relative" in first
     assert page.console_errors == []
+
+
+def test_brw014_gallery_of_images_where_the_maps_disagree_most(page, server, marked_run) -> None:
+    img = marked_run.images
+    page.goto(f"{server}/?run=watermark")
+    page.wait_for_selector("#disagreement-gallery .patch")
+    order = img.sort_values(["map_spearman", "image_id"]).head(12)
+    captions = page.locator("#disagreement-gallery .patch-caption").all_inner_texts()
+    assert captions == [
+        f"ρ {r.map_spearman:+.2f} · IoU {r.map_iou_top10:.2f}" for r in order.itertuples()
+    ]
+    assert f"lowest of {len(img)} images" in page.locator("#agreement").inner_text()
+    # the gallery follows the filters: only images with the mark
+    page.goto(f"{server}/?run=watermark&meta=mark%3Dyes")
+    page.wait_for_selector("#disagreement-gallery .patch")
+    marked = img[img["mark"] == "yes"]
+    assert f"lowest of {len(marked)} images" in page.locator("#agreement").inner_text()
+    first = marked.sort_values(["map_spearman", "image_id"]).iloc[0]
+    page.locator("#disagreement-gallery .patch").first.click()
+    _wait_for_query(page, "image", str(int(first["image_id"])))
+    page.wait_for_selector(".panels img")
+    assert f"Image {int(first['image_id'])}:" in page.locator("#image-detail").inner_text()
+    assert page.console_errors == []

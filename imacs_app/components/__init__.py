@@ -6,9 +6,9 @@ from __future__ import annotations
 from dash import Dash
 
 from ..catalog import RunCatalog
-from . import cluster, image, navigation, overview, patch_map
+from . import agreement, cluster, image, navigation, overview, patch_map
 
-COMPONENTS = (navigation, overview, patch_map, cluster, image)
+COMPONENTS = (navigation, overview, patch_map, agreement, cluster, image)
 
 
 def register(app: Dash, catalog: RunCatalog) -> None:

@@ -206,6 +206,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Input({"type": "strip", "cluster": ALL}, "n_clicks"),
         Input({"type": "pick-cluster", "cluster": ALL}, "n_clicks"),
         Input({"type": "pick-image", "image": ALL}, "n_clicks"),
+        Input({"type": "agree-image", "image": ALL}, "n_clicks"),
         Input({"type": "close", "what": ALL}, "n_clicks"),
     )
     def state(
@@ -242,7 +243,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         elif isinstance(trig, dict) and value:  # a button; None/0 when it was just rendered
             if trig["type"] in ("strip", "pick-cluster"):
                 s = s.with_(cluster=int(trig["cluster"]), image=None)
-            elif trig["type"] == "pick-image":
+            elif trig["type"] in ("pick-image", "agree-image"):
                 s = s.with_(image=int(trig["image"]))
             elif trig["type"] == "close":
                 s = s.with_(**{trig["what"]: None})
