@@ -364,7 +364,7 @@ def _analysis(
             trust, trust_warnings = trust_report(engine, records, att, settings, names)
         warnings += trust_warnings
         with timer.stage("whatif"):  # forward passes with the top clusters' patches removed
-            whatif_df, whatif_info = what_if(
+            whatif_df, whatif_images, whatif_info = what_if(
                 engine, records, images_df, patches_df, clusters_df, settings, progress, say
             )
         with timer.stage("write"):
@@ -374,6 +374,7 @@ def _analysis(
                 "clusters": clusters_df,
                 "cluster_classes": by_class_df,
                 "whatif": whatif_df,
+                "whatif_images": whatif_images,
             }
             files = write_run_files(tmp, tables, emb, att)
         att.maps.clear()

@@ -10,6 +10,7 @@ Layout of a run directory (format version 1)::
     cluster_classes.parquet  one row per (cluster, class)
     whatif.parquet           one row per cluster tested by what-if removal (imacs.whatif);
                              absent in runs made before it
+    whatif_images.parquet    one row per (cluster, image) it tested: predictions after
     attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
                              by its largest absolute value (``attr_scale_a/b`` in images)
     probs_a.npy, probs_b.npy (images, classes) float32 class probabilities
@@ -31,7 +32,7 @@ import pandas as pd
 from .comparison import ComparisonSettings
 from .errors import InputError, disk_error
 from .store import FORMAT, FORMAT_VERSION, MANIFEST
-from .whatif import empty_table, merge_into
+from .whatif import empty_images, empty_table, merge_into
 
 _TABLES = ("images", "patches", "clusters", "cluster_classes")
 
@@ -110,6 +111,16 @@ class Run:
         if "whatif" not in self.manifest["files"]:
             return empty_table()
         return self._table("whatif")
+
+    @cached_property
+    def whatif_images(self) -> pd.DataFrame:
+        """Each image what-if removal tested, per cluster: ``cluster, image_id`` and each
+        model's ``pred_a_after, prob_a_after, pred_b_after, prob_b_after`` (the predicted
+        class, and the probability of the class it predicted before). Empty for runs
+        without it."""
+        if "whatif_images" not in self.manifest["files"]:
+            return empty_images()
+        return self._table("whatif_images")
 
     @cached_property
     def cluster_classes(self) -> pd.DataFrame:

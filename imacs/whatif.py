@@ -110,6 +110,20 @@ class WhatIfSettings:
         validate(self)
 
 
+#: columns of ``whatif_images.parquet``: each tested (cluster, image) pair's predictions
+#: after the removal (the predictions before are in ``images.parquet``)
+IMAGE_COLUMNS: dict[str, str] = {
+    "cluster": "int64",
+    "image_id": "int64",
+    **{f"{k}_{r}_after": t for r in ROLES for k, t in (("pred", "int64"), ("prob", "float64"))},
+}
+
+
+def empty_images() -> pd.DataFrame:
+    """A per-image what-if table with no rows."""
+    return pd.DataFrame({k: pd.Series(dtype=t) for k, t in IMAGE_COLUMNS.items()})
+
+
 def empty_table() -> pd.DataFrame:
     """A what-if table with no rows (a run without the stage)."""
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
@@ -234,7 +248,7 @@ def what_if(
     settings: AnalysisSettings,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
-) -> tuple[pd.DataFrame, dict[str, object]]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object]]:
     """Remove each chosen cluster's patches and run both models again.
 
     Args:
@@ -250,7 +264,8 @@ def what_if(
 
     Returns:
         The what-if table (one row per tested cluster, in rank order; columns
-        :data:`COLUMNS`) and what was done, for ``run.json``.
+        :data:`COLUMNS`), each tested image's predictions after the removal (columns
+        :data:`IMAGE_COLUMNS`) and what was done, for ``run.json``.
     """
     from .attribute_set import _decode, _pool  # torch-free callers never reach this
     from .errors import ImacsError
@@ -270,10 +285,10 @@ def what_if(
         "n_forward": 0,
     }
     if not ws.enabled:
-        return empty_table(), info
+        return empty_table(), empty_images(), info
     chosen = chosen_clusters(clusters, ws.top)
     if not chosen:  # --whatif-top 0 and nothing significant
-        return empty_table(), info
+        return empty_table(), empty_images(), info
     hw = settings.preprocess.image_size or (224, 224)
     jobs = _plan(patches, chosen, hw, settings.seed)
     ids = np.unique(jobs.image)
@@ -324,7 +339,7 @@ def what_if(
     except ImacsError as exc:  # the run keeps everything else
         (say or (lambda _m: None))(f"warning: what-if removal stopped: {exc}")
         info["error"] = str(exc)
-        return empty_table(), info
+        return empty_table(), empty_images(), info
 
     rows = []
     n_tests = 2 * max(1, len(chosen))
@@ -370,13 +385,25 @@ def what_if(
         rows.append(row)
     table = pd.DataFrame(rows) if rows else empty_table()
     table = table.astype(COLUMNS)[list(COLUMNS)]
+    done = np.flatnonzero(after["removal", "a"][0] >= 0)
+    per_image = pd.DataFrame(
+        {
+            "cluster": jobs.cluster[done],
+            "image_id": jobs.image[done],
+            **{
+                f"{k}_{r}_after": after["removal", r][i][done]
+                for r in ROLES
+                for i, k in ((0, "pred"), (1, "prob"))
+            },
+        }
+    ).astype(IMAGE_COLUMNS)
     info.update(
         clusters=[int(c) for c in table["cluster"]],
         n_clusters=len(table),
         n_images=len(ids),
         seconds=round(time.perf_counter() - t0, 4),
     )
-    return table, info
+    return table, per_image, info
 
 
 def verdict(row: dict[str, object] | pd.Series) -> str:

@@ -501,6 +501,18 @@ def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
         "() => [...document.querySelectorAll('#whatif img.removed')]"
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
+    # under each pair, both models' predictions before -> after removal, as the run stored
+    after = shortcut_run.whatif_images.set_index(["cluster", "image_id"])
+    caption = panel.locator(".pair figcaption").first.inner_text()
+    image = int(caption.split()[1])
+    got = after.loc[(int(top["cluster"]), image)]
+    classes = shortcut_run.classes
+    before = shortcut_run.images.set_index("image_id").loc[image]
+    assert f"B: {classes[int(before['pred_b'])]} → {classes[int(got['pred_b_after'])]}" in caption
+    assert f"A: {classes[int(before['pred_a'])]} → {classes[int(got['pred_a_after'])]}" in caption
+    flipped = shortcut_run.whatif_images.query(f"cluster == {int(top['cluster'])}")
+    b_pred = shortcut_run.images.set_index("image_id").loc[flipped["image_id"], "pred_b"]
+    assert (flipped["pred_b_after"].to_numpy() != b_pred.to_numpy()).mean() == top["whatif_flip_b"]
 
     # relative reliance: the toggle re-ranks, and the URL keeps it
     page.locator("#rank-measure label", has_text="relative reliance").click()

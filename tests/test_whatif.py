@@ -165,6 +165,6 @@ def test_wif009_nothing_chosen_gives_an_empty_table(shortcut_run) -> None:
     run = shortcut_run
     clusters = run.clusters.assign(significant=False)
     settings = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
-    table, info = what_if(None, [], run.images, run.patches, clusters, settings)  # type: ignore[arg-type]
-    assert table.empty and list(table.columns) == list(COLUMNS)
+    table, per_image, info = what_if(None, [], run.images, run.patches, clusters, settings)  # type: ignore[arg-type]
+    assert table.empty and list(table.columns) == list(COLUMNS) and per_image.empty
     assert info["n_clusters"] == 0 and info["n_images"] == 0 and info["enabled"]

@@ -72,7 +72,10 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                 ],
             )
         )
-    images = list(dict.fromkeys(patches["image_id"].astype(int)))[:PAIRS]
+    tested = view.run.whatif_images
+    after = tested[tested["cluster"] == cluster].set_index("image_id")
+    images = [i for i in dict.fromkeys(patches["image_id"].astype(int)) if i in after.index]
+    images = images[:PAIRS] or list(dict.fromkeys(patches["image_id"].astype(int)))[:PAIRS]
     pairs = [
         html.Figure(
             className="pair",
@@ -84,7 +87,19 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                     className="removed",
                 ),
                 html.Figcaption(
-                    f"image {i}: A predicts {_class(view, i, 'a')}, B {_class(view, i, 'b')}"
+                    [f"image {i}"]
+                    + [
+                        html.Div(
+                            f"{r.upper()}: {_class(view, int(view.images.loc[i, f'pred_{r}']))}"
+                            + (
+                                f" → {_class(view, int(after.loc[i, f'pred_{r}_after']))}"
+                                if i in after.index
+                                else ""
+                            ),
+                            className=f"model-{r}",
+                        )
+                        for r in ("a", "b")
+                    ]
                 ),
             ],
         )
@@ -121,8 +136,9 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
             ),
             html.P(
                 "Left: the image; right: the same image with this cluster's patches filled "
-                "with the IG baseline, as both models were shown it. Computed on all images "
-                "of the run, whatever the filters.",
+                "with the IG baseline, as both models were shown it; under each, both "
+                "models' predictions before → after. Computed on all images of the run, "
+                "whatever the filters.",
                 className="hint",
             ),
             html.Div(className="pairs", children=pairs),
@@ -130,7 +146,6 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
     )
 
 
-def _class(view: RunView, image_id: int, role: str) -> str:
-    k = int(view.images.loc[image_id, f"pred_{role}"])
+def _class(view: RunView, k: int) -> str:
     classes = view.run.classes
     return classes[k] if 0 <= k < len(classes) else str(k)
