@@ -480,7 +480,9 @@ def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
     median = shortcut_run.manifest["summary"]["map_spearman_median"]
     assert f"Spearman {median:.2f}" in page.locator("#map-agreement").inner_text()
     for r in ("a", "b"):  # each model's trust line, as run.json says it
-        assert shortcut_run.manifest["trust"][r]["reading"] in summary
+        trust = shortcut_run.manifest["trust"][r]
+        assert trust["reading"] in summary
+        assert f"infidelity {trust['infidelity']:.3g} (shuffled maps" in summary
     # the what-if verdict sits in the ranking, where a user reads first
     strip = page.locator(".strip").first.inner_text()
     assert f"what-if: B depends — {top['whatif_verdict']}" in strip

@@ -70,9 +70,14 @@ def _evidence(m: dict) -> list:
         )
     trust = m.get("trust") or {}
     for r in ("a", "b"):
-        reading = (trust.get(r) or {}).get("reading")
-        if reading:
-            out.append(html.P(f"Trust: {reading}", className=f"trust model-{r}"))
+        res = trust.get(r) or {}
+        if res.get("reading"):
+            out.append(
+                html.P(
+                    [f"Trust: {res['reading']}", html.Span(_trust_detail(res), className="hint")],
+                    className=f"trust model-{r}",
+                )
+            )
     if m.get("warnings"):
         out.append(
             html.Div(className="warning", id="run-warnings", children=[
@@ -80,6 +85,29 @@ def _evidence(m: dict) -> list:
             ])
         )  # fmt: skip
     return out
+
+
+def _trust_detail(res: dict) -> str:
+    """captum's infidelity (against the same maps shuffled), max-sensitivity and the
+    convergence delta, for a reader who wants them (run.json has them all)."""
+
+    def num(x: object) -> str:
+        return "–" if not isinstance(x, int | float) else f"{x:.3g}"
+
+    parts = []
+    if "infidelity" in res:
+        parts.append(
+            f"infidelity {num(res['infidelity'])} (shuffled maps "
+            f"{num(res.get('infidelity_shuffled'))}; lower is better)"
+        )
+    if "sensitivity_max" in res:
+        parts.append(f"max-sensitivity {num(res['sensitivity_max'])}")
+    delta = res.get("delta") or {}
+    if "median_rel" in delta:
+        parts.append(
+            f"IG convergence error, median {num(delta['median_rel'])} of f(x) − f(baseline)"
+        )
+    return (" · " + " · ".join(parts)) if parts else ""
 
 
 def trait(column: str, value: str) -> str:
