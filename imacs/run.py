@@ -195,10 +195,12 @@ class Run:
         return self.path / "thumbs" / "patches" / f"{int(patch_id)}.jpg"
 
     def patch_rows(self) -> pd.DataFrame:
-        """Patches joined with their image's label, predictions and meta-annotations."""
+        """Patches joined with their image's label, predictions, map agreement and
+        meta-annotations (the patches CSV of ``imacs export``)."""
         img = self.images
         meta = list(self.manifest["data"].get("meta_columns", []))
-        cols = ["image_id", "image", "label_name", "pred_a", "pred_b", *meta]
+        agree = [c for c in ("map_spearman", "map_iou_top10") if c in img.columns]
+        cols = ["image_id", "image", "label_name", "pred_a", "pred_b", *agree, *meta]
         p = self.patches.merge(img[cols], on="image_id", how="left")
         classes = np.asarray(self.classes, dtype=object)
         p["pred_a"] = classes[p["pred_a"].to_numpy()]

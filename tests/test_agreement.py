@@ -101,3 +101,15 @@ def test_agr004_a_shortcut_on_top_of_the_same_evidence_lowers_agreement_where_th
     # agreement at chance (two random 10 % sets: IoU 0.05), marked or not
     (rho_marked, rho_clean), (iou_marked, iou_clean) = medians(shortcut_run).values()
     assert max(abs(rho_marked), abs(rho_clean)) < 0.1 and max(iou_marked, iou_clean) < 0.15
+
+
+def test_agr005_export_carries_each_patch_images_agreement(shortcut_run, tmp_path) -> None:
+    import csv
+
+    out = tmp_path / "patches.csv"
+    shortcut_run.export(patches_csv=out)
+    rows = list(csv.DictReader(out.open()))
+    by_image = shortcut_run.images.set_index("image_id")["map_spearman"]
+    assert len(rows) == len(shortcut_run.patches)
+    for row in rows[:20]:
+        assert float(row["map_spearman"]) == pytest.approx(by_image[int(row["image_id"])])
