@@ -60,7 +60,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 style={"height": f"{figures.DETAIL_HEIGHT}px"},
             ),
             html.Div(
-                className="gallery",
+                className="agree-gallery",  # not .gallery: that is a cluster's
                 id="disagreement-gallery",
                 children=[
                     html.Button(
