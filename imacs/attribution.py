@@ -135,8 +135,17 @@ class PairedAttribution:
 
     def probabilities(self, role: str, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities of model ``role`` for a batch of [0, 1] pixels, without
-        gradients (errors as for attribution)."""
-        return torch.softmax(self._logits(role, x), dim=1)
+        gradients (errors as for attribution). A batch the device has no memory for is
+        run in halves (what-if removal and the trust tests both come through here)."""
+        try:
+            return torch.softmax(self._logits(role, x), dim=1)
+        except DeviceOutOfMemory:
+            if len(x) == 1:
+                raise
+            half = len(x) // 2
+            return torch.cat(
+                [self.probabilities(role, x[:half]), self.probabilities(role, x[half:])]
+            )
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
         kind = self.settings.baseline

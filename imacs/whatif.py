@@ -329,7 +329,7 @@ def what_if(
                     for variant, boxes in (("removal", jobs.removal), ("control", jobs.control)):
                         x = np.stack([_filled(pixels, base, jobs.image[j], boxes[j]) for j in js])
                         for r in ROLES:
-                            probs = _probabilities(engine, r, x)
+                            probs = engine.probabilities_array(r, x)
                             orig = before[r][jobs.image[js]]
                             pred, prob = after[variant, r]
                             pred[js] = probs.argmax(1)
@@ -428,18 +428,3 @@ def _filled(
     for x0, y0, x1, y1 in boxes:
         x[:, y0:y1, x0:x1] = b[:, y0:y1, x0:x1]
     return x
-
-
-def _probabilities(engine: PairedAttribution, role: str, x: np.ndarray) -> np.ndarray:
-    """``engine.probabilities_array``, in halves when the device runs out of memory."""
-    from .attribution import DeviceOutOfMemory
-
-    try:
-        return engine.probabilities_array(role, x)
-    except DeviceOutOfMemory:
-        if len(x) == 1:
-            raise
-        half = len(x) // 2
-        return np.concatenate(
-            [_probabilities(engine, role, x[:half]), _probabilities(engine, role, x[half:])]
-        )

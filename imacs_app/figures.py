@@ -58,14 +58,14 @@ def ranking(
     clusters: pd.DataFrame, names: dict[str, str], selected: int | None, relative: bool = False
 ) -> go.Figure:
     """Paired bars of A's and B's mean share per cluster, and B - A with its interval; with
-    ``relative``, the shares renormalised over each image's patches (``*_rel`` columns),
-    ranked by their difference."""
+    ``relative``, the shares renormalised over each image's patches (``*_rel`` columns), in
+    the order given (the caller ranks them), numbered from 1."""
     from plotly.subplots import make_subplots
 
     sfx = "_rel" if relative else ""
     a, b, d = f"attr_a{sfx}", f"attr_b{sfx}", f"diff{sfx}"
     if relative:
-        c = clusters.reindex(clusters[d].abs().sort_values(ascending=False, kind="stable").index)
+        c = clusters
         ranks = range(1, len(c) + 1)
     else:
         c = clusters.sort_values("rank")

@@ -8,6 +8,8 @@ from urllib.parse import quote
 from dash import ALL, Dash, Input, Output, Patch, dcc, html
 from dash.exceptions import PreventUpdate
 
+from imacs.run import Run
+
 from .. import figures
 from ..catalog import RunCatalog
 from ..state import parse_search
@@ -52,13 +54,14 @@ def ranking_card() -> html.Section:
     )
 
 
-def _evidence(m: dict) -> list:
+def _evidence(run: Run) -> list:
     """How far the maps can be trusted and how much the two models' maps agree (runs made
     before these were computed show nothing), and the run's warnings."""
     out = []
-    spearman = m["summary"].get("map_spearman_median")
+    summary = run.manifest["summary"]
+    spearman = summary.get("map_spearman_median")
     if spearman is not None:
-        iou = m["summary"].get("map_iou_top10_median")
+        iou = summary.get("map_iou_top10_median")
         out.append(
             html.P(
                 f"Map agreement per image (median): Spearman {spearman:.2f}"
@@ -68,7 +71,7 @@ def _evidence(m: dict) -> list:
                 id="map-agreement",
             )
         )
-    trust = m.get("trust") or {}
+    trust = run.trust
     for r in ("a", "b"):
         res = trust.get(r) or {}
         if res.get("reading"):
@@ -78,10 +81,10 @@ def _evidence(m: dict) -> list:
                     className=f"trust model-{r}",
                 )
             )
-    if m.get("warnings"):
+    if run.warnings:
         out.append(
             html.Div(className="warning", id="run-warnings", children=[
-                html.Div(f"Warning: {w}") for w in m["warnings"]
+                html.Div(f"Warning: {w}") for w in run.warnings
             ])
         )  # fmt: skip
     return out
@@ -174,7 +177,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 className="settings",
             ),
         ]
-        summary += _evidence(m)
+        summary += _evidence(view.run)
         problems = catalog.problems()
         if problems:
             summary.append(
@@ -196,7 +199,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 [],
             )
         relative = s.measure == "relative" and "diff_rel" in clusters.columns
-        if relative:  # rows in the order of the ranking shown
+        if relative:  # ranked by |diff_rel|; the figure and the strips show this order
             clusters = clusters.reindex(
                 clusters["diff_rel"].abs().sort_values(ascending=False, kind="stable").index
             )
