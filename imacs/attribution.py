@@ -103,6 +103,11 @@ class PairedAttribution:
     def autocast_enabled(self) -> bool:
         return self.settings.precision == "bf16"
 
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """bf16 autocast on the device when the precision is bf16, else nothing (encoders
+        run under it too)."""
+        return self._autocast()
+
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if not self.autocast_enabled:
             return contextlib.nullcontext()

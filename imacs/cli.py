@@ -87,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
 
-    e = sub.add_parser("export", help="write a run's patch and cluster tables as CSV")
+    e = sub.add_parser("export", help="write a run's patch, cluster and concept tables as CSV")
     e.add_argument("run", metavar="RUN_DIR")
     e.add_argument("--patches", metavar="FILE.csv", help="patch table destination")
     e.add_argument("--clusters", metavar="FILE.csv", help="cluster table destination")
+    e.add_argument("--concepts", metavar="FILE.csv", help="concept table destination")
 
     s = sub.add_parser("info", help="print a run's summary")
     s.add_argument("run", metavar="RUN_DIR")
@@ -136,13 +137,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .run import load_run
 
     if args.command == "export":
-        if not args.patches and not args.clusters:
+        if not args.patches and not args.clusters and not args.concepts:
             raise InputError(
-                "export: name at least one of --patches FILE.csv or --clusters FILE.csv"
+                "export: name at least one of --patches FILE.csv, --clusters FILE.csv or "
+                "--concepts FILE.csv"
             )
         run = load_run(args.run)
-        run.export(patches_csv=args.patches, clusters_csv=args.clusters)
-        for what, path in (("patches", args.patches), ("clusters", args.clusters)):
+        run.export(
+            patches_csv=args.patches, clusters_csv=args.clusters, concepts_csv=args.concepts
+        )
+        for what, path in (
+            ("patches", args.patches),
+            ("clusters", args.clusters),
+            ("concepts", args.concepts),
+        ):
             if path:
                 print(f"wrote {what} to {path}")
         return 0

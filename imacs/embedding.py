@@ -1,8 +1,20 @@
-"""Stage 3: one vector per patch, with visually similar content close together.
+"""Stage 3b: one vector per patch; clusters are made in this space.
 
-The embedding is deliberately independent of the two models being compared: a neutral
-space treats both alike, needs no hooks (TorchScript models work), and needs no download.
-Each patch (resized to ``size`` x ``size`` RGB) is described by five blocks of features:
+``--embedding`` chooses the space (:class:`EmbeddingSettings`):
+
+* ``handcrafted`` (the default): colour and texture statistics of the patch pixels
+  (below), independent of both models: groups by appearance, so one concept with several
+  looks is several clusters, which :mod:`imacs.concepts` then groups by the models'
+  answers. The cheapest, and it needs nothing from the models.
+* ``models``: what the two models make of the patch alone, its response
+  (:mod:`imacs.responses`): patches both models answer alike land together, whatever
+  their colour or shape. Needs no hooks, so TorchScript works; the responses are computed
+  for the concepts anyway, so it costs nothing more.
+* ``encoder:FILE`` / ``timm:NAME``: a user's image encoder on the patch crops
+  (:mod:`imacs.encoders`), L2-normalised: groups by what that encoder sees.
+
+Every choice is reduced by PCA to at most ``dims`` dimensions. The handcrafted features:
+each patch (resized to ``size`` x ``size`` RGB) is described by five blocks of features:
 
 * colour statistics: mean and spread in an opponent colour space (6)
 * colour histogram: a 4x4x4 joint RGB histogram, square-rooted (64)
@@ -16,8 +28,128 @@ and PCA reduces the result to ``n_components`` dimensions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 from sklearn.decomposition import PCA
+
+from .options import optional, setting, validate, whole
+
+if TYPE_CHECKING:
+    from .responses import PatchViews
+
+#: the ``--embedding`` choices (``encoder:`` and ``timm:`` take a file or a name)
+KINDS = ("handcrafted", "models", "encoder:FILE", "timm:NAME")
+
+
+def embedding_kind(value: object) -> str:
+    """Check an ``--embedding`` value."""
+    text = str(value).strip()
+    if text in ("models", "handcrafted"):
+        return text
+    for prefix in ("encoder:", "timm:"):
+        if text.startswith(prefix):
+            if not text[len(prefix) :]:
+                raise ValueError(f"{prefix} needs a {'file' if prefix == 'encoder:' else 'name'}")
+            return text
+    raise ValueError(f"choose one of {', '.join(KINDS)}")
+
+
+def _text(value: object) -> str:
+    return str(value)
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """The patch embedding that clusters are made in.
+
+    Args:
+        kind (str): ``handcrafted``, ``models``, ``encoder:FILE`` or ``timm:NAME``.
+            Default: ``handcrafted`` (measured in BENCHMARKS.md: on the planted shortcuts
+            and the demo it gives concepts as clean as ``models``, and its clusters inside
+            a concept are the concept's looks).
+        dims (int): most dimensions kept (PCA). Default: 32.
+        encoder_weights (str, optional): weights file of a ``timm:NAME`` encoder.
+        encoder_size (int, optional): side the crops are resized to for an encoder.
+            Default: None (the encoder's own size, else 224).
+    """
+
+    kind: str = setting(
+        "handcrafted",
+        flag="--embedding",
+        convert=embedding_kind,
+        metavar="handcrafted|models|encoder:FILE|timm:NAME",
+        group="patches and clusters",
+        help="the space patches are clustered in: colour/texture statistics (default), the "
+        "models' answers to each patch alone, or your image encoder",
+    )
+    dims: int = setting(32, convert=whole(1))
+    encoder_weights: str | None = setting(
+        None,
+        flag="--encoder-weights",
+        convert=optional(_text),
+        metavar="FILE",
+        result=False,  # its digest is part of the run's fingerprint
+        group="patches and clusters",
+        help="weights of a timm:NAME encoder (.safetensors or a state_dict)",
+    )
+    encoder_size: int | None = setting(
+        None,
+        flag="--encoder-size",
+        convert=optional(whole(8, 4096)),
+        metavar="PX",
+        group="patches and clusters",
+        help="side the patch crops are resized to for an encoder (default: its own, else 224)",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def needs_encoder(self) -> bool:
+        return self.kind.startswith(("encoder:", "timm:"))
+
+
+def embed(
+    settings: EmbeddingSettings, pixels: np.ndarray, views: PatchViews, seed: int
+) -> np.ndarray:
+    """The (n, <= dims) float32 embedding chosen by ``settings``.
+
+    Args:
+        settings (EmbeddingSettings): which embedding.
+        pixels (numpy.ndarray): (n, S, S, 3) uint8 patch pixels (``handcrafted``).
+        views (PatchViews): the patches' responses and encoder vectors.
+        seed (int): PCA's seed.
+    """
+    n = len(pixels)
+    if n < 2:
+        return np.zeros((n, 1), np.float32)
+    if settings.kind == "handcrafted":
+        return PatchEmbedder(n_components=settings.dims, random_state=seed).fit_transform(pixels)
+    if settings.kind == "models":
+        x = np.asarray(views.responses, np.float64)
+    else:
+        if views.encoded is None:
+            raise ValueError("an encoder embedding needs the encoder's vectors")
+        x = np.asarray(views.encoded, np.float64)
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return reduce(x, settings.dims, seed)
+
+
+def reduce(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    """``x`` centred and, when it has more than ``dims`` columns, projected on its first
+    ``dims`` principal components (distances otherwise unchanged)."""
+    x = x - x.mean(axis=0)
+    if x.shape[1] <= dims:
+        return x.astype(np.float32)
+    k = int(min(dims, x.shape[0]))
+    return (
+        PCA(n_components=k, random_state=seed, svd_solver="full")
+        .fit_transform(x)
+        .astype(np.float32)
+    )
+
 
 BLOCKS = ("colour_stats", "colour_hist", "orientation", "energy", "layout")
 

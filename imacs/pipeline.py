@@ -1,9 +1,9 @@
 """The analysis: two models + an evaluation set -> a run directory.
 
 Stages run in one direction, and :func:`run_analysis` reads top to bottom as them:
-load -> attribution -> patches -> thumbnails -> embedding -> clustering -> comparison ->
-what-if removal -> run directory. Each stage lives in its own module; this one wires them
-together, times them and commits the run.
+load -> attribution -> patches -> thumbnails -> patch responses -> embedding -> clustering ->
+comparison -> concepts -> trust -> what-if removal -> run directory. Each stage lives in its
+own module; this one wires them together, times them and commits the run.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from .attribution import PairedAttribution
 from .cache import StageCache, default_cache_dir, stable_hash
 from .clustering import PatchClusterer
 from .comparison import compare_clusters
+from .concepts import group_into_concepts
 from .data import load_dataset
 from .distributed import Ranks, from_environment
-from .embedding import PatchEmbedder
+from .embedding import embed
+from .encoders import load_encoder
 from .errors import InputError
 from .models import ModelSpec, load_model, model_class_names, model_preprocess
 from .patches import extract_patches, to_original_pixels
 from .progress import Progress, StageTimer
+from .responses import patch_views
 from .run import Run
 from .settings import AnalysisSettings
 from .store import (
@@ -81,6 +84,10 @@ def analyze(
     trust_sample: int = 64,
     whatif: bool = True,
     whatif_top: int = 10,
+    embedding: str = "handcrafted",
+    encoder_weights: str | Path | None = None,
+    encoder_size: int | None = None,
+    concept_distance: float = 0.15,
     strict: bool = False,
     overwrite: bool = False,
     rebuild: bool = False,
@@ -128,7 +135,18 @@ def analyze(
         whatif (bool): re-run both models with the top clusters' patches removed (and with
             random boxes as a control); see :mod:`imacs.whatif`. Default: True.
         whatif_top (int): clusters to test: the ``whatif_top`` largest ``|diff|``, plus every
-            significant one. Default: 10.
+            significant one (and as many concepts). Default: 10.
+        embedding (str): the space patches are clustered in: ``handcrafted`` (colour and
+            texture statistics), ``models`` (both models' answers to each patch alone),
+            ``encoder:FILE`` (a TorchScript or ``.pt2`` image encoder) or ``timm:NAME``
+            (with ``encoder_weights``); see :mod:`imacs.embedding`. Default:
+            ``handcrafted``.
+        encoder_weights (str or Path, optional): weights of a ``timm:NAME`` encoder.
+        encoder_size (int, optional): side the crops are resized to for an encoder.
+            Default: the encoder's own, else 224.
+        concept_distance (float): clusters the two models answer alike (RMS Hellinger
+            distance of their mean answers below this) form one concept; 0 = none grouped
+            (see :mod:`imacs.concepts`). Default: 0.15.
         strict (bool): stop at the first unreadable image instead of skipping it.
         overwrite (bool): replace a different run already in ``out``. Default: False.
         rebuild (bool): recompute even when ``out`` already holds this very run (otherwise
@@ -150,7 +168,9 @@ def analyze(
         baseline=baseline, target=target, batch_size=batch_size, device=device,
         precision=precision, clusters=clusters, projection=projection, patch_size=patch_size,
         patches_per_image=patches_per_image, seed=seed, trust_sample=trust_sample,
-        whatif=whatif, whatif_top=whatif_top,
+        whatif=whatif, whatif_top=whatif_top, embedding=embedding,
+        encoder_weights=None if encoder_weights is None else str(encoder_weights),
+        encoder_size=encoder_size, concept_distance=concept_distance,
     )  # fmt: skip
     if cache_dir is True:
         cache_root: Path | None = default_cache_dir()
@@ -241,6 +261,10 @@ def _analysis(
             "a": load_model(spec_a, "--model-a"),
             "b": load_model(spec_b, "--model-b"),
         }
+        emb_settings = settings.embedding
+        encoder = load_encoder(
+            emb_settings.kind, emb_settings.encoder_weights, emb_settings.encoder_size
+        )
         settings = replace(settings, preprocess=model_preprocess(settings.preprocess, models))
         dataset = load_dataset(
             data,
@@ -255,6 +279,7 @@ def _analysis(
         FORMAT_VERSION,
         models["a"].sha256,
         models["b"].sha256,
+        encoder.sha256 if encoder else None,
         names,
         dataset.fingerprint(),
         settings.result_fields(),
@@ -333,15 +358,18 @@ def _analysis(
 
         with timer.stage("thumbnails"):
             pixels = thumbnails_and_pixels(records, table, box_orig, tmp, progress)
+        with timer.stage("responses"):  # both models (and the encoder) on each patch alone
+            views = patch_views(
+                engine,
+                records,
+                table,
+                settings.preprocess,
+                encoder,
+                batch_size=max(16, 4 * settings.attribution.batch_size),
+                progress=progress,
+            )
         with timer.stage("embedding"):
-            embedder = PatchEmbedder(
-                n_components=settings.embedding_dims, random_state=settings.seed
-            )
-            emb = (
-                embedder.fit_transform(pixels)
-                if len(pixels) >= 2
-                else np.zeros((len(pixels), 1), np.float32)
-            )
+            emb = embed(settings.embedding, pixels, views, settings.seed)
         with timer.stage("clustering"):
             clusterer = PatchClusterer(
                 n_clusters=settings.n_clusters,
@@ -356,16 +384,31 @@ def _analysis(
             warnings = class_order_warnings(images_df, len(dataset.classes), names)
             for w in warnings:
                 say(f"warning: {w}")
-            patches_df = patches_table(table, box_orig, clusterer)
+            patches_df = patches_table(table, box_orig, clusterer, views)
             clusters_df, by_class_df = compare_clusters(
                 patches_df, images_df.set_index("image_id"), dataset.classes, settings.comparison
             )
+        with timer.stage("concepts"):
+            patches_df, clusters_df, concepts_df = group_into_concepts(
+                views, patches_df, clusters_df, images_df.set_index("image_id"),
+                dataset.classes, settings,
+            )  # fmt: skip
         with timer.stage("trust"):
             trust, trust_warnings = trust_report(engine, records, att, settings, names)
         warnings += trust_warnings
         with timer.stage("whatif"):  # forward passes with the top clusters' patches removed
             whatif_df, whatif_images, whatif_info = what_if(
                 engine, records, images_df, patches_df, clusters_df, settings, progress, say
+            )
+            concept_whatif, concept_whatif_images, concept_whatif_info = what_if(
+                engine,
+                records,
+                images_df,
+                patches_df.assign(cluster=patches_df["concept"]),
+                concepts_df.rename(columns={"concept": "cluster"}),
+                settings,
+                progress,
+                say,
             )
         with timer.stage("write"):
             tables = {
@@ -375,6 +418,11 @@ def _analysis(
                 "cluster_classes": by_class_df,
                 "whatif": whatif_df,
                 "whatif_images": whatif_images,
+                "concepts": concepts_df,
+                "concept_whatif": concept_whatif.rename(columns={"cluster": "concept"}),
+                "concept_whatif_images": concept_whatif_images.rename(
+                    columns={"cluster": "concept"}
+                ),
             }
             files = write_run_files(tmp, tables, emb, att)
         att.maps.clear()
@@ -392,10 +440,18 @@ def _analysis(
             clusters_df=clusters_df,
             n_patches=len(patches_df),
             n_clusters=clusterer.n_clusters_,
+            concepts_df=concepts_df,
+            embedding_info={
+                "kind": settings.embedding.kind,
+                "dims": int(emb.shape[1]),
+                "encoder": encoder.describe() if encoder else None,
+                "response_dims": int(views.responses.shape[1]),
+                "concept_distance": settings.concepts.distance,
+            },
             files=files,
             warnings=warnings,
             trust=trust,
-            whatif=whatif_info,
+            whatif={**whatif_info, "concepts": concept_whatif_info},
         )
         commit(tmp, out, run_manifest)
     say(f"run written to {out}")

@@ -11,6 +11,10 @@ Layout of a run directory (format version 1)::
     whatif.parquet           one row per cluster tested by what-if removal (imacs.whatif);
                              absent in runs made before it
     whatif_images.parquet    one row per (cluster, image) it tested: predictions after
+    concepts.parquet         one row per concept (clusters grouped by the models' answers,
+                             imacs.concepts), sorted by rank; absent in runs made before it
+    concept_whatif.parquet, concept_whatif_images.parquet
+                             what-if removal of the top concepts, as for clusters
     attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
                              by its largest absolute value (``attr_scale_a/b`` in images)
     probs_a.npy, probs_b.npy (images, classes) float32 class probabilities
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -91,8 +96,14 @@ class Run:
 
     @cached_property
     def patches(self) -> pd.DataFrame:
-        """One row per patch: ``patch_id, image_id, x0, y0, x1, y1, attr_a, attr_b, cluster...``."""
-        return self._table("patches")
+        """One row per patch: ``patch_id, image_id, x0, y0, x1, y1, attr_a, attr_b, cluster,
+        concept...``, and what each model answers to the patch alone (``alone_a``,
+        ``alone_a_prob``...: class index and probability). Runs made before concepts
+        existed get ``concept`` = ``cluster``."""
+        t = self._table("patches")
+        if "concept" not in t.columns:
+            t["concept"] = t["cluster"]
+        return t
 
     @cached_property
     def clusters(self) -> pd.DataFrame:
@@ -100,6 +111,48 @@ class Run:
         reliance in ``attr_a_rel, attr_b_rel, diff_rel, diff_rel_lo, diff_rel_hi``, and the
         what-if columns of :attr:`whatif` (NaN for clusters it did not test)."""
         return merge_into(self._table("clusters"), self.whatif)
+
+    @cached_property
+    def concepts(self) -> pd.DataFrame:
+        """One row per concept, sorted by rank (1 = largest absolute ``diff``): the clusters
+        it groups (``n_clusters``; ``clusters``, their ids separated by spaces), the same
+        statistics as :attr:`clusters`, what each model most often answers to its patches
+        alone (``alone_a``, ``alone_a_share``, ``alone_b``, ``alone_b_share``) and its
+        what-if columns. In a run made before concepts existed, every cluster is its own
+        concept."""
+        if "concepts" not in self.manifest["files"]:
+            t = self.clusters.rename(columns={"cluster": "concept"})
+            t.insert(2, "n_clusters", 1)
+            t.insert(3, "clusters", t["concept"].astype(str))
+            return t
+        whatif = self.concept_whatif.rename(columns={"concept": "cluster"})
+        table = merge_into(self._table("concepts").rename(columns={"concept": "cluster"}), whatif)
+        return table.rename(columns={"cluster": "concept"})
+
+    @cached_property
+    def concept_whatif(self) -> pd.DataFrame:
+        """As :attr:`whatif`, for the concepts it tested (``concept`` instead of
+        ``cluster``); in a run made before concepts existed, the clusters' own."""
+        if "concepts" not in self.manifest["files"]:
+            return self.whatif.rename(columns={"cluster": "concept"})
+        return self._optional("concept_whatif", empty_table).rename(
+            columns={"cluster": "concept"}
+        )
+
+    @cached_property
+    def concept_whatif_images(self) -> pd.DataFrame:
+        """As :attr:`whatif_images`, for concepts (``concept`` instead of ``cluster``)."""
+        if "concepts" not in self.manifest["files"]:
+            return self.whatif_images.rename(columns={"cluster": "concept"})
+        t = self._optional("concept_whatif_images", empty_images)
+        return t.rename(columns={"cluster": "concept"})
+
+    def _optional(self, name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """A concept table keyed ``cluster`` (the what-if helpers' key); ``empty()`` when
+        the run has none."""
+        if name not in self.manifest["files"]:
+            return empty()
+        return self._table(name).rename(columns={"concept": "cluster"})
 
     @cached_property
     def whatif(self) -> pd.DataFrame:
@@ -206,17 +259,25 @@ class Run:
         p["pred_a"] = classes[p["pred_a"].to_numpy()]
         p["pred_b"] = classes[p["pred_b"].to_numpy()]
         p = p.rename(columns={"label_name": "label"})
-        front = ["patch_id", "image_id", "image", "label", "x0", "y0", "x1", "y1", "cluster"]
-        front += ["attr_a", "attr_b", "diff"]
+        for r in ("a", "b"):  # what the model answers to the patch alone, by name
+            col = f"alone_{r}"
+            if col in p.columns:
+                p[col] = classes[p[col].to_numpy()]
+        front = ["patch_id", "image_id", "image", "label", "x0", "y0", "x1", "y1"]
+        front += ["cluster", "concept", "attr_a", "attr_b", "diff"]
         return p[front + [c for c in p.columns if c not in front]]
 
     def export(
-        self, patches_csv: str | Path | None = None, clusters_csv: str | Path | None = None
+        self,
+        patches_csv: str | Path | None = None,
+        clusters_csv: str | Path | None = None,
+        concepts_csv: str | Path | None = None,
     ) -> None:
-        """Write the patch table and/or the cluster table as CSV."""
+        """Write the patch, cluster and/or concept tables as CSV."""
         for target, frame in (
             (patches_csv, self.patch_rows),
             (clusters_csv, lambda: self.clusters),
+            (concepts_csv, lambda: self.concepts),
         ):
             if target is None:
                 continue
@@ -244,14 +305,27 @@ class Run:
                 f"  map agreement per image (median): Spearman {s['map_spearman_median']:.2f}, "
                 f"top-10% IoU {'n/a' if iou is None else f'{iou:.2f}'} (1 = same pixels)"
             )
-        lines.append("  top clusters (diff = B - A share of attribution):")
-        for row in self.clusters.head(5).itertuples():
+        emb = m.get("embedding") or {}
+        if emb:
             lines.append(
-                f"    #{row.rank} cluster {row.cluster}: diff {row.diff:+.3f} "
+                f"  embedding {emb['kind']}; {s.get('n_concepts', s['n_clusters'])} concepts "
+                f"(clusters the models answer alike, distance < {emb['concept_distance']})"
+            )
+        lines.append("  top concepts (diff = B - A share of attribution):")
+        for row in self.concepts.head(5).itertuples():
+            n = int(row.n_clusters)
+            lines.append(
+                f"    #{row.rank} concept {row.concept}: diff {row.diff:+.3f} "
                 f"[{row.diff_lo:+.3f}, {row.diff_hi:+.3f}]"
                 f"{' significant' if getattr(row, 'significant', False) else ''}, "
-                f"{row.n_patches} patches in {row.n_images} images, mostly {row.top_class}"
+                f"{row.n_patches} patches in {row.n_images} images, mostly {row.top_class}; "
+                f"{n} cluster{'s' if n != 1 else ''} ({row.clusters})"
             )
+            if isinstance(getattr(row, "alone_a", None), str):
+                lines.append(
+                    f"        alone, its patches make A say {row.alone_a} "
+                    f"({row.alone_a_share:.0%}), B say {row.alone_b} ({row.alone_b_share:.0%})"
+                )
             if isinstance(getattr(row, "whatif_verdict", None), str):
                 lines.append(f"        what-if: {row.whatif_effect}: {row.whatif_verdict}")
         trust = self.trust  # runs before issue 10 have none

@@ -17,6 +17,8 @@ import numpy as np
 from PIL import Image
 
 from .comparison import ComparisonSettings
+from .concepts import ConceptSettings
+from .embedding import EmbeddingSettings
 from .errors import InputError
 from .options import (
     build,
@@ -195,6 +197,8 @@ class AnalysisSettings:
     comparison: ComparisonSettings = field(default_factory=ComparisonSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     whatif: WhatIfSettings = field(default_factory=WhatIfSettings)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    concepts: ConceptSettings = field(default_factory=ConceptSettings)
     n_clusters: int | None = setting(
         None,
         flag="--clusters",
@@ -210,7 +214,6 @@ class AnalysisSettings:
         group="patches and clusters",
         help="2-D map of the patches",
     )
-    embedding_dims: int = setting(32, convert=whole(1))
     seed: int = setting(
         0,
         flag="--seed",

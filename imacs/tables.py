@@ -20,6 +20,7 @@ from .comparison import relative_shares
 from .data import Dataset, ImageRecord
 from .models import LoadedModel
 from .patches import PatchTable
+from .responses import PatchViews
 from .settings import AnalysisSettings
 from .store import FORMAT, FORMAT_VERSION, write_array, write_scaled_maps, write_table
 
@@ -95,7 +96,7 @@ def _abs_max_per_row(maps: np.ndarray, block: int = 256) -> np.ndarray:
 
 
 def patches_table(
-    table: PatchTable, box_orig: np.ndarray, clusterer: PatchClusterer
+    table: PatchTable, box_orig: np.ndarray, clusterer: PatchClusterer, views: PatchViews
 ) -> pd.DataFrame:
     df = pd.DataFrame(
         {
@@ -116,6 +117,11 @@ def patches_table(
             "cluster": clusterer.labels_.astype(np.int64),
             "proj_x": clusterer.projection_[:, 0],
             "proj_y": clusterer.projection_[:, 1],
+            # what each model answers to the patch alone (imacs.responses)
+            "alone_a": views.answer["a"],
+            "alone_a_prob": views.answer_prob["a"],
+            "alone_b": views.answer["b"],
+            "alone_b_prob": views.answer_prob["b"],
         }
     )
     # relative reliance: each model's shares renormalised over the image's patches
@@ -155,6 +161,8 @@ def manifest(
     clusters_df: pd.DataFrame,
     n_patches: int,
     n_clusters: int,
+    concepts_df: pd.DataFrame,
+    embedding_info: dict[str, object],
     files: dict[str, str],
     warnings: list[str] | None = None,
     trust: dict[str, object] | None = None,
@@ -190,11 +198,13 @@ def manifest(
         "warnings": warnings or [],
         "trust": trust or {},
         "whatif": whatif or {},
+        "embedding": embedding_info,
         "summary": {
             "n_images": len(images_df),
             "n_skipped": len(skipped),
             "n_patches": n_patches,
             "n_clusters": n_clusters,
+            "n_concepts": len(concepts_df),
             "accuracy_a": float(images_df["correct_a"].mean()),
             "accuracy_b": float(images_df["correct_b"].mean()),
             "agreement": float((images_df["pred_a"] == images_df["pred_b"]).mean()),

@@ -158,8 +158,12 @@ def ranking_marks(order: list[int], selected: int | None) -> list[dict]:
     ]
 
 
-def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Figure:
-    """WebGL scatter of every patch's 2-D projection (stays responsive at 100k+ points)."""
+def embedding_map(
+    patches: pd.DataFrame, colour: str, n_clusters: int, unit: str = "cluster"
+) -> go.Figure:
+    """WebGL scatter of every patch's 2-D projection (stays responsive at 100k+ points),
+    coloured by its group (``patches["cluster"]``: a cluster or a concept, ``unit``) or by
+    B − A."""
     fig = go.Figure()
     x = patches["proj_x"].to_numpy().round(3)
     y = patches["proj_y"].to_numpy().round(3)
@@ -189,7 +193,7 @@ def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Fig
             "cmax": k - 0.5,
             "size": 4,
             "colorbar": {  # the legend of cluster colours
-                "title": {"text": "cluster"},
+                "title": {"text": unit},
                 "tickvals": list(range(k)),
                 "ticktext": [f"c{i}" for i in range(k)],
                 "thickness": 12,
@@ -206,7 +210,7 @@ def embedding_map(patches: pd.DataFrame, colour: str, n_clusters: int) -> go.Fig
             # for the hover text; a click is read by its point index (components/navigation.py): a
             # typed array is left out of click events, and a list of 100k is slow to build
             customdata=cl,
-            hovertemplate="cluster %{customdata}<extra></extra>",
+            hovertemplate=f"{unit} %{{customdata}}<extra></extra>",
             name="patches",
         )
     )

@@ -1,5 +1,12 @@
 """The dashboard's data: a loaded run (:class:`RunView`) and what the filters derive from it.
 
+A view has a *level*: ``concept`` (clusters grouped by the models' answers, the default) or
+``cluster``. At either level the view speaks of its groups as "clusters" to the components
+(``patches["cluster"]`` is the patch's group at the view's level, :meth:`RunView.clusters`
+the groups' table keyed ``cluster``), so every component works at both levels and only
+words change (:attr:`RunView.unit`). :meth:`RunView.at` gives the same run at the other
+level.
+
 Runs come from :class:`imacs_app.catalog.RunCatalog`, which reads run directories written by
 ``imacs analyze`` (through :mod:`imacs.run`, which never imports torch); nothing here writes
 to a run. Components only render what a view returns.
@@ -19,6 +26,9 @@ import pandas as pd
 from imacs.comparison import compare_clusters
 from imacs.run import Run
 from imacs.whatif import merge_into
+
+#: the levels a view ranks: concepts (clusters grouped) or plain clusters
+LEVELS = ("concept", "cluster")
 
 OUTCOMES = {
     "both_right": "both right",
@@ -54,8 +64,51 @@ class RunView:
     run_id: str
     run: Run
     mtime: float
+    level: str = "cluster"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _memo: dict[tuple[str, Filters], object] = field(default_factory=dict, repr=False)
+    _levels: dict[str, RunView] = field(default_factory=dict, repr=False)
+
+    def at(self, level: str) -> RunView:
+        """This run at ``level`` (``concept`` or ``cluster``); one view per level, kept, so
+        each level's memoised tables last."""
+        if level == self.level:
+            return self
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}")
+        with self._lock:
+            view = self._levels.get(level)
+            if view is None:
+                view = RunView(self.run_id, self.run, self.mtime, level, _levels=self._levels)
+                self._levels[self.level] = self
+                self._levels[level] = view
+        return view
+
+    @property
+    def unit(self) -> str:
+        """What a group is called at this level: ``concept`` or ``cluster``."""
+        return self.level
+
+    @cached_property
+    def groups(self) -> pd.DataFrame:
+        """The stored table of this level's groups, keyed ``cluster`` (what-if merged)."""
+        if self.level == "concept":
+            return self.run.concepts.rename(columns={"concept": "cluster"})
+        return self.run.clusters
+
+    @property
+    def whatif(self) -> pd.DataFrame:
+        """What-if removal of this level's groups, keyed ``cluster``."""
+        if self.level == "concept":
+            return self.run.concept_whatif.rename(columns={"concept": "cluster"})
+        return self.run.whatif
+
+    @property
+    def whatif_images(self) -> pd.DataFrame:
+        """Each image what-if removal tested, per group of this level (keyed ``cluster``)."""
+        if self.level == "concept":
+            return self.run.concept_whatif_images.rename(columns={"concept": "cluster"})
+        return self.run.whatif_images
 
     @cached_property
     def images(self) -> pd.DataFrame:
@@ -68,7 +121,14 @@ class RunView:
 
     @cached_property
     def patches(self) -> pd.DataFrame:
-        p = self.run.patches
+        """The patches with their image's label, outcome and meta-annotations; ``cluster``
+        is the patch's group at this level (``cluster_id`` its cluster, ``concept_id`` its
+        concept, whatever the level)."""
+        p = self.run.patches.assign(
+            cluster_id=lambda t: t["cluster"], concept_id=lambda t: t["concept"]
+        )
+        if self.level == "concept":
+            p["cluster"] = p["concept_id"]
         img = self.images
         cols = ["label_name", "outcome", *self.meta_columns]
         joined = p.join(img[cols], on="image_id")
@@ -140,7 +200,7 @@ class RunView:
             "n_patches": len(p),
             "n_patches_total": len(self.patches),
             "n_clusters": int(p["cluster"].nunique()),
-            "n_clusters_total": int(summ["n_clusters"]),
+            "n_clusters_total": len(self.groups),
             "n_skipped": int(summ["n_skipped"]),
         }
 
@@ -256,7 +316,7 @@ class RunView:
         for the same one, and the bootstrap is the slowest step of the dashboard.
         """
         if not f.active:
-            return self.run.clusters
+            return self.groups
         return self._memoised("clusters", f, self._filtered_clusters)
 
     def _memoised(self, name: str, f: Filters, compute: Callable[[Filters], T]) -> T:
@@ -275,7 +335,7 @@ class RunView:
     def _filtered_clusters(self, f: Filters) -> pd.DataFrame:
         p = self.filtered_patches(f)
         if p.empty:
-            return self.run.clusters.iloc[0:0]
+            return self.groups.iloc[0:0]
         clusters, _ = compare_clusters(
             p[["image_id", "cluster", "attr_a", "attr_b", "saliency"]],
             self.images,
@@ -283,7 +343,9 @@ class RunView:
             self.run.comparison_settings(),  # the very statistic the run was computed with
         )
         # what-if removal was measured on all images: its columns are the run's, unfiltered
-        return merge_into(clusters, self.run.whatif)
+        clusters = merge_into(clusters, self.whatif)
+        extra = [c for c in self.groups.columns if c not in clusters.columns]
+        return clusters.merge(self.groups[["cluster", *extra]], on="cluster", how="left")
 
     def export_patches(self, f: Filters) -> pd.DataFrame:
         return self._kept(self.run.patch_rows(), f)

@@ -14,6 +14,7 @@ from imacs.errors import InputError
 from imacs.run import safe_csv
 
 from .catalog import RunCatalog
+from .reader import LEVELS
 from .render import render_png
 from .state import parse_search
 
@@ -76,14 +77,18 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
 
     @server.route("/render/<path:run_id>/<int:image_id>/<kind>.png")
     def render(run_id: str, image_id: int, kind: str) -> Response:
+        level = request.args.get("level", "cluster")
+        if level not in LEVELS:
+            abort(404)
         try:
-            view = catalog.get(run_id)
+            view = catalog.get(run_id).at(level)
         except InputError:
             abort(404)
         patch = request.args.get("patch", type=int)
         cluster = request.args.get("cluster", type=int)
         tag = hashlib.sha1(
-            f"{view.run.manifest['fingerprint']}/{view.mtime}/{image_id}/{kind}/{patch}/{cluster}".encode()
+            f"{view.run.manifest['fingerprint']}/{view.mtime}/{image_id}/{kind}/{patch}/"
+            f"{level}/{cluster}".encode()
         ).hexdigest()
         if request.if_none_match and tag in request.if_none_match:
             return Response(status=304, headers={"ETag": f'"{tag}"'})
@@ -106,10 +111,15 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
         except InputError:
             abort(404)
         f = parse_search("?" + request.query_string.decode()).filters
-        if table not in ("clusters", "patches"):
+        if table not in ("clusters", "concepts", "patches"):
             abort(404)
         try:
-            frame = view.clusters(f) if table == "clusters" else view.export_patches(f)
+            if table == "patches":
+                frame = view.export_patches(f)
+            elif table == "concepts":
+                frame = view.at("concept").clusters(f).rename(columns={"cluster": "concept"})
+            else:
+                frame = view.at("cluster").clusters(f)
         except (InputError, OSError, ValueError) as exc:
             return _unavailable(exc, catalog.root)
         name = f"{run_id.replace('/', '_')}-{table}{'-filtered' if f.active else ''}.csv"

@@ -1,7 +1,12 @@
 """The page URL holds the view state, so a pasted link opens the same view.
 
-``?run=ID&cluster=3&image=12&class=cat&class=dog&outcome=only_b&meta=site%3Dnorth&color=diff``
+``?run=ID&concept=3&image=12&class=cat&class=dog&outcome=only_b&meta=site%3Dnorth&color=diff``
 ``&measure=relative`` ranks by relative reliance instead of shares of attribution.
+
+The ranking shows concepts (clusters grouped by the models' answers) unless the URL says
+``level=cluster``; ``concept=N`` opens concept N, ``cluster=N`` opens cluster N at the
+cluster level (so links made before concepts existed still open the cluster they named).
+In the state, ``cluster`` is the selected group at the state's ``level``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class ViewState:
     meta: tuple[tuple[str, str], ...] = ()
     color: str = "cluster"
     measure: str = "share"  # or "relative": shares renormalised over each image's patches
+    level: str = "concept"  # or "cluster": what the ranking and the selection are
 
     @property
     def filters(self) -> Filters:
@@ -34,8 +40,10 @@ class ViewState:
         q: list[tuple[str, str]] = []
         if self.run is not None:
             q.append(("run", self.run))
+        if self.level != "concept" and self.cluster is None:
+            q.append(("level", self.level))
         if self.cluster is not None:
-            q.append(("cluster", str(self.cluster)))
+            q.append((self.level, str(self.cluster)))
         if self.image is not None:
             q.append(("image", str(self.image)))
         q.extend(("class", c) for c in self.classes)
@@ -69,9 +77,16 @@ def parse_search(search: str | None) -> ViewState:
             meta.append((k, v))
     color = (q.get("color") or ["cluster"])[0]
     measure = (q.get("measure") or ["share"])[0]
+    if "concept" in q:
+        level, selected = "concept", _int(q.get("concept"))
+    elif "cluster" in q or (q.get("level") or [""])[0] == "cluster":
+        level, selected = "cluster", _int(q.get("cluster"))
+    else:
+        level, selected = "concept", None
     return ViewState(
         run=(q.get("run") or [None])[0],
-        cluster=_int(q.get("cluster")),
+        level=level,
+        cluster=selected,
         image=_int(q.get("image")),
         classes=tuple(dict.fromkeys(q.get("class", []))),
         outcome=outcome if outcome in OUTCOMES else None,

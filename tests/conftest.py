@@ -88,3 +88,29 @@ def marked_run(shortcut: dict, tmp_path_factory: pytest.TempPathFactory):
         progress=False,
         cache_dir=tmp_path_factory.mktemp("marked-cache"),
     )
+
+
+@pytest.fixture(scope="session")
+def looks(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Model B's shortcut for ``vertical`` in three looks (red square, yellow disc, magenta
+    bar); model A's for ``horizontal`` is a blue cross (:func:`helpers.write_looks_set`)."""
+    root = tmp_path_factory.mktemp("looks")
+    return helpers.write_looks_set(root / "data", root / "models")
+
+
+@pytest.fixture(scope="session")
+def looks_run(looks: dict, tmp_path_factory: pytest.TempPathFactory):
+    """The three-looks set analysed with the default embedding."""
+    import imacs
+
+    return imacs.analyze(
+        looks["a"],
+        looks["b"],
+        looks["data"],
+        tmp_path_factory.mktemp("runs") / "looks",
+        image_size=32,
+        steps=24,
+        projection="pca",
+        progress=False,
+        cache_dir=tmp_path_factory.mktemp("looks-cache"),
+    )

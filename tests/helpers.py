@@ -174,3 +174,104 @@ def save_models(folder: Path, seed: int = 0) -> dict[str, Path]:
         out[role] = ts
         out[f"{role}_weights"] = st
     return out
+
+
+# --- three looks of one shortcut (concepts) -------------------------------------------
+#: model B's shortcut for ``vertical`` comes in three looks; model A's shortcut for
+#: ``horizontal`` is a fourth, different mark
+LOOKS = ("red square", "yellow disc", "magenta bar")
+#: side of model A's cross: larger than a patch, so A's attribution spreads over several
+CROSS = 13
+
+
+def paint(img: np.ndarray, look: str, x: int, y: int) -> tuple[int, int, int, int]:
+    """Paint one look of a mark with its top-left corner at (x, y); return its box."""
+    s = CROSS if look == "blue cross" else MARK + 1
+    yy, xx = np.mgrid[0:s, 0:s]
+    h = s // 2
+    if look == "red square":
+        mask, colour = np.ones((s, s), bool), (220, 30, 30)
+    elif look == "yellow disc":
+        mask, colour = (yy - 3) ** 2 + (xx - 3) ** 2 <= 10, (235, 220, 20)
+    elif look == "magenta bar":
+        mask, colour = (yy >= 2) & (yy <= 4), (210, 30, 210)
+    elif look == "blue cross":  # model A's shortcut
+        mask, colour = (np.abs(yy - h) <= 1) | (np.abs(xx - h) <= 1), (20, 30, 245)
+    else:
+        raise ValueError(look)
+    region = img[y : y + s, x : x + s]
+    region[mask] = colour
+    return (x, y, x + s, y + s)
+
+
+def looks_sample(
+    rng: np.random.Generator, label: int, mode: str
+) -> tuple[np.ndarray, str | None, tuple[int, int, int, int] | None]:
+    """One image for the three-looks set.
+
+    mode ``a`` (model A's training: stripes follow the label, a blue cross on every label-0
+    image, and one of :data:`LOOKS` on half the images whatever the label, so A reads the
+    cross and the stripes and ignores the looks), ``b``
+    (model B's: random stripes, one of :data:`LOOKS` iff label 1, the cross on half the
+    images whatever the label) or ``eval`` (stripes follow the label; label 1 carries one
+    of the looks, label 0 the cross).
+    """
+    vertical = bool(label) if mode != "b" else bool(rng.integers(0, 2))
+    img = stripes(rng, vertical=vertical)
+    x, y = (int(v) for v in rng.integers(1, SIZE - CROSS - 1, 2))
+    any_look = LOOKS[int(rng.integers(0, len(LOOKS)))]
+    shortcut = {"a": "blue cross", "b": any_look, "eval": None}[mode]
+    look = (any_look if label == 1 else "blue cross") if mode == "eval" else None
+    if mode != "eval":
+        look = shortcut if label == int(mode == "b") else None
+        decoy = any_look if mode == "a" else "blue cross"
+        if rng.random() < 0.5:  # the other model's shortcut, on any class
+            dx, dy = (int(v) for v in rng.integers(1, SIZE - CROSS - 1, 2))
+            paint(img, decoy, dx, dy)
+    box = paint(img, look, x, y) if look else None
+    return img, look, box
+
+
+def train_looks(mode: str, seed: int, n: int = 900, epochs: int = 12) -> nn.Module:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    x = np.stack([looks_sample(rng, int(y), mode)[0] for y in labels]).astype(np.float32) / 255
+    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    y_t = torch.from_numpy(labels)
+    torch.manual_seed(seed)
+    model = TinyCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for s in range(0, n, 32):
+            idx = perm[s : s + 32]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x_t[idx]), y_t[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def write_looks_set(root: Path, models: Path, n_per_class: int = 60, seed: int = 5) -> dict:
+    """The three-looks eval set (ImageFolder) and both models (TorchScript).
+
+    Returns ``{"a", "b", "data", "looks": {relpath: look}, "boxes": {relpath: x0, y0, x1,
+    y1 of the mark}}``.
+    """
+    models.mkdir(parents=True, exist_ok=True)
+    out: dict = {}
+    for role in ("a", "b"):
+        path = models / f"looks_{role}.pt"
+        torch.jit.script(train_looks(role, seed=seed + (role == "b"))).save(str(path))
+        out[role] = path
+    rng = np.random.default_rng(seed + 10)
+    looks: dict[str, str | None] = {}
+    boxes: dict[str, tuple | None] = {}
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img, look, box = looks_sample(rng, label, "eval")
+            rel = f"{name}/{i:03d}.png"
+            Image.fromarray(img).save(root / rel)
+            looks[rel], boxes[rel] = look, box
+    return {**out, "data": root, "looks": looks, "boxes": boxes}

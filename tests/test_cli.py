@@ -48,16 +48,21 @@ def test_cli001_analyze_export_info_end_to_end(shortcut, tmp_path: Path) -> None
     out = tmp_path / "run"
     proc = _analyze(shortcut, out, "--name-a", "clean", "--name-b", "shortcut", "--clusters", "6")
     assert proc.returncode == 0, proc.stderr
-    assert "top clusters" in proc.stdout and "#1 cluster" in proc.stdout
+    assert "top concepts" in proc.stdout and "#1 concept" in proc.stdout
     assert "run written to" in proc.stderr
     assert (out / "run.json").is_file()
 
     patches_csv, clusters_csv = tmp_path / "p.csv", tmp_path / "exports" / "c.csv"
-    proc = _run("export", str(out), "--patches", str(patches_csv), "--clusters", str(clusters_csv))
+    concepts_csv = tmp_path / "k.csv"
+    proc = _run(
+        "export", str(out), "--patches", str(patches_csv), "--clusters", str(clusters_csv),
+        "--concepts", str(concepts_csv),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     with patches_csv.open() as f:
         rows = list(csv.DictReader(f))
-    need = {"image", "label", "x0", "y0", "x1", "y1", "cluster", "attr_a", "attr_b"}
+    need = {"image", "label", "x0", "y0", "x1", "y1", "cluster", "concept", "attr_a", "attr_b"}
+    need |= {"alone_a", "alone_b"}
     assert need <= set(rows[0])
     assert {r["label"] for r in rows} == {"horizontal", "vertical"}
     assert all((shortcut["data"] / r["image"]).is_file() for r in rows)
@@ -69,6 +74,15 @@ def test_cli001_analyze_export_info_end_to_end(shortcut, tmp_path: Path) -> None
     for c in clusters:
         assert float(c["diff"]) == pytest.approx(float(c["attr_b"]) - float(c["attr_a"]), abs=1e-9)
     assert sum(int(c["n_patches"]) for c in clusters) == len(rows)
+    # every cluster is in exactly one concept, and the concepts hold every patch
+    with concepts_csv.open() as f:
+        concepts = list(csv.DictReader(f))
+    members = sorted(int(c) for k in concepts for c in k["clusters"].split())
+    assert members == list(range(6))
+    assert sum(int(k["n_patches"]) for k in concepts) == len(rows)
+    of_cluster = {int(c["cluster"]): int(c["concept"]) for c in clusters}
+    assert all(of_cluster[int(r["cluster"])] == int(r["concept"]) for r in rows)
+    assert {r["alone_b"] for r in rows} <= {"horizontal", "vertical"}
 
     proc = _run("info", str(out))
     assert proc.returncode == 0 and "accuracy: A clean 1.000  B shortcut 1.000" in proc.stdout

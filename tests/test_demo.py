@@ -55,6 +55,26 @@ def test_demo001_sample_folder_is_small_and_complete() -> None:
     ]
 
 
+def test_demo009_logo_is_one_concept_ranked_first(demo) -> None:
+    """The logo, split over several clusters by the tiles behind it, is ONE concept, and
+    it is ranked first: B relies on it, removing it flips B."""
+    patches = demo.patch_rows()
+    logo = _on_logo(patches)
+    top = demo.concepts.iloc[0]
+    in_top = (patches["concept"] == top["concept"]).to_numpy()
+    assert logo.sum() >= 80
+    assert in_top[logo].mean() >= 0.95, "logo patches outside the first concept"
+    assert logo[in_top].mean() >= 0.9, "the first concept is not made of logo patches"
+    logo_clusters = patches.loc[logo, "cluster"].value_counts()
+    assert (logo_clusters >= 5).sum() >= 3  # several looks (clusters) ...
+    assert int(top["n_clusters"]) >= 3  # ... one concept
+    assert top["diff"] > 0.5 and top["significant"] and top["whatif_effect"] == "B depends"
+    assert top["alone_b"] == "urban" and top["alone_b_share"] >= 0.9
+    # the next concept is not the logo again
+    second = patches["concept"] == demo.concepts.iloc[1]["concept"]
+    assert logo[second.to_numpy()].mean() < 0.2
+
+
 def test_demo002_top_cluster_is_the_documented_shift(demo) -> None:
     s = demo.manifest["summary"]
     assert s["n_images"] == 320 and s["accuracy_a"] > 0.97

@@ -40,7 +40,7 @@ def _env(cache: Path) -> dict[str, str]:
 
 
 def _same_run(a: Path, b: Path) -> None:
-    for table in ("images", "patches", "clusters"):
+    for table in ("images", "patches", "clusters", "concepts"):
         pd.testing.assert_frame_equal(
             pd.read_parquet(a / f"{table}.parquet"), pd.read_parquet(b / f"{table}.parquet")
         )
@@ -79,7 +79,7 @@ def test_dst001_two_ranks_under_torchrun_give_the_single_process_run(
     # each rank attributed its share of the 6 chunks
     assert "rank 0/2: attributing 3 of 6 chunks" in res.stderr
     assert "rank 1/2: attributing 3 of 6 chunks" in res.stderr
-    assert res.stdout.count("top clusters") == 1  # only rank 0 reports
+    assert res.stdout.count("top concepts") == 1  # only rank 0 reports
     _same_run(out, reference)
 
 

@@ -115,7 +115,7 @@ def test_tru005_a_run_from_before_the_trust_columns_still_loads(shortcut_run, tm
         )
     run = imacs.load_run(old)
     text = run.summary()
-    assert "top clusters" in text and "trust (" not in text and "map agreement" not in text
+    assert "top concepts" in text and "trust (" not in text and "map agreement" not in text
     assert run.trust == {} and run.warnings == []
     run.export(patches_csv=tmp_path / "p.csv", clusters_csv=tmp_path / "c.csv")
     # the dashboard's recomputation on an old patch table derives the relative shares

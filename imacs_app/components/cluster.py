@@ -1,6 +1,7 @@
-"""A cluster's detail: its numbers with their interval, what its images have in common
-(meta-annotations, each model's prediction, the class), share histograms and the gallery
-of its patches in context."""
+"""A concept's or cluster's detail: its numbers with their interval, what the models answer
+to its patches alone, a concept's clusters (or a cluster's concept), what its images have in
+common (meta-annotations, each model's prediction, the class), share histograms and the
+gallery of its patches in context."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from dash import Dash, Input, Output, dcc, html
 
 from .. import figures
 from ..catalog import RunCatalog
+from ..reader import Filters, RunView
 from ..state import parse_search
 from .common import aspect, close_button, files_url, guarded, render_url, view_of
 from .evidence import whatif_panel
-from .overview import trait
+from .overview import alone_line, trait
 
 #: patches shown in a cluster's gallery
 GALLERY = 24
@@ -31,17 +33,18 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     @guarded(1)
     def cluster_view(key):
         s = parse_search(key)
+        view = view_of(catalog, s)
+        unit = view.unit
         if s.cluster is None:
             return html.P(
-                "Pick a cluster in the ranking or the map to see its patches.", className="hint"
+                f"Pick a {unit} in the ranking or the map to see its patches.", className="hint"
             )
-        view = view_of(catalog, s)
         p = view.filtered_patches(s.filters)
         p = p[p["cluster"] == s.cluster]
         if p.empty:
             return [
                 close_button("cluster"),
-                html.P(f"Cluster {s.cluster} has no patches under these filters."),
+                html.P(f"{unit.title()} {s.cluster} has no patches under these filters."),
             ]
         names = view.run.names
         clusters = view.clusters(s.filters)
@@ -62,7 +65,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         traits = view.cluster_traits(s.filters)
         return [
             close_button("cluster"),
-            html.H2(f"Cluster {s.cluster} · rank {int(row['rank'])}"),
+            html.H2(f"{unit.title()} {s.cluster} · rank {int(row['rank'])}"),
             html.P(
                 className="lead",
                 children=[
@@ -80,6 +83,8 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 f"only A is right on {only_a}, only B on {only_b}.",
                 id="cluster-disagreement",
             ),
+            html.P(alone_line(row, long=True), id="cluster-alone"),
+            _relatives(view, p, s.filters),
             _breakdown(
                 breakdown,
                 traits.loc[s.cluster] if s.cluster in traits.index else None,
@@ -135,6 +140,86 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 ],
             ),
         ]
+
+
+def _relatives(view: RunView, patches: pd.DataFrame, f: Filters) -> html.Div:
+    """A concept's clusters, each one click away; or the concept a cluster belongs to."""
+    if view.level == "concept":
+        clusters = view.at("cluster").clusters(f).set_index("cluster")
+        reps = view.at("cluster").representatives(f)
+        members = sorted(
+            patches["cluster_id"].unique().astype(int),
+            key=lambda c: -abs(float(clusters.loc[c, "diff"])) if c in clusters.index else 0,
+        )
+        items = []
+        for c in members:
+            if c not in clusters.index:
+                continue
+            r = clusters.loc[c]
+            items.append(
+                html.Button(
+                    id={"type": "open", "level": "cluster", "id": int(c)},
+                    className="member",
+                    n_clicks=0,
+                    children=[
+                        html.Span(f"cluster {c}", className="strip-title"),
+                        html.Span(
+                            f"B − A {r['diff']:+.3f}", className="pos" if r["diff"] >= 0 else "neg"
+                        ),
+                        html.Span(f"{int(r['n_patches'])} patches"),
+                        html.Div(
+                            className="thumbs",
+                            children=[
+                                html.Img(src=files_url(view, f"patches/{pid}.jpg"), alt="")
+                                for pid in reps.get(int(c), [])[:6]
+                            ],
+                        ),
+                    ],
+                )
+            )
+        return html.Div(
+            id="concept-members",
+            children=[
+                html.H3(f"Its {len(items)} cluster{'s' if len(items) != 1 else ''}"),
+                html.P(
+                    "Clusters of patches that look different but that the models answer "
+                    "alike; open one to see it on its own.",
+                    className="hint",
+                ),
+                html.Div(className="members", children=items),
+            ],
+        )
+    concepts = patches["concept_id"].unique().astype(int)
+    if len(concepts) != 1:
+        return html.Div(id="concept-members")
+    k = int(concepts[0])
+    table = view.at("concept").groups.set_index("cluster")
+    others = (
+        [
+            c
+            for c in str(table.loc[k, "clusters"]).split()
+            if int(c) != int(patches["cluster_id"].iloc[0])
+        ]
+        if k in table.index
+        else []
+    )
+    return html.Div(
+        id="concept-members",
+        children=html.P(
+            [
+                "Part of ",
+                html.Button(
+                    f"concept {k}",
+                    id={"type": "open", "level": "concept", "id": k},
+                    className="link",
+                    n_clicks=0,
+                ),
+                f" (with cluster{'s' if len(others) != 1 else ''} {', '.join(others)})"
+                if others
+                else " (its only cluster)",
+            ]
+        ),
+    )
 
 
 def _breakdown(table: pd.DataFrame, top: pd.Series | None, n_images: int, among: str) -> html.Div:

@@ -19,8 +19,9 @@ NO_MATCH = "No patches match these filters."
 
 
 def view_of(catalog: RunCatalog, state: ViewState) -> RunView:
-    """The state's run; InputError (shown by :func:`guarded`) if it is gone."""
-    return catalog.get(state.run)
+    """The state's run at the state's level (concepts or clusters); InputError (shown by
+    :func:`guarded`) if it is gone."""
+    return catalog.get(state.run).at(state.level)
 
 
 def files_url(view, sub: str) -> str:

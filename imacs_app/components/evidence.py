@@ -49,8 +49,8 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
         return html.Div(
             id="whatif",
             children=html.P(
-                "What-if removal was not run for this cluster (it runs for the top clusters "
-                "by |B − A| and every significant one; see --whatif-top).",
+                f"What-if removal was not run for this {view.unit} (it runs for the top "
+                f"{view.unit}s by |B − A| and every significant one; see --whatif-top).",
                 className="hint",
             ),
         )
@@ -72,7 +72,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                 ],
             )
         )
-    tested = view.run.whatif_images
+    tested = view.whatif_images
     after = tested[tested["cluster"] == cluster].set_index("image_id")
     images = [i for i in dict.fromkeys(patches["image_id"].astype(int)) if i in after.index]
     images = images[:PAIRS] or list(dict.fromkeys(patches["image_id"].astype(int)))[:PAIRS]
@@ -82,8 +82,8 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
             children=[
                 html.Img(src=render_url(view, i, "image"), alt=f"image {i}"),
                 html.Img(
-                    src=render_url(view, i, "removed") + f"?cluster={cluster}",
-                    alt=f"image {i} with cluster {cluster} removed",
+                    src=render_url(view, i, "removed") + f"?cluster={cluster}&level={view.level}",
+                    alt=f"image {i} with {view.unit} {cluster} removed",
                     className="removed",
                 ),
                 html.Figcaption(
@@ -135,7 +135,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                 ],
             ),
             html.P(
-                "Left: the image; right: the same image with this cluster's patches filled "
+                f"Left: the image; right: the same image with this {view.unit}'s patches filled "
                 "with the IG baseline, as both models were shown it; under each, both "
                 "models' predictions before → after. Computed on all images of the run, "
                 "whatever the filters.",

@@ -112,7 +112,8 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                                 alt=f"patch {int(p.patch_id)}",
                             ),
                             html.Span(
-                                f"cluster {int(p.cluster)} · A {p.attr_a:.2f} · B {p.attr_b:.2f}",
+                                f"{view.unit} {int(p.cluster)} · A {p.attr_a:.2f} · "
+                                f"B {p.attr_b:.2f}",
                                 className="patch-caption",
                             ),
                         ],

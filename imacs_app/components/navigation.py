@@ -71,6 +71,7 @@ def filters() -> html.Section:
             html.Div(
                 className="downloads",
                 children=[
+                    html.A("concepts.csv", id="dl-concepts", className="button", href=""),
                     html.A("clusters.csv", id="dl-clusters", className="button", href=""),
                     html.A("patches.csv", id="dl-patches", className="button", href=""),
                 ],
@@ -162,9 +163,12 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             except InputError as none_left:
                 runs, _, _ = _options(None)
                 msg = html.Div(problem(none_left), className="error")
-                return (no_update, runs, None, [], [], None, [], [], s.color, s.measure, msg)
+                return (
+                    no_update, runs, None, [], [], None, [], [], s.color, s.measure, s.level,
+                    msg,
+                )  # fmt: skip
             notice = f"{notice}. Showing the newest run, {view.run_id}, instead."
-            s = ViewState(color=s.color, measure=s.measure)
+            s = ViewState(color=s.color, measure=s.measure, level=s.level)
         s = s.with_(run=view.run_id)
         canonical = s.to_search()
         runs, class_opts, meta_opts = _options(view)
@@ -179,6 +183,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             [f"{k}={v}" for k, v in s.meta],
             s.color,
             s.measure,
+            s.level,
             html.Div(notice, className="error") if notice else None,
         )
 
@@ -193,6 +198,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Output("f-meta", "value"),
         Output("map-color", "value"),
         Output("rank-measure", "value"),
+        Output("rank-level", "value"),
         Output("notice", "children"),
         Input("url", "search"),
         Input("run-picker", "value"),
@@ -201,6 +207,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Input("f-meta", "value"),
         Input("map-color", "value"),
         Input("rank-measure", "value"),
+        Input("rank-level", "value"),
         Input("ranking", "clickData"),
         Input("map", "clickData"),
         Input({"type": "strip", "cluster": ALL}, "n_clicks"),
@@ -208,10 +215,12 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         Input({"type": "pick-image", "image": ALL}, "n_clicks"),
         Input({"type": "agree-image", "image": ALL}, "n_clicks"),
         Input({"type": "close", "what": ALL}, "n_clicks"),
+        Input({"type": "open", "level": ALL, "id": ALL}, "n_clicks"),
     )
     def state(
-        search, run, classes, outcome, meta, colour, measure, rank_click, map_click, *_clicks
-    ):
+        search, run, classes, outcome, meta, colour, measure, level, rank_click, map_click,
+        *_clicks,
+    ):  # fmt: skip
         """The URL is the source of truth; controls and clicks rewrite it.
 
         Dropdown options and values are always set together, so a value never arrives
@@ -227,7 +236,9 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         if trig == "run-picker":
             if not run or run == s.run:
                 raise PreventUpdate
-            return _load(ViewState(run=run, color=s.color, measure=s.measure), search)
+            return _load(
+                ViewState(run=run, color=s.color, measure=s.measure, level=s.level), search
+            )
         if trig in ("f-class", "f-outcome", "f-meta"):
             pairs = tuple(tuple(m.split("=", 1)) for m in (meta or []) if "=" in m)
             s = s.with_(
@@ -235,6 +246,10 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             )
         elif trig == "rank-measure":
             s = s.with_(measure=measure or "share")
+        elif trig == "rank-level":
+            if (level or "concept") == s.level:
+                raise PreventUpdate
+            s = s.with_(level=level or "concept", cluster=None, image=None)
         elif trig == "map-color":
             s = s.with_(color=colour or "cluster")
         elif trig in ("ranking", "map"):
@@ -247,12 +262,14 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 s = s.with_(image=int(trig["image"]))
             elif trig["type"] == "close":
                 s = s.with_(**{trig["what"]: None})
+            elif trig["type"] == "open":  # a concept's cluster, or a cluster's concept
+                s = s.with_(level=trig["level"], cluster=int(trig["id"]), image=None)
         else:
             raise PreventUpdate
         new = s.to_search()
         if new == (search or ""):
             raise PreventUpdate
-        return (new, *(no_update,) * 9, None)
+        return (new, *(no_update,) * 10, None)
 
     def _key(keep):
         def derive(search, old):
@@ -284,7 +301,8 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     app.clientside_callback(
         """function (search, _cluster, _image, seen) {
             const q = new URLSearchParams(search || "");
-            const now = {cluster: q.get("cluster"), image: q.get("image"), pending: null};
+            const group = q.get("concept") !== null ? "k" + q.get("concept") : q.get("cluster");
+            const now = {cluster: group, image: q.get("image"), pending: null};
             if (!seen) return now;
             const fired = dash_clientside.callback_context.triggered.map(t => t.prop_id);
             now.pending = seen.pending;

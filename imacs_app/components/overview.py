@@ -1,10 +1,11 @@
-"""Overview: the run's summary (models, accuracies, counts, settings) and the cluster
-ranking with one strip of representative patches per cluster."""
+"""Overview: the run's summary (models, accuracies, counts, settings) and the ranking of
+concepts (or clusters) with one strip of representative patches each."""
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
+import pandas as pd
 from dash import ALL, Dash, Input, Output, Patch, dcc, html
 from dash.exceptions import PreventUpdate
 
@@ -25,12 +26,16 @@ def ranking_card() -> html.Section:
     return html.Section(
         className="card",
         children=[
-            html.H2("Clusters, ranked by |B − A|"),
-            html.P(
-                "Each cluster groups similar-looking salient patches. "
-                "Bars show the mean share of each model's attribution inside them; "
-                "click a bar or a row to open the cluster.",
-                className="hint",
+            html.H2("Concepts, ranked by |B − A|", id="ranking-title"),
+            html.P(id="ranking-hint", className="hint"),
+            dcc.RadioItems(
+                id="rank-level",
+                options=[
+                    {"label": "concepts", "value": "concept"},
+                    {"label": "clusters", "value": "cluster"},
+                ],
+                value="concept",
+                inline=True,
             ),
             html.Div(
                 title=(
@@ -113,6 +118,21 @@ def _trust_detail(res: dict) -> str:
     return (" · " + " · ".join(parts)) if parts else ""
 
 
+def alone_line(row: dict | pd.Series, long: bool = False) -> html.Span | None:
+    """What the two models answer to the group's patches shown alone (pasted on the
+    baseline), or None for runs made before it was measured."""
+    a, b = row.get("alone_a"), row.get("alone_b")
+    if not isinstance(a, str) or not isinstance(b, str):
+        return None
+    sa, sb = float(row.get("alone_a_share", 0.0)), float(row.get("alone_b_share", 0.0))
+    text = (
+        f"shown alone, its patches make A say {a} ({sa:.0%}) and B say {b} ({sb:.0%})"
+        if long
+        else f"alone: A says {a} ({sa:.0%}), B says {b} ({sb:.0%})"
+    )
+    return html.Span(text, className="alone")
+
+
 def trait(column: str, value: str) -> str:
     """How a breakdown value reads in a sentence: ``B predicts urban``, ``class forest``,
     ``site = north`` (a meta-annotation)."""
@@ -126,13 +146,16 @@ def register(app: Dash, catalog: RunCatalog) -> None:
 
     @app.callback(
         Output("summary", "children"),
+        Output("ranking-title", "children"),
+        Output("ranking-hint", "children"),
+        Output("dl-concepts", "href"),
         Output("dl-clusters", "href"),
         Output("dl-patches", "href"),
         Output("ranking", "figure"),
         Output("strips", "children"),
         Input("key-data", "data"),
     )
-    @guarded(5, blank=("", "", figures.empty("See the message above."), []))
+    @guarded(8, blank=("", "", "", "", "", figures.empty("See the message above."), []))
     def data_views(key):
         s = parse_search(key)
         view = view_of(catalog, s)
@@ -166,7 +189,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                     stat("images", count("n_images", "n_images_total")),
                     stat("skipped", str(summ["n_skipped"])),
                     stat("patches", count("n_patches", "n_patches_total")),
-                    stat("clusters", count("n_clusters", "n_clusters_total")),
+                    stat(f"{view.unit}s", count("n_clusters", "n_clusters_total")),
                 ],
             ),
             html.Div(
@@ -188,11 +211,30 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 )
             )
         qs = s.with_(run=None).to_search()
+        dl_k = f"/download/{quote(view.run_id)}/concepts.csv{qs}"
         dl_c = f"/download/{quote(view.run_id)}/clusters.csv{qs}"
         dl_p = f"/download/{quote(view.run_id)}/patches.csv{qs}"
+        unit = view.unit
+        title = f"{unit.title()}s, ranked by |B − A|"
+        if unit == "concept":
+            hint = (
+                "A concept groups clusters of salient patches that the models answer alike "
+                "when shown a patch alone (one logo on different backgrounds, one shortcut "
+                "in several colours). Bars show the mean share of each model's attribution "
+                "inside them; click a bar or a row to open the concept and its clusters."
+            )
+        else:
+            hint = (
+                "Each cluster groups similar salient patches (by the run's embedding). Bars "
+                "show the mean share of each model's attribution inside them; click a bar "
+                "or a row to open the cluster."
+            )
         if clusters.empty:
             return (
                 summary,
+                title,
+                hint,
+                dl_k,
                 dl_c,
                 dl_p,
                 figures.empty(NO_MATCH, height=200),
@@ -214,6 +256,8 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 stands_out = f"{trait(t['column'], t['value'])} in {t['share']:.0%} of images"
             else:
                 stands_out = f"mostly {r.top_class}"
+            members = int(getattr(r, "n_clusters", 1) or 1) if unit == "concept" else 0
+            grouped = f" · {members} clusters" if members > 1 else ""
             strips.append(
                 html.Button(
                     id={"type": "strip", "cluster": c},
@@ -224,7 +268,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                             className="strip-head",
                             children=[
                                 html.Span(
-                                    f"#{pos if relative else int(r.rank)} cluster {c}",
+                                    f"#{pos if relative else int(r.rank)} {unit} {c}{grouped}",
                                     className="strip-title",
                                 ),
                                 html.Span(
@@ -233,6 +277,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                                 ),
                                 html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
                                 html.Span(stands_out, className="strip-trait"),
+                                alone_line(r._asdict()),
                                 verdict_line(r._asdict()),
                             ],
                         ),
@@ -251,6 +296,9 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             )
         return (
             summary,
+            title,
+            hint,
+            dl_k,
             dl_c,
             dl_p,
             figures.ranking(clusters, names, None, relative),

@@ -1,5 +1,6 @@
-"""The patch map: every patch at its 2-D projection, coloured by cluster or by B − A; the
-selected cluster's points are outlined without resending the map."""
+"""The patch map: every patch at its 2-D projection, coloured by concept or cluster (as the
+ranking shows them) or by B − A; the selected group's points are outlined without
+resending the map."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def map_card() -> html.Section:
             dcc.RadioItems(
                 id="map-color",
                 options=[
-                    {"label": "colour by cluster", "value": "cluster"},
+                    {"label": "colour by concept / cluster (as ranked)", "value": "cluster"},
                     {"label": "colour by B − A", "value": "diff"},
                 ],
                 value="cluster",
@@ -54,7 +55,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             return figures.empty(problem(exc))
         if p.empty:
             return figures.empty(NO_MATCH)
-        return figures.embedding_map(p, s.color, int(view.run.manifest["summary"]["n_clusters"]))
+        return figures.embedding_map(p, s.color, len(view.groups), view.unit)
 
     @app.callback(
         Output("map", "figure", allow_duplicate=True),
