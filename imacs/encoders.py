@@ -158,8 +158,8 @@ def _load_file(kind: str, size_override: int | None) -> LoadedEncoder:
 
 
 def _load_timm(kind: str, weights: str | None, size: int | None) -> LoadedEncoder:
-    from .model_formats import Normalized, _import_timm, _triple
-    from .models import _apply_state_dict, _read_state_dict, file_sha256
+    from .model_formats import _import_timm, _triple
+    from .models import Normalized, _apply_state_dict, _read_state_dict, file_sha256
 
     timm = _import_timm(kind)
     name = kind.split(":", 1)[1]

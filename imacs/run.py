@@ -121,7 +121,8 @@ class Run:
         what-if columns. In a run made before concepts existed, every cluster is its own
         concept."""
         if "concepts" not in self.manifest["files"]:
-            t = self.clusters.rename(columns={"cluster": "concept"})
+            t = self.clusters.drop(columns="concept", errors="ignore")
+            t = t.rename(columns={"cluster": "concept"})
             t.insert(2, "n_clusters", 1)
             t.insert(3, "clusters", t["concept"].astype(str))
             return t

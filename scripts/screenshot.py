@@ -27,10 +27,10 @@ def main() -> None:
     images = run.images
     wrong_b = images[images["correct_a"] & ~images["correct_b"]]
     image = int(wrong_b["image_id"].iloc[0]) if len(wrong_b) else 0
-    cluster = int(run.clusters.iloc[0]["cluster"])
+    concept = int(run.concepts.iloc[0]["concept"])
     srv = make_server("127.0.0.1", 0, create_app(run.path).server, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{srv.server_port}/?run={run.path.name}&cluster={cluster}&image={image}"
+    url = f"http://127.0.0.1:{srv.server_port}/?run={run.path.name}&concept={concept}&image={image}"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1400}, device_scale_factor=1)

@@ -28,14 +28,17 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def runs(shortcut_run, marked_run, tmp_path_factory) -> Path:
-    """Two runs: ``shortcut`` and, made after it, ``watermark`` (with a ``mark`` meta column:
-    the images with the red mark that model B reads)."""
+def runs(shortcut_run, marked_run, looks_run, tmp_path_factory) -> Path:
+    """Three runs: ``looks`` (B's shortcut in three looks, one concept), ``shortcut`` and,
+    made last, ``watermark`` (with a ``mark`` meta column: the images with the red mark
+    that model B reads)."""
     root = tmp_path_factory.mktemp("browser-runs")
     shutil.copytree(shortcut_run.path, root / "shortcut")
     shutil.copytree(marked_run.path, root / "watermark")
+    shutil.copytree(looks_run.path, root / "looks")
     t = os.path.getmtime(root / "watermark" / "run.json")
     os.utime(root / "shortcut" / "run.json", (t - 3600, t - 3600))
+    os.utime(root / "looks" / "run.json", (t - 7200, t - 7200))
     return root
 
 
@@ -551,4 +554,61 @@ def test_brw014_gallery_of_images_where_the_maps_disagree_most(page, server, mar
     _wait_for_query(page, "image", str(int(first["image_id"])))
     page.wait_for_selector(".panels img")
     assert f"Image {int(first['image_id'])}:" in page.locator("#image-detail").inner_text()
+    assert page.console_errors == []
+
+
+def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
+    page, server, looks_run
+) -> None:
+    concepts, clusters = looks_run.concepts, looks_run.clusters
+    top = concepts.iloc[0]
+    k = int(top["concept"])
+    page.goto(f"{server}/?run=looks")
+    page.wait_for_selector(".strip")
+    assert page.locator("#ranking-title").inner_text() == "Concepts, ranked by |B − A|"
+    assert page.locator(".strip").count() == len(concepts) < len(clusters)
+    assert _stat(page, "concepts") == str(len(concepts))
+    first = page.locator(".strip").first.inner_text()
+    assert first.startswith(f"#1 concept {k} · {int(top['n_clusters'])} clusters")
+    assert f"B − A {top['diff']:+.3f}" in first
+    assert f"alone: A says {top['alone_a']}" in first and f"B says {top['alone_b']}" in first
+    assert "what-if: B depends" in first
+    # the map is coloured by concept
+    page.wait_for_selector("#map .colorbar")
+    assert page.locator("#map .colorbar .cbtitle").inner_text() == "concept"
+    ticks = page.locator("#map .colorbar .cbaxis text").all_text_contents()
+    assert ticks == [f"c{i}" for i in range(len(concepts))]
+
+    page.locator(".strip").first.click()
+    _wait_for_query(page, "concept", str(k))
+    page.wait_for_selector("#concept-members .member")
+    detail = page.locator("#cluster-detail").inner_text()
+    assert f"Concept {k} · rank 1" in detail
+    assert f"make A say {top['alone_a']} ({top['alone_a_share']:.0%})" in detail
+    members = page.locator("#concept-members .member")
+    shown = sorted(int(members.nth(i).inner_text().split()[1]) for i in range(members.count()))
+    assert shown == sorted(int(c) for c in top["clusters"].split())
+    # the concept's own what-if test
+    flip_b = page.locator("#whatif tbody tr").nth(1).locator("td.flip").inner_text()
+    assert flip_b == f"{top['whatif_flip_b']:.0%}"
+    removed = page.locator("#whatif img.removed").first
+    assert "level=concept" in removed.get_attribute("src")
+
+    # one click: a member cluster, at the cluster level
+    c = int(members.first.inner_text().split()[1])
+    members.first.click()
+    _wait_for_query(page, "cluster", str(c))
+    page.wait_for_selector(f"#cluster-detail >> text=Cluster {c} ·")
+    assert page.locator("#ranking-title").inner_text() == "Clusters, ranked by |B − A|"
+    page.wait_for_function(f"document.querySelectorAll('.strip').length == {len(clusters)}")
+    page.wait_for_selector(".strip.selected")
+    assert page.locator(".strip.selected .strip-title").inner_text().endswith(f"cluster {c}")
+    # and back to its concept
+    page.locator("#concept-members button.link", has_text=f"concept {k}").click()
+    _wait_for_query(page, "concept", str(k))
+    page.wait_for_selector(f"#cluster-detail >> text=Concept {k} · rank 1")
+    # the level toggle: plain clusters, kept in the URL
+    page.locator("#rank-level label", has_text="clusters").click()
+    _wait_for_query(page, "level", "cluster")
+    page.wait_for_function(f"document.querySelectorAll('.strip').length == {len(clusters)}")
     assert page.console_errors == []

@@ -19,7 +19,8 @@ from imacs.errors import InputError
 
 
 def _mark_patches(run, boxes: dict) -> np.ndarray:
-    """Per patch of ``run.patch_rows()``: True when it holds >= half of its image's mark."""
+    """Per patch of ``run.patch_rows()``: True when it holds at least half of its image's
+    mark, or (a mark larger than a patch) when the mark covers at least half of it."""
     p = run.patch_rows()
     hit = []
     for r in p.itertuples():
@@ -30,7 +31,8 @@ def _mark_patches(run, boxes: dict) -> np.ndarray:
         x0, y0, x1, y1 = box
         ix = max(0, min(r.x1, x1) - max(r.x0, x0))
         iy = max(0, min(r.y1, y1) - max(r.y0, y0))
-        hit.append(ix * iy >= 0.5 * (x1 - x0) * (y1 - y0))
+        patch = (r.x1 - r.x0) * (r.y1 - r.y0)
+        hit.append(ix * iy >= 0.5 * min((x1 - x0) * (y1 - y0), patch))
     return np.asarray(hit)
 
 
@@ -60,7 +62,9 @@ def _check_three_looks_one_concept(run, looks: dict) -> None:
     # ... and A's shortcut is its own concept, with the opposite sign
     cross = p[p["mark"] == "blue cross"]
     a_concept = cross["concept"].value_counts().index[0]
-    assert (cross["concept"] == a_concept).mean() >= 0.8
+    # most of the cross's patches (it is larger than a patch: some hold only an arm of it)
+    assert (cross["concept"] == a_concept).mean() >= 0.7
+    assert (cross["concept"] == top["concept"]).mean() <= 0.05
     row = concepts.set_index("concept").loc[a_concept]
     assert a_concept != top["concept"]
     assert row["diff"] < -0.3 and row["significant"] and row["rank"] == 2

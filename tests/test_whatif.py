@@ -85,7 +85,7 @@ def test_wif004_no_whatif_cli_and_export_columns(shortcut, shortcut_run, tmp_pat
     out = tmp_path / "run"
     proc = _analyze(shortcut, out, "--steps", "8", "--projection", "pca", "--no-whatif")
     assert proc.returncode == 0, proc.stderr
-    assert "what-if:" not in proc.stdout and "#1 cluster" in proc.stdout
+    assert "what-if:" not in proc.stdout and "#1 concept" in proc.stdout
     run = imacs.load_run(out)
     assert run.whatif.empty and run.manifest["whatif"]["enabled"] is False
     assert run.clusters["whatif_flip_b"].isna().all()
@@ -103,9 +103,10 @@ def test_wif004_no_whatif_cli_and_export_columns(shortcut, shortcut_run, tmp_pat
 def test_wif005_a_run_from_before_whatif_still_loads(shortcut_run, tmp_path: Path) -> None:
     old = tmp_path / "old"
     shutil.copytree(shortcut_run.path, old)
-    (old / "whatif.parquet").unlink()
     m = json.loads((old / "run.json").read_text())
-    del m["files"]["whatif"], m["whatif"], m["timings"]["whatif"]
+    for name in ("whatif", "whatif_images", "concepts", "concept_whatif", "concept_whatif_images"):
+        (old / m["files"].pop(name)).unlink()  # what-if came before concepts
+    del m["whatif"], m["timings"]["whatif"]
     (old / "run.json").write_text(json.dumps(m))
     run = imacs.load_run(old)
     assert run.whatif.empty and list(run.whatif.columns) == list(COLUMNS)
