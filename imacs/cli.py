@@ -143,9 +143,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "--concepts FILE.csv"
             )
         run = load_run(args.run)
-        run.export(
-            patches_csv=args.patches, clusters_csv=args.clusters, concepts_csv=args.concepts
-        )
+        run.export(patches_csv=args.patches, clusters_csv=args.clusters, concepts_csv=args.concepts)
         for what, path in (
             ("patches", args.patches),
             ("clusters", args.clusters),

@@ -136,9 +136,7 @@ class Run:
         ``cluster``); in a run made before concepts existed, the clusters' own."""
         if "concepts" not in self.manifest["files"]:
             return self.whatif.rename(columns={"cluster": "concept"})
-        return self._optional("concept_whatif", empty_table).rename(
-            columns={"cluster": "concept"}
-        )
+        return self._optional("concept_whatif", empty_table).rename(columns={"cluster": "concept"})
 
     @cached_property
     def concept_whatif_images(self) -> pd.DataFrame:

@@ -40,7 +40,9 @@ def _kinds(run, looks: dict) -> pd.DataFrame:
     """The patch rows with ``mark``: which mark the patch holds (a look, the cross, none)."""
     p = run.patch_rows()
     on = _mark_patches(run, looks["boxes"])
-    p["mark"] = [looks["looks"][img] if hit else "none" for img, hit in zip(p["image"], on)]
+    p["mark"] = [
+        looks["looks"][img] if hit else "none" for img, hit in zip(p["image"], on, strict=True)
+    ]
     return p
 
 
