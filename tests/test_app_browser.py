@@ -126,7 +126,7 @@ def _pick(page, dropdown: str, option: str) -> None:
 
 
 def test_brw001_click_cluster_then_patch(page, server, shortcut_run) -> None:
-    page.goto(server + "/")
+    page.goto(server + "/?level=cluster")
     page.wait_for_selector(".strip")
     assert page.locator(".summary").inner_text().count("100.0%") == 3  # both accuracies, agreement
     assert _query(page)["run"] == ["watermark"]  # the newest run (same images as shortcut)
@@ -189,7 +189,7 @@ def test_brw003_filters_change_the_numbers_and_close_updates_the_url(
     page, server, marked_run
 ) -> None:
     p, img = marked_run.patches, marked_run.images
-    page.goto(f"{server}/?run=watermark")
+    page.goto(f"{server}/?run=watermark&level=cluster")
     page.wait_for_selector(".strip")
     assert _stat(page, "images") == "80" and _stat(page, "patches") == str(len(p))
     assert page.locator(".strip").count() == p["cluster"].nunique()
@@ -235,19 +235,21 @@ def test_brw004_a_truncated_table_shows_a_message_not_a_broken_page(
     browser, shortcut_run, tmp_path
 ) -> None:
     root = tmp_path / "runs"
-    shutil.copytree(shortcut_run.path, root / "cut")
-    data = (root / "cut" / "clusters.parquet").read_bytes()
-    (root / "cut" / "clusters.parquet").write_bytes(data[: len(data) // 3])
+    for table in ("concepts", "clusters"):  # what each level's ranking reads
+        shutil.copytree(shortcut_run.path, root / table)
+        data = (root / table / f"{table}.parquet").read_bytes()
+        (root / table / f"{table}.parquet").write_bytes(data[: len(data) // 3])
     srv = make_server("127.0.0.1", 0, create_app(root).server, threaded=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     page = browser.new_page(bypass_csp=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
-        page.goto(f"http://127.0.0.1:{srv.server_port}/?run=cut")
-        page.wait_for_selector(".error")
-        text = page.locator(".error").first.inner_text()
-        assert "clusters.parquet: unreadable" in text and "re-run imacs analyze" in text
+        for table, level in (("concepts", "concept"), ("clusters", "cluster")):
+            page.goto(f"http://127.0.0.1:{srv.server_port}/?run={table}&level={level}")
+            page.wait_for_selector(".error")
+            text = page.locator(".error").first.inner_text()
+            assert f"{table}.parquet: unreadable" in text and "re-run imacs analyze" in text
         assert errors == []
     finally:
         page.close()
@@ -258,7 +260,7 @@ _PLOT = "document.querySelector('#{id} .js-plotly-plot')"
 
 
 def test_brw005_clicking_a_bar_marks_the_cluster_and_shows_it(page, server, marked_run) -> None:
-    page.goto(f"{server}/?run=watermark")
+    page.goto(f"{server}/?run=watermark&level=cluster")
     page.wait_for_selector(".strip")
     c = int(marked_run.clusters.iloc[1]["cluster"])
     # one <path> per bar: A's, B's and B − A's bars (three traces), each in rank order
@@ -347,7 +349,7 @@ def test_brw008_run_picker_newest_first_and_filtered_download(page, server, runs
     page.wait_for_selector(".strip")
     page.locator("#run-picker").click()
     names = page.locator(".dash-dropdown-option").all_inner_texts()
-    assert [n.split(" · ")[0] for n in names] == ["watermark", "shortcut"]
+    assert [n.split(" · ")[0] for n in names] == ["watermark", "shortcut", "looks"]
     page.locator(".dash-dropdown-option", has_text="shortcut").click()
     _wait_for_query(page, "run", "shortcut")
     page.wait_for_function(
@@ -373,7 +375,7 @@ def test_brw008_run_picker_newest_first_and_filtered_download(page, server, runs
 
 
 def test_brw009_the_map_has_a_cluster_legend_and_fills_its_card(page, server, marked_run) -> None:
-    page.goto(f"{server}/?run=watermark")
+    page.goto(f"{server}/?run=watermark&level=cluster")
     page.wait_for_selector(".strip")
     page.wait_for_selector("#map .colorbar")
     ticks = page.locator("#map .colorbar .cbaxis text").all_text_contents()
@@ -477,7 +479,7 @@ def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
     page, server, shortcut_run
 ) -> None:
     top = shortcut_run.clusters.iloc[0]
-    page.goto(f"{server}/?run=shortcut")
+    page.goto(f"{server}/?run=shortcut&level=cluster")
     page.wait_for_selector(".strip")
     summary = page.locator(".summary").inner_text()
     median = shortcut_run.manifest["summary"]["map_spearman_median"]
@@ -575,7 +577,7 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     assert "what-if: B depends" in first
     # the map is coloured by concept
     page.wait_for_selector("#map .colorbar")
-    assert page.locator("#map .colorbar .cbtitle").inner_text() == "concept"
+    assert page.locator("#map .colorbar .cbtitle").text_content() == "concept"
     ticks = page.locator("#map .colorbar .cbaxis text").all_text_contents()
     assert ticks == [f"c{i}" for i in range(len(concepts))]
 
@@ -586,7 +588,10 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     assert f"Concept {k} · rank 1" in detail
     assert f"make A say {top['alone_a']} ({top['alone_a_share']:.0%})" in detail
     members = page.locator("#concept-members .member")
-    shown = sorted(int(members.nth(i).inner_text().split()[1]) for i in range(members.count()))
+    title = ".strip-title"
+    shown = sorted(
+        int(members.nth(i).locator(title).inner_text().split()[1]) for i in range(members.count())
+    )
     assert shown == sorted(int(c) for c in top["clusters"].split())
     # the concept's own what-if test
     flip_b = page.locator("#whatif tbody tr").nth(1).locator("td.flip").inner_text()
@@ -595,7 +600,7 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     assert "level=concept" in removed.get_attribute("src")
 
     # one click: a member cluster, at the cluster level
-    c = int(members.first.inner_text().split()[1])
+    c = int(members.first.locator(title).inner_text().split()[1])
     members.first.click()
     _wait_for_query(page, "cluster", str(c))
     page.wait_for_selector(f"#cluster-detail >> text=Cluster {c} ·")

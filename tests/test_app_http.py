@@ -145,7 +145,14 @@ def test_app006_url_state_round_trip() -> None:
     s = ViewState(run="team/copy", cluster=3, image=7, classes=("a b", "c"), outcome="only_b",
                   meta=(("site", "north"),), color="diff")  # fmt: skip
     assert parse_search(s.to_search()) == s
-    junk = parse_search("?cluster=x&outcome=evil&color=red&image=")
+    assert "concept=3" in s.to_search()  # the ranking and selection are concepts by default
+    c = s.with_(level="cluster")
+    assert parse_search(c.to_search()) == c and "cluster=3" in c.to_search()
+    plain = ViewState(level="cluster")  # the cluster ranking, nothing selected
+    assert plain.to_search() == "?level=cluster" and parse_search("?level=cluster") == plain
+    # a link made before concepts existed opens the cluster it names
+    assert parse_search("?run=r&cluster=4") == ViewState(run="r", level="cluster", cluster=4)
+    junk = parse_search("?concept=x&outcome=evil&color=red&image=&level=weird")
     assert junk == ViewState()
 
 
@@ -316,7 +323,7 @@ def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> N
     from imacs_app.components.navigation import clicked_cluster as _clicked_cluster
 
     cat = RunCatalog(runs_root)
-    s = ViewState(run="shortcut", classes=("vertical",))
+    s = ViewState(run="shortcut", classes=("vertical",), level="cluster")
     bar = {"points": [{"curveNumber": 1, "pointIndex": 1, "x": 0.4, "y": "#2 · c5"}]}
     assert _clicked_cluster(bar, "ranking", s, cat) == 5
     kept = cat.get("shortcut").filtered_patches(s.filters)
@@ -332,6 +339,9 @@ def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> N
     assert _clicked_cluster(moved, "map", s, cat) == int(other["cluster"])
     typed = {"points": [{"curveNumber": 0, "pointIndex": 7, "customdata": [3]}]}
     assert _clicked_cluster(typed, "map", s, cat) == 3
+    # at the concept level (the default) a map point opens its patch's concept
+    k = s.with_(level="concept")
+    assert _clicked_cluster(point, "map", k, cat) == int(row["concept_id"])
 
 
 def test_app017_auth_fails_closed(tmp_path, runs_root) -> None:

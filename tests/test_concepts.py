@@ -237,3 +237,98 @@ def test_con008_encoder_errors_are_one_line(looks, tmp_path, embedding, extra, n
     if "bad" in spec:  # the attribution it had done is kept in the cache for the next try
         cached = list((tmp_path / "imacs-cache").rglob("*"))
         assert any(p.is_file() for p in cached)
+
+
+class _FakeTimmNet(nn.Module):
+    """Stands in for a timm model: a ``head`` classifier (Identity when num_classes=0) and
+    a ``pretrained_cfg`` as timm's models carry one."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.head = nn.Linear(8, num_classes) if num_classes else nn.Identity()
+        self.pretrained_cfg = {
+            "classifier": "head",
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.25, 0.25, 0.25),
+            "input_size": (3, 48, 48),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch: pytest.MonkeyPatch):
+    """timm's API as imacs uses it (is_model, list_models, create_model), without timm:
+    timm imports torchvision, which has no build for this CPU torch. Checks imacs' side of
+    the contract: the head is dropped, weights load, normalisation and size come from the
+    model's configuration, and nothing is fetched."""
+    import sys
+    import types
+
+    calls: list[dict] = []
+
+    def create_model(name: str, pretrained: bool = False, num_classes: int = 1000):
+        import os
+
+        calls.append({"name": name, "pretrained": pretrained, "num_classes": num_classes})
+        calls[-1]["offline"] = os.environ.get("HF_HUB_OFFLINE")
+        if pretrained:  # the user's cache holds nothing (and HF_HUB_OFFLINE is set)
+            raise RuntimeError("offline and not in the cache")
+        return _FakeTimmNet(num_classes)
+
+    fake = types.ModuleType("timm")
+    fake.is_model = lambda name: name == "tiny_fake"
+    fake.list_models = lambda pattern: ["tiny_fake"]
+    fake.create_model = create_model
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    return calls
+
+
+def test_con009_timm_encoder_from_a_classifier_checkpoint(fake_timm, looks, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from imacs.encoders import load_encoder
+
+    weights = tmp_path / "tiny.safetensors"
+    trained = _FakeTimmNet(num_classes=5)  # a classifier checkpoint: head weights included
+    with torch.no_grad():
+        trained.conv.weight.mul_(3.0)
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(weights))
+    enc = load_encoder("timm:tiny_fake", str(weights), None)
+    assert fake_timm[-1]["pretrained"] is False and fake_timm[-1]["num_classes"] == 0
+    assert enc.size == (48, 48) and enc.source == "timm:tiny_fake"
+    inner = enc.module.model  # wrapped to normalise as the configuration says
+    assert torch.equal(inner.conv.weight, trained.conv.weight)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = inner((x - 0.5) / 0.25)
+    from imacs.attribution import PairedAttribution
+    from imacs.settings import AttributionSettings, Preprocess
+
+    engine = PairedAttribution({}, Preprocess(), AttributionSettings(device="cpu"))
+    np.testing.assert_allclose(enc.encode(x, engine), expected.numpy(), rtol=1e-5, atol=1e-6)
+    # the whole pipeline, with --encoder-weights
+    run = imacs.analyze(
+        looks["a"], looks["b"], looks["data"], tmp_path / "run", image_size=32, steps=4,
+        projection="pca", progress=False, embedding="timm:tiny_fake",
+        encoder_weights=weights, whatif=False, trust_sample=0,
+    )  # fmt: skip
+    assert run.manifest["embedding"]["encoder"]["size"] == [48, 48]
+    assert run.embedding.shape == (len(run.patches), 8)
+
+
+def test_con010_timm_encoder_errors_say_how_to_give_weights(fake_timm) -> None:
+    from imacs.encoders import load_encoder
+
+    with pytest.raises(InputError, match="give --encoder-weights FILE") as err:
+        load_encoder("timm:tiny_fake", None, None)
+    assert "downloads nothing" in str(err.value)
+    assert fake_timm[-1]["pretrained"] is True  # tried the local cache only: offline
+    assert fake_timm[-1]["offline"] == "1"
+    with pytest.raises(InputError, match="timm has no architecture 'nope'"):
+        load_encoder("timm:nope", None, None)
+    with pytest.raises(InputError, match="goes with --embedding timm:NAME"):
+        load_encoder("encoder:x.pt", "w.safetensors", None)
