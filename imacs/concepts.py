@@ -44,9 +44,9 @@ class ConceptSettings:
     """How clusters are grouped into concepts.
 
     Args:
-        distance (float): clusters whose mean answers are nearer than this (RMS Hellinger
-            distance over the two models, 0..1) are one concept; 0 keeps every cluster its
-            own concept. Default: 0.15.
+        distance (float): clusters whose mean answers are nearer than this (Hellinger
+            distance, 0..1, see :func:`answer_distances`) are one concept; 0 keeps every
+            cluster its own concept. Default: 0.15.
     """
 
     distance: float = setting(

@@ -106,10 +106,6 @@ class EmbeddingSettings:
     def __post_init__(self) -> None:
         validate(self)
 
-    @property
-    def needs_encoder(self) -> bool:
-        return self.kind.startswith(("encoder:", "timm:"))
-
 
 def embed(
     settings: EmbeddingSettings, pixels: np.ndarray, views: PatchViews, seed: int

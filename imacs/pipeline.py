@@ -144,9 +144,9 @@ def analyze(
         encoder_weights (str or Path, optional): weights of a ``timm:NAME`` encoder.
         encoder_size (int, optional): side the crops are resized to for an encoder.
             Default: the encoder's own, else 224.
-        concept_distance (float): clusters the two models answer alike (RMS Hellinger
-            distance of their mean answers below this) form one concept; 0 = none grouped
-            (see :mod:`imacs.concepts`). Default: 0.15.
+        concept_distance (float): clusters the models answer alike (Hellinger distance of
+            their mean answers to the patches alone below this, 0..1) form one concept; 0 =
+            none grouped (see :mod:`imacs.concepts`). Default: 0.15.
         strict (bool): stop at the first unreadable image instead of skipping it.
         overwrite (bool): replace a different run already in ``out``. Default: False.
         rebuild (bool): recompute even when ``out`` already holds this very run (otherwise

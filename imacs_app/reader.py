@@ -150,16 +150,24 @@ class RunView:
 
     @cached_property
     def _nearest_first(self) -> np.ndarray:
-        """Row positions of the patch table sorted by cluster, then by distance to the
-        cluster's centre in the embedding (the embedding's rows are the table's rows)."""
+        """Row positions of the patch table sorted by group, then by distance to their
+        cluster's centre in the embedding (the embedding's rows are the table's rows). A
+        concept's patches take turns between its clusters (each cluster's nearest, then
+        each one's second nearest...), so its strip shows every look it groups."""
         emb = np.asarray(self.run.embedding, dtype=np.float32)
-        labels = self.patches["cluster"].to_numpy()
-        dist = np.zeros(len(labels), dtype=np.float64)
-        for c in np.unique(labels):
-            idx = np.flatnonzero(labels == c)
+        clusters = self.patches["cluster_id"].to_numpy()
+        dist = np.zeros(len(clusters), dtype=np.float64)
+        turn = np.zeros(len(clusters), dtype=np.int64)
+        for c in np.unique(clusters):
+            idx = np.flatnonzero(clusters == c)
             centre = emb[idx].mean(axis=0)
             dist[idx] = ((emb[idx] - centre) ** 2).sum(axis=1)
-        return np.lexsort((self.patches["patch_id"].to_numpy(), dist, labels))
+            turn[idx[np.argsort(dist[idx], kind="stable")]] = np.arange(len(idx))
+        groups = self.patches["cluster"].to_numpy()
+        ids = self.patches["patch_id"].to_numpy()
+        if self.level == "cluster":
+            return np.lexsort((ids, dist, groups))
+        return np.lexsort((ids, dist, turn, groups))
 
     def representatives(self, f: Filters) -> dict[int, list[int]]:
         """Up to :data:`STRIP` patch ids per cluster among the filtered patches, nearest the

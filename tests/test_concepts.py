@@ -332,3 +332,19 @@ def test_con010_timm_encoder_errors_say_how_to_give_weights(fake_timm) -> None:
         load_encoder("timm:nope", None, None)
     with pytest.raises(InputError, match="goes with --embedding timm:NAME"):
         load_encoder("encoder:x.pt", "w.safetensors", None)
+
+
+def test_con011_a_concepts_strip_shows_every_look(looks_run) -> None:
+    """The ranking's strip of a concept takes turns between its clusters, so a reader sees
+    the red square, the yellow disc and the magenta bar side by side."""
+    from imacs_app.catalog import RunCatalog
+    from imacs_app.reader import Filters
+
+    view = RunCatalog(looks_run.path.parent).get(looks_run.path.name).at("concept")
+    top = looks_run.concepts.iloc[0]
+    members = {int(c) for c in top["clusters"].split()}
+    strip = view.representatives(Filters())[int(top["concept"])]
+    of_patch = looks_run.patches.set_index("patch_id")["cluster"]
+    first = [int(of_patch[p]) for p in strip[: len(members)]]
+    assert set(first) == members  # one patch of each look first
+    assert view.at("cluster").representatives(Filters())[first[0]][0] == strip[0]

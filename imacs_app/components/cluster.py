@@ -193,16 +193,10 @@ def _relatives(view: RunView, patches: pd.DataFrame, f: Filters) -> html.Div:
     if len(concepts) != 1:
         return html.Div(id="concept-members")
     k = int(concepts[0])
-    table = view.at("concept").groups.set_index("cluster")
-    others = (
-        [
-            c
-            for c in str(table.loc[k, "clusters"]).split()
-            if int(c) != int(patches["cluster_id"].iloc[0])
-        ]
-        if k in table.index
-        else []
-    )
+    table = view.at("concept").groups.set_index("cluster")  # concepts, keyed "cluster"
+    members = str(table.loc[k, "clusters"]).split() if k in table.index else []
+    this = str(int(patches["cluster_id"].iloc[0]))
+    others = [c for c in members if c != this]
     return html.Div(
         id="concept-members",
         children=html.P(
