@@ -92,7 +92,8 @@ class EmbeddingSettings:
         metavar="FILE",
         result=False,  # its digest is part of the run's fingerprint
         group="patches and clusters",
-        help="weights of a timm:NAME encoder (.safetensors or a state_dict)",
+        help="weights of a timm:NAME encoder (.safetensors or a state_dict; default: "
+        "from your local Hugging Face cache, never downloaded)",
     )
     encoder_size: int | None = setting(
         None,

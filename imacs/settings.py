@@ -258,12 +258,14 @@ def add_cli_options(parser: argparse.ArgumentParser, groups: dict[str, Any]) -> 
     the setting, made on first use); returns the keywords, to pass back to
     :meth:`AnalysisSettings.from_keywords`."""
     defaults = AnalysisSettings()
-    seen: list[str] = []
+    chosen: dict[str, tuple] = {}  # one option per flag: the declaration that has help
     for path, f in walk(AnalysisSettings):
         opt = option_of(f)
-        if not opt.flag or opt.keyword in seen:
-            continue
-        seen.append(opt.keyword)
+        if opt.flag and (opt.keyword not in chosen or not option_of(chosen[opt.keyword][1]).help):
+            chosen[opt.keyword] = (path, f)
+    seen = list(chosen)
+    for path, f in chosen.values():
+        opt = option_of(f)
         group = groups.get(opt.group) or groups.setdefault(
             opt.group, parser.add_argument_group(opt.group)
         )

@@ -191,3 +191,20 @@ def test_cli009_a_wrong_class_order_is_flagged(shortcut, tmp_path: Path) -> None
     assert "right on 0% of the images" in warnings[0]
     assert "would be right on 100% with its classes in another order" in warnings[0]
     assert "warning: model A" in proc.stderr and "warning: model A" in proc.stdout  # info too
+
+
+def test_cli010_help_explains_every_option() -> None:
+    """Every analyze option is listed once, in a named section, with a sentence of help
+    (a setting declared in two places, like --seed, shows its documented declaration)."""
+    import re
+
+    proc = _run("analyze", "--help")
+    assert proc.returncode == 0
+    text = proc.stdout
+    assert "\nsettings:" not in text  # no section of undocumented leftovers
+    flags = re.findall(r"^  (--[a-z][a-z-]+)", text, flags=re.M)
+    assert len(flags) == len(set(flags))
+    assert "--seed N              seed: same inputs and seed give the same run" in text
+    for flag in ("--embedding", "--encoder-weights", "--encoder-size", "--concept-distance"):
+        assert flag in flags
+    assert "(default None)" not in text
