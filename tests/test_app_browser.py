@@ -605,6 +605,9 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     _wait_for_query(page, "cluster", str(c))
     page.wait_for_selector(f"#cluster-detail >> text=Cluster {c} ·")
     assert page.locator("#ranking-title").inner_text() == "Clusters, ranked by |B − A|"
+    page.wait_for_function(
+        "document.querySelector('#rank-level input[value=cluster]').checked"
+    )  # the toggle says so too
     page.wait_for_function(f"document.querySelectorAll('.strip').length == {len(clusters)}")
     page.wait_for_selector(".strip.selected")
     assert page.locator(".strip.selected .strip-title").inner_text().endswith(f"cluster {c}")
@@ -612,6 +615,7 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     page.locator("#concept-members button.link", has_text=f"concept {k}").click()
     _wait_for_query(page, "concept", str(k))
     page.wait_for_selector(f"#cluster-detail >> text=Concept {k} · rank 1")
+    page.wait_for_function("document.querySelector('#rank-level input[value=concept]').checked")
     # the level toggle: plain clusters, kept in the URL
     page.locator("#rank-level label", has_text="clusters").click()
     _wait_for_query(page, "level", "cluster")

@@ -269,7 +269,8 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         new = s.to_search()
         if new == (search or ""):
             raise PreventUpdate
-        return (new, *(no_update,) * 10, None)
+        # the level toggle follows a click that changed the level (a concept's cluster)
+        return (new, *(no_update,) * 9, s.level, None)
 
     def _key(keep):
         def derive(search, old):
