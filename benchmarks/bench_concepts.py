@@ -58,22 +58,6 @@ class Encoder(nn.Module):
         return self.body(x).mean(dim=(2, 3))
 
 
-def marked(run: imacs.Run, boxes: dict[str, tuple | None]) -> np.ndarray:
-    p = run.patch_rows()
-    out = []
-    for r in p.itertuples():
-        box = boxes.get(r.image)
-        if box is None:
-            out.append(False)
-            continue
-        x0, y0, x1, y1 = box
-        ix = max(0, min(r.x1, x1) - max(r.x0, x0))
-        iy = max(0, min(r.y1, y1) - max(r.y0, y0))
-        patch = (r.x1 - r.x0) * (r.y1 - r.y0)
-        out.append(ix * iy >= 0.5 * min((x1 - x0) * (y1 - y0), patch))
-    return np.asarray(out)
-
-
 def quality(run: imacs.Run, on: np.ndarray) -> dict[str, object]:
     p = run.patch_rows()
     top = run.concepts.iloc[0]
@@ -135,7 +119,7 @@ def main() -> None:
                     "workload": name,
                     "embedding": emb.split(":")[0],
                     "patches": n,
-                    **quality(run, marked(run, w["boxes"])),
+                    **quality(run, helpers.holds_mark(run.patch_rows(), w["boxes"])),
                     **{f"{s}_s_per_1k": round(1000 * t.get(s, 0.0) / n, 3) for s in STAGES},
                     # the first choice computes the attribution, the others read the cache
                     "attribution_s_per_1k": round(1000 * t["attribution"] / n, 3)

@@ -23,6 +23,7 @@ Models are plain ``forward`` calls: no hooks, so TorchScript models work.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,23 @@ from .settings import AttributionSettings, Preprocess
 
 class DeviceOutOfMemory(ImacsError):
     """The device had no memory for a pass; the caller retries with smaller passes."""
+
+
+def in_halves(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, oom: type[BaseException]
+) -> torch.Tensor:
+    """``fn(x)`` for forward passes without gradients; while the device runs out of memory
+    (``oom`` is raised), ``fn`` on each half of the batch, concatenated. A single input
+    that does not fit raises ``oom``."""
+    try:
+        return fn(x)
+    except oom:
+        if len(x) == 1:
+            raise
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+        half = len(x) // 2
+        return torch.cat([in_halves(fn, x[:half], oom), in_halves(fn, x[half:], oom)])
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -142,15 +160,9 @@ class PairedAttribution:
         """Softmax probabilities of model ``role`` for a batch of [0, 1] pixels, without
         gradients (errors as for attribution). A batch the device has no memory for is
         run in halves (what-if removal and the trust tests both come through here)."""
-        try:
-            return torch.softmax(self._logits(role, x), dim=1)
-        except DeviceOutOfMemory:
-            if len(x) == 1:
-                raise
-            half = len(x) // 2
-            return torch.cat(
-                [self.probabilities(role, x[:half]), self.probabilities(role, x[half:])]
-            )
+        return in_halves(
+            lambda t: torch.softmax(self._logits(role, t), dim=1), x, DeviceOutOfMemory
+        )
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
         kind = self.settings.baseline

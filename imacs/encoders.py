@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attribution import in_halves
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class LoadedEncoder:
                 with torch.inference_mode(), engine.autocast():
                     out = self.module(x.clamp(0.0, 1.0))
             except torch.OutOfMemoryError:
-                raise
+                raise  # in_halves retries smaller batches
             except Exception as exc:  # user code: anything can come out
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
                 raise InputError(
@@ -72,7 +72,10 @@ class LoadedEncoder:
                 ) from None
             return self._vectors(out, len(x))
 
-        return _in_halves(run, crops).cpu().numpy()
+        try:
+            return in_halves(run, crops, torch.OutOfMemoryError).cpu().numpy()
+        except torch.OutOfMemoryError:
+            raise InputError("the device ran out of memory encoding one patch") from None
 
     def _vectors(self, out: object, n: int) -> torch.Tensor:
         if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
@@ -96,18 +99,6 @@ class LoadedEncoder:
         if not torch.isfinite(out).all():
             raise InputError(f"{self.source}: the encoder returns NaN or infinite values")
         return out
-
-
-def _in_halves(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    try:
-        return fn(x)
-    except torch.OutOfMemoryError:
-        if len(x) == 1:
-            raise InputError("the device ran out of memory encoding one patch") from None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        half = len(x) // 2
-        return torch.cat([_in_halves(fn, x[:half]), _in_halves(fn, x[half:])])
 
 
 def load_encoder(kind: str, weights: str | None, size: int | None) -> LoadedEncoder | None:
@@ -158,22 +149,17 @@ def _load_file(kind: str, size_override: int | None) -> LoadedEncoder:
 
 
 def _load_timm(kind: str, weights: str | None, size: int | None) -> LoadedEncoder:
-    from .model_formats import _import_timm, _triple
+    from .model_formats import _import_timm, _triple, classifier_heads, timm_architecture
     from .models import Normalized, _apply_state_dict, _read_state_dict, file_sha256
 
     timm = _import_timm(kind)
-    name = kind.split(":", 1)[1]
-    if not name or not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5] if name else []
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise InputError(f"--embedding {kind}: timm has no architecture {name!r}{hint}")
+    name = timm_architecture(timm, kind, f"--embedding {kind}")
     digest = hashlib.sha256(kind.encode())
     if weights:
         wpath = Path(weights).expanduser()
         state = _read_state_dict(wpath)
         model = timm.create_model(name, pretrained=False, num_classes=0)
-        head = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier")
-        heads = [head] if isinstance(head, str) else list(head or [])
+        heads = classifier_heads(model)
         state = {k: v for k, v in state.items() if not any(k.startswith(f"{h}.") for h in heads)}
         _apply_state_dict(model, state, wpath, kind)
         digest.update(file_sha256(wpath).encode())

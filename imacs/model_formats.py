@@ -128,11 +128,7 @@ def load_timm(
 ) -> tuple[nn.Module, ModelDefaults]:
     """Build ``timm:NAME`` without downloading; the head is sized from the weights."""
     timm = _import_timm(source)
-    name = source.split(":", 1)[1]
-    if not name or not timm.is_model(name):
-        close = timm.list_models(f"*{name}*")[:5] if name else []
-        hint = f" (close: {', '.join(close)})" if close else ""
-        raise InputError(f"{source}: timm has no architecture {name!r}{hint}")
+    name = timm_architecture(timm, source, source)
     if state is None or weights is None:
         raise InputError(
             f"{source}: give its weights with --weights-a/--weights-b FILE (.safetensors or a "
@@ -140,10 +136,8 @@ def load_timm(
         )
     model = timm.create_model(name, pretrained=False)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    head = cfg.get("classifier")
-    heads = [head] if isinstance(head, str) else list(head or [])
     n_classes = None
-    for h in heads:
+    for h in classifier_heads(model):
         w = state.get(f"{h}.weight")
         if w is not None and w.ndim >= 1:
             n_classes = int(w.shape[0])
@@ -156,6 +150,23 @@ def load_timm(
         mean=_triple(cfg.get("mean")),
         std=_triple(cfg.get("std")),
     )
+
+
+def timm_architecture(timm: object, source: str, where: str) -> str:
+    """The architecture name of ``timm:NAME``; InputError (prefixed by ``where``) with the
+    closest names when timm has none by that name."""
+    name = source.split(":", 1)[1]
+    if not name or not timm.is_model(name):  # type: ignore[attr-defined]
+        close = timm.list_models(f"*{name}*")[:5] if name else []  # type: ignore[attr-defined]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise InputError(f"{where}: timm has no architecture {name!r}{hint}")
+    return name
+
+
+def classifier_heads(model: nn.Module) -> list[str]:
+    """The module names of a timm model's classifier, as its ``pretrained_cfg`` says."""
+    head = (getattr(model, "pretrained_cfg", {}) or {}).get("classifier")
+    return [head] if isinstance(head, str) else list(head or [])
 
 
 def _triple(v: object) -> Triple | None:

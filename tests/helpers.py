@@ -122,10 +122,13 @@ def sample(rng: np.random.Generator, label: int, mode: str) -> tuple[np.ndarray,
     return img, None
 
 
-def train(mode: str, seed: int, n: int = 600, epochs: int = 12) -> nn.Module:
+def train(mode: str, seed: int, n: int = 600, epochs: int = 12, draw=None) -> nn.Module:
+    """A TinyCNN trained on ``n`` images from ``draw(rng, label, mode)`` (default
+    :func:`sample`)."""
+    draw = draw or sample
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
-    x = np.stack([sample(rng, int(y), mode)[0] for y in labels]).astype(np.float32) / 255.0
+    x = np.stack([draw(rng, int(y), mode)[0] for y in labels]).astype(np.float32) / 255.0
     x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     y_t = torch.from_numpy(labels)
     torch.manual_seed(seed)
@@ -233,23 +236,7 @@ def looks_sample(
 
 
 def train_looks(mode: str, seed: int, n: int = 900, epochs: int = 12) -> nn.Module:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    x = np.stack([looks_sample(rng, int(y), mode)[0] for y in labels]).astype(np.float32) / 255
-    x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-    y_t = torch.from_numpy(labels)
-    torch.manual_seed(seed)
-    model = TinyCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for s in range(0, n, 32):
-            idx = perm[s : s + 32]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x_t[idx]), y_t[idx]).backward()
-            opt.step()
-    return model.eval()
+    return train(mode, seed, n, epochs, draw=looks_sample)
 
 
 def write_looks_set(root: Path, models: Path, n_per_class: int = 60, seed: int = 5) -> dict:
@@ -275,3 +262,21 @@ def write_looks_set(root: Path, models: Path, n_per_class: int = 60, seed: int =
             Image.fromarray(img).save(root / rel)
             looks[rel], boxes[rel] = look, box
     return {**out, "data": root, "looks": looks, "boxes": boxes}
+
+
+def holds_mark(patches, boxes: dict) -> np.ndarray:
+    """Per row of a patch table (``image, x0, y0, x1, y1`` in image pixels): True when the
+    patch holds at least half of its image's mark (``boxes``: image -> x0, y0, x1, y1 or
+    None), or, for a mark larger than a patch, when the mark covers half of the patch."""
+    hit = []
+    for r in patches.itertuples():
+        box = boxes.get(r.image)
+        if box is None:
+            hit.append(False)
+            continue
+        x0, y0, x1, y1 = box
+        ix = max(0, min(r.x1, x1) - max(r.x0, x0))
+        iy = max(0, min(r.y1, y1) - max(r.y0, y0))
+        patch = (r.x1 - r.x0) * (r.y1 - r.y0)
+        hit.append(ix * iy >= 0.5 * min((x1 - x0) * (y1 - y0), patch))
+    return np.asarray(hit)

@@ -16,30 +16,13 @@ from torch import nn
 import imacs
 from imacs.concepts import ConceptSettings, group_clusters
 from imacs.errors import InputError
-
-
-def _mark_patches(run, boxes: dict) -> np.ndarray:
-    """Per patch of ``run.patch_rows()``: True when it holds at least half of its image's
-    mark, or (a mark larger than a patch) when the mark covers at least half of it."""
-    p = run.patch_rows()
-    hit = []
-    for r in p.itertuples():
-        box = boxes.get(r.image)
-        if box is None:
-            hit.append(False)
-            continue
-        x0, y0, x1, y1 = box
-        ix = max(0, min(r.x1, x1) - max(r.x0, x0))
-        iy = max(0, min(r.y1, y1) - max(r.y0, y0))
-        patch = (r.x1 - r.x0) * (r.y1 - r.y0)
-        hit.append(ix * iy >= 0.5 * min((x1 - x0) * (y1 - y0), patch))
-    return np.asarray(hit)
+from tests import helpers
 
 
 def _kinds(run, looks: dict) -> pd.DataFrame:
     """The patch rows with ``mark``: which mark the patch holds (a look, the cross, none)."""
     p = run.patch_rows()
-    on = _mark_patches(run, looks["boxes"])
+    on = helpers.holds_mark(p, looks["boxes"])
     p["mark"] = [
         looks["looks"][img] if hit else "none" for img, hit in zip(p["image"], on, strict=True)
     ]
