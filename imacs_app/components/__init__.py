@@ -1,17 +1,30 @@
-"""The page's components. Each module holds a part of the layout and the callbacks that
-fill it; they talk only through the URL (see :mod:`.navigation`)."""
+"""The page's components. Each module renders a part of the page, owns the ids it renders
+(an ``ids`` namespace; other modules import them, never retype them), declares its parts of
+the view state, its clicks and the controls that show the state (see
+:class:`imacs_app.state.Component`), and registers the callbacks that fill it. They talk
+only through the URL (see :mod:`.navigation`): a new view is a module here and one entry in
+:data:`COMPONENTS`."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from dash import Dash
 
 from ..catalog import RunCatalog
-from . import agreement, cluster, image, navigation, overview, patch_map
+from . import agreement, cluster, filters, image, navigation, overview, patch_map
 
-COMPONENTS = (navigation, overview, patch_map, agreement, cluster, image)
+#: the page's components, in page order (within each region of :mod:`imacs_app.layout`)
+COMPONENTS = (navigation, overview, filters, patch_map, cluster, image, agreement)
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
-    """Register every component's callbacks."""
-    for component in COMPONENTS:
-        component.register(app, catalog)
+def register(
+    app: Dash, catalog: RunCatalog, components: Sequence[object] = COMPONENTS
+) -> navigation.Router:
+    """Register every component's callbacks and the state callback assembled from their
+    declarations; returns the state callback's router."""
+    for component in components:
+        own = getattr(component, "register", None)  # none: only declarations
+        if own is not None:
+            own(app, catalog)
+    return navigation.register_navigation(app, catalog, components)

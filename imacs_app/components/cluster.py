@@ -5,13 +5,16 @@ gallery of its patches in context."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
-from dash import Dash, Input, Output, dcc, html
+from dash import ALL, Dash, Input, Output, dcc, html
 
 from .. import figures
 from ..catalog import RunCatalog
 from ..reader import Filters, RunView
-from ..state import parse_search
+from ..state import Click, Opens, Query, UrlKey, ViewState, first, integer, parse_search
+from . import common, navigation
 from .common import aspect, close_button, files_url, guarded, render_url, view_of
 from .evidence import whatif_panel
 from .overview import alone_line, trait
@@ -22,14 +25,82 @@ GALLERY = 24
 BREAKDOWN_VALUES = 3
 
 
+class ids:
+    """The ids the detail renders (Dash's namespace convention for a component's ids)."""
+
+    DETAIL = "cluster-detail"
+    DISAGREEMENT = "cluster-disagreement"
+    ALONE = "cluster-alone"
+    MEMBERS = "concept-members"
+    BREAKDOWN = "cluster-breakdown"
+    GALLERY_TITLE = "gallery-title"
+
+    @staticmethod
+    def pick_image(image: Any) -> dict:
+        """A gallery patch, which opens its image (``ALL``: every one)."""
+        return {"type": "pick-image", "image": image}
+
+    @staticmethod
+    def open(level: Any, group: Any) -> dict:
+        """A concept's cluster, or a cluster's concept, which opens it at its level."""
+        return {"type": "open", "level": level, "id": group}
+
+
+def _read_level(q: Query) -> str:
+    if "concept" in q:
+        return "concept"
+    return "cluster" if "cluster" in q or first(q, "level") == "cluster" else "concept"
+
+
+def _read_selected(q: Query) -> int | None:
+    return integer(q, "concept") if "concept" in q else integer(q, "cluster")
+
+
+def _write_level(s: ViewState) -> list[tuple[str, str]]:
+    """``level=cluster`` only when nothing is selected (a selection names its level)."""
+    return [("level", s.level)] if s.level != "concept" and s.cluster is None else []
+
+
+#: The selection: ``concept=N`` opens concept N, ``cluster=N`` cluster N at the cluster
+#: level (so links made before concepts existed still open the cluster they named); the
+#: ranking shows concepts unless the URL says ``level=cluster``. ``state.cluster`` is the
+#: selected group at ``state.level``; the level is a display choice, kept across runs.
+URL_KEYS = (
+    UrlKey("level", "concept", _read_level, _write_level, ("level",), per_run=False, position=20),
+    UrlKey(
+        "cluster",
+        None,
+        read=_read_selected,
+        write=lambda s: [] if s.cluster is None else [(s.level, str(s.cluster))],
+        names=("concept", "cluster"),
+        scope="cluster",
+        position=30,
+    ),
+)
+CLICKS = (
+    Click(ids.pick_image(ALL), lambda s, hit: s.with_(image=int(hit.id["image"]))),
+    Click(
+        ids.open(ALL, ALL),
+        lambda s, hit: s.with_(level=hit.id["level"], cluster=int(hit.id["id"]), image=None),
+    ),
+    Click(common.ids.close("cluster"), lambda s, hit: s.with_(cluster=None)),
+)
+OPENS = (Opens(ids.DETAIL, "cluster"),)
+
+
+def layout() -> dict[str, list]:
+    """The detail, first below the ranking and the map."""
+    return {"details": [section()]}
+
+
 def section() -> html.Section:
-    return html.Section(id="cluster-detail", className="card detail")
+    return html.Section(id=ids.DETAIL, className="card detail")
 
 
 def register(app: Dash, catalog: RunCatalog) -> None:
     """Render the selected cluster."""
 
-    @app.callback(Output("cluster-detail", "children"), Input("key-cluster", "data"))
+    @app.callback(Output(ids.DETAIL, "children"), Input(navigation.ids.KEY_CLUSTER, "data"))
     @guarded(1)
     def cluster_view(key):
         s = parse_search(key)
@@ -81,9 +152,9 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 f"The models' predictions differ on {disagree} of these {n} images "
                 f"({disagree / n:.0%}); "
                 f"only A is right on {only_a}, only B on {only_b}.",
-                id="cluster-disagreement",
+                id=ids.DISAGREEMENT,
             ),
-            html.P(alone_line(row, long=True), id="cluster-alone"),
+            html.P(alone_line(row, long=True), id=ids.ALONE),
             _relatives(view, p, s.filters),
             _breakdown(
                 breakdown,
@@ -110,13 +181,13 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             html.H3(
                 f"Patches in context ({shown}, strongest {'B' if sign > 0 else 'A'} "
                 "reliance first)",
-                id="gallery-title",
+                id=ids.GALLERY_TITLE,
             ),
             html.Div(
                 className="gallery",
                 children=[
                     html.Button(
-                        id={"type": "pick-image", "image": int(r.image_id)},
+                        id=ids.pick_image(int(r.image_id)),
                         className="patch",
                         n_clicks=0,
                         title=f"image {int(r.image_id)}: A {r.attr_a:.2f}, B {r.attr_b:.2f}",
@@ -158,7 +229,7 @@ def _relatives(view: RunView, patches: pd.DataFrame, f: Filters) -> html.Div:
             r = clusters.loc[c]
             items.append(
                 html.Button(
-                    id={"type": "open", "level": "cluster", "id": int(c)},
+                    id=ids.open("cluster", int(c)),
                     className="member",
                     n_clicks=0,
                     children=[
@@ -178,7 +249,7 @@ def _relatives(view: RunView, patches: pd.DataFrame, f: Filters) -> html.Div:
                 )
             )
         return html.Div(
-            id="concept-members",
+            id=ids.MEMBERS,
             children=[
                 html.H3(f"Its {len(items)} cluster{'s' if len(items) != 1 else ''}"),
                 html.P(
@@ -191,20 +262,20 @@ def _relatives(view: RunView, patches: pd.DataFrame, f: Filters) -> html.Div:
         )
     concepts = patches["concept_id"].unique().astype(int)
     if len(concepts) != 1:
-        return html.Div(id="concept-members")
+        return html.Div(id=ids.MEMBERS)
     k = int(concepts[0])
     table = view.at("concept").groups.set_index("cluster")  # concepts, keyed "cluster"
     members = str(table.loc[k, "clusters"]).split() if k in table.index else []
     this = str(int(patches["cluster_id"].iloc[0]))
     others = [c for c in members if c != this]
     return html.Div(
-        id="concept-members",
+        id=ids.MEMBERS,
         children=html.P(
             [
                 "Part of ",
                 html.Button(
                     f"concept {k}",
-                    id={"type": "open", "level": "concept", "id": k},
+                    id=ids.open("concept", k),
                     className="link",
                     n_clicks=0,
                 ),
@@ -250,7 +321,7 @@ def _breakdown(table: pd.DataFrame, top: pd.Series | None, n_images: int, among:
                 )
             )
     return html.Div(
-        id="cluster-breakdown",
+        id=ids.BREAKDOWN,
         children=[
             html.H3("What its images have in common"),
             html.P(lead, className="lead"),

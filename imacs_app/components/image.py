@@ -3,23 +3,53 @@ B's attribution overlays on one shared scale with colour bars, B − A, and its 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from dash import Dash, Input, Output, html
+from dash import ALL, Dash, Input, Output, html
 
 from ..catalog import RunCatalog
 from ..render import DIVERGING_CSS, INFERNO_CSS, overlay_scale
-from ..state import parse_search
+from ..state import Click, Opens, integer_key, parse_search
+from . import common, navigation
 from .common import aspect, close_button, colorbar, files_url, guarded, render_url, view_of
 
 
+class ids:
+    """The ids the image detail renders (Dash's namespace convention for a component's ids)."""
+
+    DETAIL = "image-detail"
+
+    @staticmethod
+    def pick_cluster(cluster: Any) -> dict:
+        """One of the image's patches, which opens its group (``ALL``: every one)."""
+        return {"type": "pick-cluster", "cluster": cluster}
+
+
+#: ``image=N`` opens image N; only this detail depends on it
+URL_KEYS = (integer_key("image", position=40, scope="image"),)
+CLICKS = (
+    Click(
+        ids.pick_cluster(ALL), lambda s, hit: s.with_(cluster=int(hit.id["cluster"]), image=None)
+    ),
+    Click(common.ids.close("image"), lambda s, hit: s.with_(image=None)),
+)
+OPENS = (Opens(ids.DETAIL, "image"),)
+
+
+def layout() -> dict[str, list]:
+    """The detail, below the cluster's."""
+    return {"details": [section()]}
+
+
 def section() -> html.Section:
-    return html.Section(id="image-detail", className="card detail")
+    return html.Section(id=ids.DETAIL, className="card detail")
 
 
 def register(app: Dash, catalog: RunCatalog) -> None:
     """Render the selected image."""
 
-    @app.callback(Output("image-detail", "children"), Input("key-image", "data"))
+    @app.callback(Output(ids.DETAIL, "children"), Input(navigation.ids.KEY_IMAGE, "data"))
     @guarded(1)
     def image_view(key):
         s = parse_search(key)
@@ -103,7 +133,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 className="image-patches",
                 children=[
                     html.Button(
-                        id={"type": "pick-cluster", "cluster": int(p.cluster)},
+                        id=ids.pick_cluster(int(p.cluster)),
                         n_clicks=0,
                         className="patch",
                         children=[

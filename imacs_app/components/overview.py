@@ -3,6 +3,7 @@ concepts (or clusters) with one strip of representative patches each."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
@@ -13,23 +14,73 @@ from imacs.run import Run
 
 from .. import figures
 from ..catalog import RunCatalog
-from ..state import parse_search
-from .common import NO_MATCH, files_url, guarded, pct, stat, view_of
+from ..state import Click, Hit, Mirror, ViewState, choice_key, parse_search
+from . import filters, navigation
+from .common import NO_MATCH, files_url, guarded, open_clicked, pct, stat, view_of
 from .evidence import verdict_line
 
 
+class ids:
+    """The ids the overview renders (Dash's namespace convention for a component's ids)."""
+
+    SUMMARY = "summary"
+    MAP_AGREEMENT = "map-agreement"
+    RUN_WARNINGS = "run-warnings"
+    RANKING_TITLE = "ranking-title"
+    RANKING_HINT = "ranking-hint"
+    LEVEL = "rank-level"
+    MEASURE = "rank-measure"
+    RANKING = "ranking"
+    STRIPS = "strips"
+
+    @staticmethod
+    def strip(cluster: Any) -> dict:
+        """A ranking strip, which opens its group (``ALL``: every strip)."""
+        return {"type": "strip", "cluster": cluster}
+
+
+#: ``measure=relative`` ranks by relative reliance: shares renormalised over each image's
+#: patches; a display choice, kept when another run is opened
+URL_KEYS = (choice_key("measure", ("share", "relative"), position=90, per_run=False),)
+
+
+def _level(s: ViewState, hit: Hit) -> ViewState:
+    """The level toggle: concepts or clusters; nothing stays selected."""
+    if (hit.value or "concept") == s.level:
+        raise PreventUpdate
+    return s.with_(level=hit.value or "concept", cluster=None, image=None)
+
+
+CLICKS = (
+    Click(ids.MEASURE, lambda s, hit: s.with_(measure=hit.value or "share"), prop="value"),
+    Click(ids.LEVEL, _level, prop="value"),
+    Click(ids.RANKING, open_clicked("ranking"), prop="clickData"),
+    Click(ids.strip(ALL), lambda s, hit: s.with_(cluster=int(hit.id["cluster"]), image=None)),
+)
+MIRRORS = (
+    Mirror(ids.MEASURE, "value", lambda s, view, catalog: s.measure),
+    # the level toggle follows a click that changed the level (a concept's cluster)
+    Mirror(ids.LEVEL, "value", lambda s, view, catalog: s.level, follows_clicks=True),
+)
+
+
+def layout() -> dict[str, list]:
+    """The summary (above the filters) and the ranking card (first in the grid)."""
+    return {"top": [summary()], "grid": [ranking_card()]}
+
+
 def summary() -> html.Section:
-    return html.Section(id="summary", className="summary")
+    return html.Section(id=ids.SUMMARY, className="summary")
 
 
 def ranking_card() -> html.Section:
     return html.Section(
         className="card",
         children=[
-            html.H2("Concepts, ranked by |B − A|", id="ranking-title"),
-            html.P(id="ranking-hint", className="hint"),
+            html.H2("Concepts, ranked by |B − A|", id=ids.RANKING_TITLE),
+            html.P(id=ids.RANKING_HINT, className="hint"),
             dcc.RadioItems(
-                id="rank-level",
+                id=ids.LEVEL,
                 options=[
                     {"label": "concepts", "value": "concept"},
                     {"label": "clusters", "value": "cluster"},
@@ -44,7 +95,7 @@ def ranking_card() -> html.Section:
                     "cluster to the other"
                 ),
                 children=dcc.RadioItems(
-                    id="rank-measure",
+                    id=ids.MEASURE,
                     options=[
                         {"label": "share of attribution", "value": "share"},
                         {"label": "relative reliance", "value": "relative"},
@@ -53,8 +104,8 @@ def ranking_card() -> html.Section:
                     inline=True,
                 ),
             ),
-            dcc.Loading(dcc.Graph(id="ranking", config={"displayModeBar": False})),
-            html.Div(id="strips", className="strips"),
+            dcc.Loading(dcc.Graph(id=ids.RANKING, config={"displayModeBar": False})),
+            html.Div(id=ids.STRIPS, className="strips"),
         ],
     )
 
@@ -73,7 +124,7 @@ def _evidence(run: Run) -> list:
                 + ("" if iou is None else f", top-10 % IoU {iou:.2f}")
                 + " (1 = both models look at the same pixels).",
                 className="trust",
-                id="map-agreement",
+                id=ids.MAP_AGREEMENT,
             )
         )
     trust = run.trust
@@ -88,7 +139,7 @@ def _evidence(run: Run) -> list:
             )
     if run.warnings:
         out.append(
-            html.Div(className="warning", id="run-warnings", children=[
+            html.Div(className="warning", id=ids.RUN_WARNINGS, children=[
                 html.Div(f"Warning: {w}") for w in run.warnings
             ])
         )  # fmt: skip
@@ -145,15 +196,15 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     """The summary and ranking, and marking the selected cluster in them."""
 
     @app.callback(
-        Output("summary", "children"),
-        Output("ranking-title", "children"),
-        Output("ranking-hint", "children"),
-        Output("dl-concepts", "href"),
-        Output("dl-clusters", "href"),
-        Output("dl-patches", "href"),
-        Output("ranking", "figure"),
-        Output("strips", "children"),
-        Input("key-data", "data"),
+        Output(ids.SUMMARY, "children"),
+        Output(ids.RANKING_TITLE, "children"),
+        Output(ids.RANKING_HINT, "children"),
+        Output(filters.ids.DL_CONCEPTS, "href"),
+        Output(filters.ids.DL_CLUSTERS, "href"),
+        Output(filters.ids.DL_PATCHES, "href"),
+        Output(ids.RANKING, "figure"),
+        Output(ids.STRIPS, "children"),
+        Input(navigation.ids.KEY_DATA, "data"),
     )
     @guarded(8, blank=("", "", "", "", "", figures.empty("See the message above."), []))
     def data_views(key):
@@ -260,7 +311,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             grouped = f" · {members} clusters" if members > 1 else ""
             strips.append(
                 html.Button(
-                    id={"type": "strip", "cluster": c},
+                    id=ids.strip(c),
                     className="strip",
                     n_clicks=0,
                     children=[
@@ -306,9 +357,9 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         )
 
     @app.callback(
-        Output("ranking", "figure", allow_duplicate=True),
-        Input("key-cluster", "data"),
-        Input("ranking", "figure"),
+        Output(ids.RANKING, "figure", allow_duplicate=True),
+        Input(navigation.ids.KEY_CLUSTER, "data"),
+        Input(ids.RANKING, "figure"),
         prevent_initial_call=True,
     )
     def ranking_highlight(key, fig):
@@ -325,9 +376,9 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         return patch
 
     @app.callback(
-        Output({"type": "strip", "cluster": ALL}, "className"),
-        Input("key-cluster", "data"),
-        Input({"type": "strip", "cluster": ALL}, "id"),
+        Output(ids.strip(ALL), "className"),
+        Input(navigation.ids.KEY_CLUSTER, "data"),
+        Input(ids.strip(ALL), "id"),
     )
     def strip_highlight(key, ids):
         """Mark the selected cluster's strip."""
