@@ -8,6 +8,11 @@ No part of the state is declared here: each component declares the URL keys it o
 change re-renders), and :class:`UrlFormat` assembles the state from the page's components
 (:data:`imacs_app.components.COMPONENTS`). :class:`ViewState` holds one value per key,
 read as attributes (``state.cluster``); anything malformed in a URL reads as the default.
+
+Components also declare their clicks (:class:`Click`), the controls that show the state
+(:class:`Mirror`) and what a click opens (:class:`Opens`); the navigation assembles the
+state callback from them (:class:`imacs_app.components.navigation.Router`). This module
+imports no Dash: declarations are plain data.
 """
 
 from __future__ import annotations

@@ -170,17 +170,23 @@ def _map_point(pt: dict, s: ViewState, catalog: RunCatalog) -> int:
         patches = view_of(catalog, s).filtered_patches(s.filters)
     except InputError:
         raise PreventUpdate from None
-    index = pt.get("pointIndex", pt.get("pointNumber"))
     x, y = pt.get("x"), pt.get("y")
-    if isinstance(index, int) and 0 <= index < len(patches):
-        row = patches.iloc[index]
-        if (
-            x is None
-            or y is None
-            or (abs(round(row["proj_x"], 3) - x) < 1e-6 and abs(round(row["proj_y"], 3) - y) < 1e-6)
-        ):
-            return int(row["cluster"])
+    at_index = _at_index(pt.get("pointIndex", pt.get("pointNumber")), x, y, patches)
+    if at_index is not None:
+        return at_index
     if x is None or y is None or patches.empty:
         raise PreventUpdate
     near = (patches["proj_x"] - x) ** 2 + (patches["proj_y"] - y) ** 2
     return int(patches["cluster"].to_numpy()[int(np.argmin(near.to_numpy()))])
+
+
+def _at_index(index: object, x: float | None, y: float | None, patches) -> int | None:
+    """The cluster of the patch at a map point's index, if the point's coordinates (when
+    the click has them) are that patch's; else None."""
+    if not isinstance(index, int) or not 0 <= index < len(patches):
+        return None
+    row = patches.iloc[index]
+    if x is None or y is None:
+        return int(row["cluster"])
+    same = abs(round(row["proj_x"], 3) - x) < 1e-6 and abs(round(row["proj_y"], 3) - y) < 1e-6
+    return int(row["cluster"]) if same else None

@@ -203,16 +203,28 @@ class Router:
             PreventUpdate: the click leaves the view as it is.
         """
         s = self.format.parse(search)
-        if fired is None or fired == ids.URL:
-            return self.load(s, search)
-        if s.run is None or s.run not in self.catalog.run_dirs():
-            return self.load(s, search)  # removed while the page was open
-        click = next((c for c in self.clicks if c.prop == prop and matches(c.source, fired)), None)
-        if click is None or (click.prop == "n_clicks" and not value):
-            raise PreventUpdate  # a button just rendered has no clicks yet
+        if fired is None or fired == ids.URL or not self._shown(s):
+            return self.load(s, search)  # a (re)load, or a run removed while the page was open
+        click = self._click(fired, prop, value)
         new = click.apply(s, Hit(fired, prop, value, inputs or {}, self.catalog))
         if new.run != s.run:
             return self.load(new, search)
+        return self._clicked(new, search)
+
+    def _shown(self, s: ViewState) -> bool:
+        return s.run is not None and s.run in self.catalog.run_dirs()
+
+    def _click(self, fired: str | Mapping[str, Any], prop: str, value: Any) -> Click:
+        """The click declared for what fired."""
+        if prop == "n_clicks" and not value:
+            raise PreventUpdate  # a button just rendered has no clicks yet
+        for click in self.clicks:
+            if click.prop == prop and matches(click.source, fired):
+                return click
+        raise PreventUpdate
+
+    def _clicked(self, new: ViewState, search: str | None) -> tuple:
+        """The outputs after a click: the new URL, and the mirrors that follow clicks."""
         text = new.to_search()
         if text == (search or ""):
             raise PreventUpdate
@@ -220,9 +232,9 @@ class Router:
             view = self.catalog.get(new.run)
         except InputError:
             return self.load(new, search)
-        shown = [
+        shown = (
             m.show(new, view, self.catalog) if m.follows_clicks else no_update for m in self.mirrors
-        ]
+        )
         return (text, *shown, None)
 
     def load(self, s: ViewState, search: str | None) -> tuple:
