@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import ImacsError, InputError
 from .settings import add_cli_options
 
@@ -230,7 +230,7 @@ def _dashboard() -> Callable[..., None]:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .pipeline import analyze
+    from .api import analyze
 
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/imacs/numba"))
     quiet = args.quiet

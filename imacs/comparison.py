@@ -33,34 +33,11 @@ the headline and the ranking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .options import real, setting, validate, whole
-
-
-@dataclass(frozen=True)
-class ComparisonSettings:
-    """Settings of the comparison.
-
-    Args:
-        n_boot (int): bootstrap resamples. Default: 1000.
-        n_perm (int): sign-flip permutations for the family-wise p-values. Default: 999.
-        ci (float): confidence level of the intervals; significance is at ``1 - ci``.
-            Default: 0.95.
-        seed (int): seed of the bootstrap and the permutations. Default: 0.
-    """
-
-    n_boot: int = setting(1000, convert=whole(10))
-    n_perm: int = setting(999, convert=whole(99))
-    ci: float = setting(0.95, convert=real(0.5, below=1.0))
-    seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
-
-    def __post_init__(self) -> None:
-        validate(self)
+from .settings import ComparisonSettings
 
 
 def compare_clusters(

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import InputError
+from .runformat import ROLES
+from .settings import AttributionSettings, Preprocess
+from .stage import stage
 
 if TYPE_CHECKING:
     from .attribution import PairedAttribution
     from .data import ImageRecord
     from .encoders import LoadedEncoder
     from .patches import PatchTable
-    from .settings import Preprocess
-
-ROLES = ("a", "b")
 #: most response coordinates per model (the rest of the classes share one)
 MAX_CLASSES = 64
 #: classes remembered per patch for a model with more than MAX_CLASSES classes
@@ -198,3 +198,31 @@ def _pasted(pixels: np.ndarray, base: np.ndarray, k: int, box: np.ndarray) -> np
 def _crop(pixels: np.ndarray, k: int, box: np.ndarray) -> np.ndarray:
     x0, y0, x1, y1 = (int(v) for v in box)
     return np.ascontiguousarray(pixels[k][:, y0:y1, x0:x1])
+
+
+@stage(
+    "responses",
+    reads=("engine", "records", "patch_table", "encoder", "progress"),
+    produces=("views",),
+    settings=("preprocess", "attribution"),
+)
+def responses_stage(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    patch_table: PatchTable,
+    encoder: LoadedEncoder | None,
+    progress: bool,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+) -> dict[str, object]:
+    """Both models (and the encoder) on each patch alone."""
+    views = patch_views(
+        engine,
+        records,
+        patch_table,
+        preprocess,
+        encoder,
+        batch_size=max(16, 4 * attribution.batch_size),  # forward passes only
+        progress=progress,
+    )
+    return {"views": views}
