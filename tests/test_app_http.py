@@ -612,8 +612,8 @@ def test_app027_a_new_clickable_view_is_one_component(runs_root) -> None:
     from imacs_app import components
     from imacs_app.components import COMPONENTS, overview
     from imacs_app.components.navigation import ids
+    from imacs_app.declare import Click, Mirror, UrlFormat, integer_key
     from imacs_app.layout import layout
-    from imacs_app.state import Click, Mirror, UrlFormat, integer_key
 
     zoom = SimpleNamespace(
         URL_KEYS=(integer_key("zoom", position=95, scope="map"),),

@@ -1,7 +1,7 @@
 """The page's components. Each module renders a part of the page, owns the ids it renders
 (an ``ids`` namespace; other modules import them, never retype them), declares its parts of
 the view state, its clicks and the controls that show the state (see
-:class:`imacs_app.state.Component`), and registers the callbacks that fill it. They talk
+:class:`imacs_app.declare.Component`), and registers the callbacks that fill it. They talk
 only through the URL (see :mod:`.navigation`): a new view is a module here and one entry in
 :data:`COMPONENTS`."""
 
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dash import Dash
 
 from ..catalog import RunCatalog
+from ..declare import UrlFormat
 from . import agreement, cluster, filters, image, navigation, overview, patch_map
 
 #: the page's components, in page order (within each region of :mod:`imacs_app.layout`)
@@ -23,8 +24,9 @@ def register(
 ) -> navigation.Router:
     """Register every component's callbacks and the state callback assembled from their
     declarations; returns the state callback's router."""
+    fmt = UrlFormat.of(components)
     for component in components:
         own = getattr(component, "register", None)  # none: only declarations
         if own is not None:
-            own(app, catalog)
-    return navigation.register_navigation(app, catalog, components)
+            own(app, catalog, fmt)
+    return navigation.register_navigation(app, catalog, components, fmt)

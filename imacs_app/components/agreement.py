@@ -10,7 +10,7 @@ from dash import ALL, Dash, Input, Output, dcc, html
 
 from .. import figures
 from ..catalog import RunCatalog
-from ..state import Click, parse_search
+from ..declare import Click, UrlFormat
 from . import navigation
 from .common import NO_MATCH, aspect, guarded, render_url, view_of
 
@@ -48,13 +48,13 @@ def section() -> html.Section:
     )
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
+def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """Fill the section from the filtered images."""
 
     @app.callback(Output(ids.AGREEMENT, "children"), Input(navigation.ids.KEY_DATA, "data"))
     @guarded(1)
     def agreement_view(key):
-        s = parse_search(key)
+        s = fmt.parse(key)
         view = view_of(catalog, s)
         img = view.images
         if "map_spearman" not in img.columns:

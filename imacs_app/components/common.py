@@ -17,8 +17,8 @@ from dash.exceptions import PreventUpdate
 from imacs.errors import InputError
 
 from ..catalog import RunCatalog
+from ..declare import Hit, ViewState
 from ..reader import RunView
-from ..state import Hit, ViewState
 
 #: what every view says when the filters leave nothing
 NO_MATCH = "No patches match these filters."

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dash import dcc, html
 
 from ..catalog import RunCatalog
+from ..declare import Click, Hit, Mirror, Query, UrlKey, ViewState, first
 from ..reader import OUTCOMES, RunView
-from ..state import Click, Hit, Mirror, Query, UrlKey, ViewState, first
 
 
 class ids:

@@ -3,7 +3,7 @@ rewrite it, and small keys derived from it tell each view when its part changed,
 re-renders only what it affects (the 100k-point map is not resent when a cluster is picked).
 
 The state callback (:class:`Router`) is assembled from what the components declare (see
-:class:`imacs_app.state.Component`): their URL keys make the state, their clicks are its
+:class:`imacs_app.declare.Component`): their URL keys make the state, their clicks are its
 inputs, their mirrors its outputs. A new clickable view is one component module and one
 entry in :data:`imacs_app.components.COMPONENTS`; nothing here changes.
 """
@@ -22,8 +22,7 @@ from dash.exceptions import PreventUpdate
 from imacs.errors import InputError
 
 from ..catalog import RunCatalog
-from ..reader import RunView
-from ..state import (
+from ..declare import (
     Click,
     Hit,
     Mirror,
@@ -33,6 +32,7 @@ from ..state import (
     declared,
     first,
 )
+from ..reader import RunView
 from .common import problem
 
 
@@ -50,7 +50,7 @@ class ids:
     NOTICE = "notice"
 
 
-#: each derived key and the scopes of the URL keys it carries (see :data:`imacs_app.state.SCOPES`)
+#: each derived key and the scopes of the URL keys it carries (see :data:`imacs_app.declare.SCOPES`)
 KEYS = {
     ids.KEY_DATA: ("data",),
     ids.KEY_MAP: ("data", "map"),
@@ -148,10 +148,13 @@ class Router:
         components (sequence of Component): the page's components; their declarations
             make the state callback's inputs (clicks) and outputs (mirrors).
         catalog (RunCatalog): the runs.
+        fmt (UrlFormat, optional): the page's URL format. Default: made from ``components``
     """
 
-    def __init__(self, components: Sequence[object], catalog: RunCatalog) -> None:
-        self.format = UrlFormat.of(components)
+    def __init__(
+        self, components: Sequence[object], catalog: RunCatalog, fmt: UrlFormat | None = None
+    ) -> None:
+        self.format = fmt or UrlFormat.of(components)
         self.clicks: tuple[Click, ...] = sum((declared(c, "CLICKS") for c in components), ())
         self.mirrors: tuple[Mirror, ...] = sum((declared(c, "MIRRORS") for c in components), ())
         self.catalog = catalog
@@ -310,10 +313,12 @@ _SCROLL = """function (search, ...rest) {
 }"""
 
 
-def register_navigation(app: Dash, catalog: RunCatalog, components: Sequence[object]) -> Router:
+def register_navigation(
+    app: Dash, catalog: RunCatalog, components: Sequence[object], fmt: UrlFormat
+) -> Router:
     """The state callback, the keys and scrolling to what was just opened, for a page made
-    of ``components``."""
-    router = Router(components, catalog)
+    of ``components`` (whose URL format is ``fmt``)."""
+    router = Router(components, catalog, fmt)
     router.register(app)
     for key, scopes in KEYS.items():
         app.callback(Output(key, "data"), Input(ids.URL, "search"), State(key, "data"))(

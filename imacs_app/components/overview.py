@@ -14,7 +14,8 @@ from imacs.run import Run
 
 from .. import figures
 from ..catalog import RunCatalog
-from ..state import Click, Hit, Mirror, ViewState, choice_key, parse_search
+from ..declare import Click, Hit, Mirror, UrlFormat, ViewState, choice_key
+from ..reader import Filters, RunView
 from . import filters, navigation
 from .common import NO_MATCH, files_url, guarded, open_clicked, pct, stat, view_of
 from .evidence import verdict_line
@@ -192,7 +193,134 @@ def trait(column: str, value: str) -> str:
     return f"{column} = {value}"
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
+def _summary(view: RunView, f: Filters) -> list:
+    """The models, their accuracies and agreement, the counts and the run's settings."""
+    m = view.run.manifest
+    names = view.run.names
+    summ = view.summary(f)
+    settings = m["settings"]
+    ig = settings["attribution"]
+
+    def count(kept: str, total: str) -> str:
+        return f"{summ[kept]} / {summ[total]}" if f.active else str(summ[total])
+
+    tag = " · filtered" if f.active else ""
+    return [
+        html.Div(
+            className="models",
+            children=[
+                html.Span([html.B("A "), names["a"]], className="model-a"),
+                html.Span(" vs ", className="vs"),
+                html.Span([html.B("B "), names["b"]], className="model-b"),
+            ],
+        ),
+        html.Div(
+            className="stats",
+            children=[
+                stat(f"accuracy A{tag}", pct(summ["accuracy_a"])),
+                stat(f"accuracy B{tag}", pct(summ["accuracy_b"])),
+                stat(f"agreement{tag}", pct(summ["agreement"])),
+                stat("images", count("n_images", "n_images_total")),
+                stat("skipped", str(summ["n_skipped"])),
+                stat("patches", count("n_patches", "n_patches_total")),
+                stat(f"{view.unit}s", count("n_clusters", "n_clusters_total")),
+            ],
+        ),
+        html.Div(
+            f"IG {ig['steps']} steps, {ig['baseline']} baseline, target {ig['target']}; "
+            f"input {settings['preprocess']['image_size'][0]}"
+            f"x{settings['preprocess']['image_size'][1]}; {len(view.run.classes)} classes; "
+            f"seed {settings['seed']}; made {m['created']}",
+            className="settings",
+        ),
+    ]
+
+
+def _problems(catalog: RunCatalog) -> list:
+    """The runs in the folder that cannot be read, if any."""
+    problems = catalog.problems()
+    if not problems:
+        return []
+    return [
+        html.Div(
+            className="warning",
+            children=[f"{len(problems)} run(s) here cannot be read and are not listed: "]
+            + [html.Div(f"{k}: {why}") for k, why in sorted(problems.items())],
+        )
+    ]
+
+
+def _title(unit: str) -> tuple[str, str]:
+    """The ranking's title and hint at a level."""
+    title = f"{unit.title()}s, ranked by |B − A|"
+    if unit == "concept":
+        return title, (
+            "A concept groups clusters of salient patches that the models answer alike "
+            "when shown a patch alone (one logo on different backgrounds, one shortcut "
+            "in several colours). Bars show the mean share of each model's attribution "
+            "inside them; click a bar or a row to open the concept and its clusters."
+        )
+    return title, (
+        "Each cluster groups similar salient patches (by the run's embedding). Bars "
+        "show the mean share of each model's attribution inside them; click a bar "
+        "or a row to open the cluster."
+    )
+
+
+def _strips(view: RunView, clusters: pd.DataFrame, f: Filters, relative: bool) -> list:
+    """One strip per group, in the ranking's order: its numbers, what stands out in its
+    images, and representative patches."""
+    unit = view.unit
+    reps = view.representatives(f)
+    traits = view.cluster_traits(f)
+    strips = []
+    for pos, r in enumerate(clusters.itertuples(), start=1):
+        c = int(r.cluster)
+        shown = float(r.diff_rel if relative else r.diff)
+        if c in traits.index:
+            t = traits.loc[c]
+            stands_out = f"{trait(t['column'], t['value'])} in {t['share']:.0%} of images"
+        else:
+            stands_out = f"mostly {r.top_class}"
+        members = int(getattr(r, "n_clusters", 1) or 1) if unit == "concept" else 0
+        grouped = f" · {members} clusters" if members > 1 else ""
+        strips.append(
+            html.Button(
+                id=ids.strip(c),
+                className="strip",
+                n_clicks=0,
+                children=[
+                    html.Div(
+                        className="strip-head",
+                        children=[
+                            html.Span(
+                                f"#{pos if relative else int(r.rank)} {unit} {c}{grouped}",
+                                className="strip-title",
+                            ),
+                            html.Span(
+                                f"B − A {shown:+.3f}" + (" relative" if relative else ""),
+                                className="pos" if shown >= 0 else "neg",
+                            ),
+                            html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
+                            html.Span(stands_out, className="strip-trait"),
+                            alone_line(r._asdict()),
+                            verdict_line(r._asdict()),
+                        ],
+                    ),
+                    html.Div(
+                        className="thumbs",
+                        children=[
+                            html.Img(src=files_url(view, f"patches/{pid}.jpg"), alt=f"patch {pid}")
+                            for pid in reps.get(c, [])
+                        ],
+                    ),
+                ],
+            )
+        )
+    return strips
+
+
+def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """The summary and ranking, and marking the selected cluster in them."""
 
     @app.callback(
@@ -208,153 +336,26 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     )
     @guarded(8, blank=("", "", "", "", "", figures.empty("See the message above."), []))
     def data_views(key):
-        s = parse_search(key)
+        s = fmt.parse(key)
         view = view_of(catalog, s)
-        m = view.run.manifest
-        names = view.run.names
         f = s.filters
         clusters = view.clusters(f)
-        summ = view.summary(f)
-        settings = m["settings"]
-        ig = settings["attribution"]
-
-        def count(kept: str, total: str) -> str:
-            return f"{summ[kept]} / {summ[total]}" if f.active else str(summ[total])
-
-        tag = " · filtered" if f.active else ""
-        summary = [
-            html.Div(
-                className="models",
-                children=[
-                    html.Span([html.B("A "), names["a"]], className="model-a"),
-                    html.Span(" vs ", className="vs"),
-                    html.Span([html.B("B "), names["b"]], className="model-b"),
-                ],
-            ),
-            html.Div(
-                className="stats",
-                children=[
-                    stat(f"accuracy A{tag}", pct(summ["accuracy_a"])),
-                    stat(f"accuracy B{tag}", pct(summ["accuracy_b"])),
-                    stat(f"agreement{tag}", pct(summ["agreement"])),
-                    stat("images", count("n_images", "n_images_total")),
-                    stat("skipped", str(summ["n_skipped"])),
-                    stat("patches", count("n_patches", "n_patches_total")),
-                    stat(f"{view.unit}s", count("n_clusters", "n_clusters_total")),
-                ],
-            ),
-            html.Div(
-                f"IG {ig['steps']} steps, {ig['baseline']} baseline, target {ig['target']}; "
-                f"input {settings['preprocess']['image_size'][0]}"
-                f"x{settings['preprocess']['image_size'][1]}; {len(view.run.classes)} classes; "
-                f"seed {settings['seed']}; made {m['created']}",
-                className="settings",
-            ),
-        ]
-        summary += _evidence(view.run)
-        problems = catalog.problems()
-        if problems:
-            summary.append(
-                html.Div(
-                    className="warning",
-                    children=[f"{len(problems)} run(s) here cannot be read and are not listed: "]
-                    + [html.Div(f"{k}: {why}") for k, why in sorted(problems.items())],
-                )
-            )
+        summary = [*_summary(view, f), *_evidence(view.run), *_problems(catalog)]
         qs = s.with_(run=None).to_search()
-        dl_k = f"/download/{quote(view.run_id)}/concepts.csv{qs}"
-        dl_c = f"/download/{quote(view.run_id)}/clusters.csv{qs}"
-        dl_p = f"/download/{quote(view.run_id)}/patches.csv{qs}"
-        unit = view.unit
-        title = f"{unit.title()}s, ranked by |B − A|"
-        if unit == "concept":
-            hint = (
-                "A concept groups clusters of salient patches that the models answer alike "
-                "when shown a patch alone (one logo on different backgrounds, one shortcut "
-                "in several colours). Bars show the mean share of each model's attribution "
-                "inside them; click a bar or a row to open the concept and its clusters."
-            )
-        else:
-            hint = (
-                "Each cluster groups similar salient patches (by the run's embedding). Bars "
-                "show the mean share of each model's attribution inside them; click a bar "
-                "or a row to open the cluster."
-            )
+        downloads = [
+            f"/download/{quote(view.run_id)}/{table}.csv{qs}"
+            for table in ("concepts", "clusters", "patches")
+        ]
+        title, hint = _title(view.unit)
         if clusters.empty:
-            return (
-                summary,
-                title,
-                hint,
-                dl_k,
-                dl_c,
-                dl_p,
-                figures.empty(NO_MATCH, height=200),
-                [],
-            )
+            return (summary, title, hint, *downloads, figures.empty(NO_MATCH, height=200), [])
         relative = s.measure == "relative" and "diff_rel" in clusters.columns
         if relative:  # ranked by |diff_rel|; the figure and the strips show this order
             clusters = clusters.reindex(
                 clusters["diff_rel"].abs().sort_values(ascending=False, kind="stable").index
             )
-        reps = view.representatives(f)
-        traits = view.cluster_traits(f)
-        strips = []
-        for pos, r in enumerate(clusters.itertuples(), start=1):
-            c = int(r.cluster)
-            shown = float(r.diff_rel if relative else r.diff)
-            if c in traits.index:
-                t = traits.loc[c]
-                stands_out = f"{trait(t['column'], t['value'])} in {t['share']:.0%} of images"
-            else:
-                stands_out = f"mostly {r.top_class}"
-            members = int(getattr(r, "n_clusters", 1) or 1) if unit == "concept" else 0
-            grouped = f" · {members} clusters" if members > 1 else ""
-            strips.append(
-                html.Button(
-                    id=ids.strip(c),
-                    className="strip",
-                    n_clicks=0,
-                    children=[
-                        html.Div(
-                            className="strip-head",
-                            children=[
-                                html.Span(
-                                    f"#{pos if relative else int(r.rank)} {unit} {c}{grouped}",
-                                    className="strip-title",
-                                ),
-                                html.Span(
-                                    f"B − A {shown:+.3f}" + (" relative" if relative else ""),
-                                    className="pos" if shown >= 0 else "neg",
-                                ),
-                                html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
-                                html.Span(stands_out, className="strip-trait"),
-                                alone_line(r._asdict()),
-                                verdict_line(r._asdict()),
-                            ],
-                        ),
-                        html.Div(
-                            className="thumbs",
-                            children=[
-                                html.Img(
-                                    src=files_url(view, f"patches/{pid}.jpg"),
-                                    alt=f"patch {pid}",
-                                )
-                                for pid in reps.get(c, [])
-                            ],
-                        ),
-                    ],
-                )
-            )
-        return (
-            summary,
-            title,
-            hint,
-            dl_k,
-            dl_c,
-            dl_p,
-            figures.ranking(clusters, names, None, relative),
-            strips,
-        )
+        figure = figures.ranking(clusters, view.run.names, None, relative)
+        return (summary, title, hint, *downloads, figure, _strips(view, clusters, f, relative))
 
     @app.callback(
         Output(ids.RANKING, "figure", allow_duplicate=True),
@@ -367,7 +368,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         if not fig or not fig.get("data"):
             raise PreventUpdate
         shapes = figures.ranking_marks(
-            fig["data"][0].get("customdata") or [], parse_search(key).cluster
+            fig["data"][0].get("customdata") or [], fmt.parse(key).cluster
         )
         if (fig.get("layout") or {}).get("shapes", []) == shapes:
             raise PreventUpdate
@@ -382,5 +383,5 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     )
     def strip_highlight(key, ids):
         """Mark the selected cluster's strip."""
-        selected = parse_search(key).cluster
+        selected = fmt.parse(key).cluster
         return ["strip selected" if i["cluster"] == selected else "strip" for i in ids]

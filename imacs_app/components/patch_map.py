@@ -11,7 +11,7 @@ from imacs.errors import InputError
 
 from .. import figures
 from ..catalog import RunCatalog
-from ..state import Click, Mirror, choice_key, parse_search
+from ..declare import Click, Mirror, UrlFormat, choice_key
 from . import navigation
 from .common import NO_MATCH, open_clicked, problem, view_of
 
@@ -65,12 +65,12 @@ def map_card() -> html.Section:
     )
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
+def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """Draw the map; outline the selected cluster."""
 
     @app.callback(Output(ids.MAP, "figure"), Input(navigation.ids.KEY_MAP, "data"))
     def map_view(key):
-        s = parse_search(key)
+        s = fmt.parse(key)
         try:
             view = view_of(catalog, s)
             p = view.filtered_patches(s.filters)
@@ -89,7 +89,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
     def map_highlight(key, fig):
         if fig is not None and len(fig.get("data") or []) < 2:
             raise PreventUpdate  # a map that says why it is empty
-        s = parse_search(key)
+        s = fmt.parse(key)
         try:
             p = view_of(catalog, s).filtered_patches(s.filters)
         except InputError:
