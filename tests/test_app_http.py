@@ -643,3 +643,10 @@ def test_app027_a_new_clickable_view_is_one_component(runs_root) -> None:
     # its key is in the map's scope: the map's derived key changes with it, the data's not
     s = UrlFormat.of(page).parse(strip[0])
     assert s.scoped(["data", "map"]).zoom == 4 and s.scoped(["data"]).zoom is None
+    # a key another component owns, or a region the page lacks, is refused at once
+    clash = SimpleNamespace(URL_KEYS=(integer_key("image", position=1),), layout=dict)
+    with pytest.raises(ValueError, match="same URL key"):
+        UrlFormat.of((*COMPONENTS, clash))
+    lost = SimpleNamespace(layout=lambda: {"sidebar": [html.Div()]})
+    with pytest.raises(ValueError, match="no page region 'sidebar'"):
+        layout((*COMPONENTS, lost))
