@@ -235,7 +235,9 @@ def test_app011_unreadable_runs_are_set_aside_and_reported(runs_root, tmp_path) 
     assert list(cat.run_dirs()) == ["good"]
     problems = cat.problems()
     assert set(problems) == {"old", "broken"}
-    assert "run format 0 is not the supported format 1; re-run imacs analyze" in problems["old"]
+    assert (
+        "run format 0 is not one this imacs reads (1 to 2); re-run imacs analyze" in problems["old"]
+    )
     assert create_app(root).server.test_client().get("/healthz").status_code == 200
 
 
