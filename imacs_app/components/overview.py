@@ -115,7 +115,7 @@ def _evidence(run: Run) -> list:
     """How far the maps can be trusted and how much the two models' maps agree (runs made
     before these were computed show nothing), and the run's warnings."""
     out = []
-    summary = run.manifest["summary"]
+    summary = run.info.summary
     spearman = summary.get("map_spearman_median")
     if spearman is not None:
         iou = summary.get("map_iou_top10_median")
@@ -195,11 +195,11 @@ def trait(column: str, value: str) -> str:
 
 def _summary(view: RunView, f: Filters) -> list:
     """The models, their accuracies and agreement, the counts and the run's settings."""
-    m = view.run.manifest
     names = view.run.names
     summ = view.summary(f)
-    settings = m["settings"]
-    ig = settings["attribution"]
+    settings = view.run.settings
+    ig = settings.attribution
+    h, w = settings.preprocess.input_size
 
     def count(kept: str, total: str) -> str:
         return f"{summ[kept]} / {summ[total]}" if f.active else str(summ[total])
@@ -227,10 +227,9 @@ def _summary(view: RunView, f: Filters) -> list:
             ],
         ),
         html.Div(
-            f"IG {ig['steps']} steps, {ig['baseline']} baseline, target {ig['target']}; "
-            f"input {settings['preprocess']['image_size'][0]}"
-            f"x{settings['preprocess']['image_size'][1]}; {len(view.run.classes)} classes; "
-            f"seed {settings['seed']}; made {m['created']}",
+            f"IG {ig.steps} steps, {ig.baseline} baseline, target {ig.target}; "
+            f"input {h}x{w}; {len(view.run.classes)} classes; "
+            f"seed {settings.seed}; made {view.run.info.created}",
             className="settings",
         ),
     ]
