@@ -73,14 +73,17 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def is_eager(module: nn.Module) -> bool:
-    """True when ``module`` runs its layers as Python modules, so layer hooks see them:
-    False for TorchScript and for a graph of torch operators without module calls (what
-    ``torch.export``'s ``ExportedProgram.module()`` is), also inside a wrapper."""
+    """True when ``module`` runs its layers as Python modules, so layer hooks see them.
+
+    False for TorchScript, and for a graph that reads its layers' parameters as operator
+    inputs instead of calling the layers (what ``torch.export``'s
+    ``ExportedProgram.module()`` is), also inside a wrapper.
+    """
     for m in module.modules():
         if isinstance(m, torch.jit.ScriptModule):
             return False
-        if isinstance(m, torch.fx.GraphModule) and not any(
-            n.op == "call_module" for n in m.graph.nodes
+        if isinstance(m, torch.fx.GraphModule) and any(
+            n.op == "get_attr" and "." in str(n.target) for n in m.graph.nodes
         ):
             return False
     return True
