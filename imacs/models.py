@@ -89,19 +89,24 @@ class LoadedModel:
     defaults: ModelDefaults = field(default_factory=ModelDefaults)
     #: the normalisation applied inside the module from its own configuration, if any
     normalisation: dict[str, object] | None = None
-    #: an eager torch.nn.Module whose layers take hooks (False for TorchScript, torch.export)
+    #: an eager torch.nn.Module whose layers take hooks (False for TorchScript and
+    #: torch.export programs); load_model takes it from the format
     eager: bool = True
-    #: the format's manifest entry (name, source, weights)
+    #: the format's manifest entry (name, source, weights); load_model fills it
     entry: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.entry:
+            self.entry = self.spec.format.describe(self.spec.source, self.spec.weights)
 
     @property
     def name(self) -> str:
-        return self.spec.name or str(self.entry.get("name") or self.spec.display_name)
+        return self.spec.name or str(self.entry["name"])
 
     def describe(self) -> dict[str, object]:
         """The run manifest's entry for this model: name, kind, eager, source, sha256,
         weights (when given) and the normalisation applied inside the module (if any)."""
-        entry = self.entry or self.spec.format.describe(self.spec.source, self.spec.weights)
+        entry = self.entry
         out: dict[str, object] = {
             "name": self.name,
             "kind": self.kind,
