@@ -57,7 +57,9 @@ class BatchResult:
     probs: np.ndarray  #: (n, classes) float32 softmax probabilities
     pred: np.ndarray  #: (n,) int64 predicted class
     target: np.ndarray  #: (n,) int64 class that was explained
-    delta: np.ndarray  #: (n,) float32 convergence delta (completeness error)
+    #: (n,) float32 convergence delta (completeness error); NaN for a method without
+    #: completeness (see :mod:`imacs.methods`)
+    delta: np.ndarray
 
 
 class PairedAttribution:
