@@ -41,100 +41,31 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .options import boolean, real, setting, validate, whole
+from .runformat import ROLES, empty, whatif_columns, whatif_image_columns
+from .settings import AttributionSettings, Preprocess, WhatIfSettings
+from .stage import stage
 
 if TYPE_CHECKING:
     from .attribution import PairedAttribution
     from .data import ImageRecord
-    from .settings import AnalysisSettings
 
-ROLES = ("a", "b")
 EFFECTS = ("B depends", "A depends", "both", "neither")
 
 #: columns of ``whatif.parquet`` (also merged into :attr:`imacs.run.Run.clusters`)
-COLUMNS: dict[str, str] = {
-    "cluster": "int64",
-    "whatif_n_images": "int64",
-    "whatif_n_boxes": "int64",
-    **{
-        f"whatif_{k}_{r}": "float64"
-        for k in (
-            "flip",
-            "drop",
-            "acc_before",
-            "acc_after",
-            "control_flip",
-            "control_drop",
-            "p",
-        )
-        for r in ROLES
-    },
-    "whatif_control_overlap": "float64",
-    "whatif_effect": "object",
-    "whatif_verdict": "object",
-}
-
-
-@dataclass(frozen=True)
-class WhatIfSettings:
-    """What-if removal settings.
-
-    Args:
-        enabled (bool): run the stage. Default: True.
-        top (int): test the clusters ranked 1..top by ``|diff|``, plus every significant one.
-            Default: 10.
-        alpha (float): family-wise error level of the verdicts. Default: 0.05.
-        min_excess (float): least excess of the flip rate over the random control that
-            counts as a dependence. Default: 0.1.
-    """
-
-    enabled: bool = setting(
-        True,
-        flag="--whatif",
-        convert=boolean,
-        group="what-if",
-        help="re-run both models with each top cluster's patches removed (default: on)",
-    )
-    top: int = setting(
-        10,
-        flag="--whatif-top",
-        metavar="N",
-        convert=whole(0, 100_000),
-        group="what-if",
-        help="test the N clusters with the largest |diff|, plus every significant one",
-    )
-    alpha: float = setting(0.05, convert=real(0.0, below=1.0))
-    min_excess: float = setting(0.1, convert=real(0.0, 1.0))
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-
+COLUMNS: dict[str, str] = whatif_columns("cluster")
 #: columns of ``whatif_images.parquet``: each tested (cluster, image) pair's predictions
 #: after the removal (the predictions before are in ``images.parquet``)
-IMAGE_COLUMNS: dict[str, str] = {
-    "cluster": "int64",
-    "image_id": "int64",
-    **{f"{k}_{r}_after": t for r in ROLES for k, t in (("pred", "int64"), ("prob", "float64"))},
-}
+IMAGE_COLUMNS: dict[str, str] = whatif_image_columns("cluster")
 
 
 def empty_images() -> pd.DataFrame:
-    """A per-image what-if table with no rows."""
-    return pd.DataFrame({k: pd.Series(dtype=t) for k, t in IMAGE_COLUMNS.items()})
+    """An empty ``whatif_images`` table."""
+    return empty("whatif_images")
 
 
 def empty_table() -> pd.DataFrame:
-    """A what-if table with no rows (a run without the stage)."""
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
-
-
-def merge_into(clusters: pd.DataFrame, whatif: pd.DataFrame) -> pd.DataFrame:
-    """``clusters`` with the what-if columns added (NaN for clusters not tested)."""
-    cols = [c for c in COLUMNS if c != "cluster"]
-    base = clusters.drop(columns=[c for c in cols if c in clusters.columns])
-    table = whatif if not whatif.empty else empty_table()
-    return base.merge(table[["cluster", *cols]], on="cluster", how="left")
+    """An empty ``whatif`` table."""
+    return empty("whatif")
 
 
 def chosen_clusters(clusters: pd.DataFrame, top: int) -> list[int]:
@@ -245,7 +176,11 @@ def what_if(
     images: pd.DataFrame,
     patches: pd.DataFrame,
     clusters: pd.DataFrame,
-    settings: AnalysisSettings,
+    *,
+    whatif: WhatIfSettings,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+    seed: int,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object]]:
@@ -257,8 +192,11 @@ def what_if(
         images (pandas.DataFrame): the images table (``label``, ``pred_a``, ``pred_b``).
         patches (pandas.DataFrame): the patches table (``cluster``, ``in_x0..in_y1``).
         clusters (pandas.DataFrame): the clusters table (``rank``, ``significant``).
-        settings (AnalysisSettings): the run's settings (``whatif``, ``seed``,
-            ``preprocess``, ``attribution.batch_size``).
+        whatif (WhatIfSettings): which clusters, and the verdicts' thresholds.
+        preprocess (Preprocess): how an image becomes a model input.
+        attribution (AttributionSettings): its ``baseline`` fills the removed boxes;
+            ``batch_size`` sizes the forward passes.
+        seed (int): seed of the control boxes.
         progress (bool): show a progress bar. Default: False.
         say (callable, optional): receives one-line status messages.
 
@@ -272,11 +210,11 @@ def what_if(
     from .progress import Progress
 
     t0 = time.perf_counter()
-    ws = settings.whatif
+    ws = whatif
     info: dict[str, object] = {
         "enabled": ws.enabled,
         "top": ws.top,
-        "baseline": settings.attribution.baseline,
+        "baseline": attribution.baseline,
         "alpha": ws.alpha,
         "min_excess": ws.min_excess,
         "clusters": [],
@@ -289,8 +227,7 @@ def what_if(
     chosen = chosen_clusters(clusters, ws.top)
     if not chosen:  # --whatif-top 0 and nothing significant
         return empty_table(), empty_images(), info
-    hw = settings.preprocess.image_size or (224, 224)
-    jobs = _plan(patches, chosen, hw, settings.seed)
+    jobs = _plan(patches, chosen, preprocess.input_size, seed)
     ids = np.unique(jobs.image)
     label = images["label"].to_numpy()
     before = {r: images[f"pred_{r}"].to_numpy() for r in ROLES}
@@ -301,7 +238,7 @@ def what_if(
         for v in ("removal", "control")
         for r in ROLES
     }
-    batch = max(16, 4 * settings.attribution.batch_size)  # forward passes only
+    batch = max(16, 4 * attribution.batch_size)  # forward passes only
     order = np.argsort(jobs.image, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(jobs.image[order])) + 1) if len(ids) else []
     by_image = dict(zip(ids.tolist(), groups, strict=True))  # image -> its jobs
@@ -311,7 +248,7 @@ def what_if(
         with Progress(len(ids), "what-if", enabled=progress) as bar, _pool() as pool:
             for s in range(0, len(ids), block):
                 part = ids[s : s + block]
-                decoded = list(pool.map(lambda i: _decode(records[i], settings.preprocess), part))
+                decoded = list(pool.map(lambda i: _decode(records[i], preprocess), part))
                 pixels = {
                     int(i): d[0] for i, d in zip(part, decoded, strict=True) if d[0] is not None
                 }
@@ -428,3 +365,40 @@ def _filled(
     for x0, y0, x1, y1 in boxes:
         x[:, y0:y1, x0:x1] = b[:, y0:y1, x0:x1]
     return x
+
+
+@stage(
+    "whatif",
+    reads=("engine", "records", "images", "patches", "clusters", "concepts", "progress", "say"),
+    produces=("whatif", "whatif_images", "concept_whatif", "concept_whatif_images", "whatif_info"),
+    settings=("whatif", "preprocess", "attribution", "seed"),
+)
+def whatif_stage(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    images: pd.DataFrame,
+    patches: pd.DataFrame,
+    clusters: pd.DataFrame,
+    concepts: pd.DataFrame,
+    progress: bool,
+    say: Callable[[str], None],
+    **settings: object,
+) -> dict[str, object]:
+    """What-if removal of the top clusters, then of the top concepts (each with its own
+    tables, keyed ``cluster`` and ``concept``)."""
+    run = {"engine": engine, "records": records, "images": images, "progress": progress}
+    table, per_image, info = what_if(**run, patches=patches, clusters=clusters, say=say, **settings)
+    c_table, c_per_image, c_info = what_if(
+        **run,
+        patches=patches.assign(cluster=patches["concept"]),
+        clusters=concepts.rename(columns={"concept": "cluster"}),
+        say=say,
+        **settings,
+    )
+    return {
+        "whatif": table,
+        "whatif_images": per_image,
+        "concept_whatif": c_table.rename(columns={"cluster": "concept"}),
+        "concept_whatif_images": c_per_image.rename(columns={"cluster": "concept"}),
+        "whatif_info": {**info, "concepts": c_info},
+    }

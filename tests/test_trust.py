@@ -103,6 +103,7 @@ def test_tru005_a_run_from_before_the_trust_columns_still_loads(shortcut_run, tm
     shutil.copytree(shortcut_run.path, old)
     m = json.loads((old / "run.json").read_text())
     m.pop("trust")
+    m["format_version"] = 1  # runs made before this stage were format 1
     for k in [k for k in m["summary"] if k.startswith("map_")]:
         m["summary"].pop(k)
     m["timings"] = {k: v for k, v in m["timings"].items() if k not in ("trust", "agreement")}
@@ -168,7 +169,8 @@ def test_tru007_a_model_failing_on_altered_images_warns_instead_of_losing_the_ru
 
     monkeypatch.setattr(trust, "curves", broken)
     settings = AnalysisSettings.from_keywords(image_size=8, trust_sample=2)
-    out, warnings = trust.trust_report(None, recs, att, settings, {"a": "m1", "b": "m2"})
+    names = {"a": "m1", "b": "m2"}
+    out, warnings = trust.trust_report(None, recs, att, settings.trust, settings.preprocess, names)
     assert warnings == [
         "model A (m1): trust tests failed (shape mismatch in user layer)",
         "model B (m2): trust tests failed (shape mismatch in user layer)",

@@ -20,14 +20,15 @@ from imacs.whatif import (
     control_boxes,
     excess_p_value,
 )
-from tests.test_cli import _analyze, _run
-from tests.test_pipeline import _on_mark
+from tests.helpers import analyze_cli as _analyze
+from tests.helpers import holds_mark
+from tests.helpers import run_cli as _run
 
 
 def _mark_share(run, marks: dict) -> pd.Series:
     """Per cluster: the share of its patches that lie on the red mark (as test_pip001)."""
     p = run.patch_rows()
-    p["on_mark"] = [_on_mark(r, marks) for r in p.itertuples()]
+    p["on_mark"] = holds_mark(p, marks)
     return p.groupby("cluster")["on_mark"].mean()
 
 
@@ -107,6 +108,7 @@ def test_wif005_a_run_from_before_whatif_still_loads(shortcut_run, tmp_path: Pat
     for name in ("whatif", "whatif_images", "concepts", "concept_whatif", "concept_whatif_images"):
         (old / m["files"].pop(name)).unlink()  # what-if came before concepts
     del m["whatif"], m["timings"]["whatif"]
+    m["format_version"] = 1  # runs made before this stage were format 1
     (old / "run.json").write_text(json.dumps(m))
     run = imacs.load_run(old)
     assert run.whatif.empty and list(run.whatif.columns) == list(COLUMNS)
@@ -165,7 +167,17 @@ def test_wif009_nothing_chosen_gives_an_empty_table(shortcut_run) -> None:
 
     run = shortcut_run
     clusters = run.clusters.assign(significant=False)
-    settings = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
-    table, per_image, info = what_if(None, [], run.images, run.patches, clusters, settings)  # type: ignore[arg-type]
+    s = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
+    table, per_image, info = what_if(
+        None,  # type: ignore[arg-type]
+        [],
+        run.images,
+        run.patches,
+        clusters,
+        whatif=s.whatif,
+        preprocess=s.preprocess,
+        attribution=s.attribution,
+        seed=s.seed,
+    )
     assert table.empty and list(table.columns) == list(COLUMNS) and per_image.empty
     assert info["n_clusters"] == 0 and info["n_images"] == 0 and info["enabled"]
