@@ -25,12 +25,13 @@ from .comparison import compare_clusters
 from .concepts import group_into_concepts
 from .data import load_dataset
 from .distributed import Ranks, from_environment
-from .embedding import embed
+from .embedding import fit_embedding
 from .encoders import load_encoder
 from .errors import InputError
 from .models import ModelSpec, load_model, model_class_names, model_preprocess
 from .patches import extract_patches, to_original_pixels
 from .progress import Progress, StageTimer
+from .removal import DEFAULT as REMOVAL_DEFAULT
 from .responses import patch_views
 from .run import Run
 from .settings import AnalysisSettings
@@ -50,7 +51,7 @@ from .tables import (
 )
 from .thumbnails import thumbnails_and_pixels
 from .trust import trust_report
-from .whatif import what_if
+from .whatif import region_space, what_if
 
 __all__ = ["AnalysisSettings", "analyze", "run_analysis"]
 
@@ -84,6 +85,7 @@ def analyze(
     trust_sample: int = 64,
     whatif: bool = True,
     whatif_top: int = 10,
+    removal: str = REMOVAL_DEFAULT,
     embedding: str = "handcrafted",
     encoder_weights: str | Path | None = None,
     encoder_size: int | None = None,
@@ -136,6 +138,10 @@ def analyze(
             random boxes as a control); see :mod:`imacs.whatif`. Default: True.
         whatif_top (int): clusters to test: the ``whatif_top`` largest ``|diff|``, plus every
             significant one (and as many concepts). Default: 10.
+        removal (str): how removed pixels are filled in what-if removal, the trust curves
+            and the dashboard's pictures: ``baseline`` (the IG baseline), ``blur``, ``mean``
+            or ``road`` (imputation from the neighbours); see :mod:`imacs.removal`.
+            Default: ``road``.
         embedding (str): the space patches are clustered in: ``handcrafted`` (colour and
             texture statistics), ``models`` (both models' answers to each patch alone),
             ``encoder:FILE`` (a TorchScript or ``.pt2`` image encoder) or ``timm:NAME``
@@ -168,7 +174,7 @@ def analyze(
         baseline=baseline, target=target, batch_size=batch_size, device=device,
         precision=precision, clusters=clusters, projection=projection, patch_size=patch_size,
         patches_per_image=patches_per_image, seed=seed, trust_sample=trust_sample,
-        whatif=whatif, whatif_top=whatif_top, embedding=embedding,
+        whatif=whatif, whatif_top=whatif_top, removal=removal, embedding=embedding,
         encoder_weights=None if encoder_weights is None else str(encoder_weights),
         encoder_size=encoder_size, concept_distance=concept_distance,
     )  # fmt: skip
@@ -369,7 +375,7 @@ def _analysis(
                 progress=progress,
             )
         with timer.stage("embedding"):
-            emb = embed(settings.embedding, pixels, views, settings.seed)
+            emb, fitted = fit_embedding(settings.embedding, pixels, views, settings.seed)
         with timer.stage("clustering"):
             clusterer = PatchClusterer(
                 n_clusters=settings.n_clusters,
@@ -396,11 +402,22 @@ def _analysis(
         with timer.stage("trust"):
             trust, trust_warnings = trust_report(engine, records, att, settings, names)
         warnings += trust_warnings
-        with timer.stage("whatif"):  # forward passes with the top clusters' patches removed
-            whatif_df, whatif_images, whatif_info = what_if(
-                engine, records, images_df, patches_df, clusters_df, settings, progress, say
-            )
-            concept_whatif, concept_whatif_images, concept_whatif_info = what_if(
+        with timer.stage("whatif"):  # forward passes with the top clusters' content removed
+            space = None
+            if fitted is not None:  # every tile of an image placed among the clusters
+                space = region_space(
+                    engine, records, fitted, emb, clusterer.labels_,
+                    clusterer.cluster_centers_, settings, views, encoder,
+                )  # fmt: skip
+            whatif_df, whatif_images, whatif_boxes, whatif_info = what_if(
+                engine, records, images_df, patches_df, clusters_df, settings, progress, say,
+                space=space,
+            )  # fmt: skip
+            members = {
+                int(c): sorted(int(x) for x in g["cluster"])
+                for c, g in clusters_df.groupby("concept")
+            }
+            concept_whatif, concept_images, concept_boxes, concept_whatif_info = what_if(
                 engine,
                 records,
                 images_df,
@@ -409,6 +426,9 @@ def _analysis(
                 settings,
                 progress,
                 say,
+                space=space,
+                members=members,
+                level="concept",
             )
         with timer.stage("write"):
             tables = {
@@ -418,11 +438,11 @@ def _analysis(
                 "cluster_classes": by_class_df,
                 "whatif": whatif_df,
                 "whatif_images": whatif_images,
+                "whatif_boxes": whatif_boxes,
                 "concepts": concepts_df,
                 "concept_whatif": concept_whatif.rename(columns={"cluster": "concept"}),
-                "concept_whatif_images": concept_whatif_images.rename(
-                    columns={"cluster": "concept"}
-                ),
+                "concept_whatif_images": concept_images.rename(columns={"cluster": "concept"}),
+                "concept_whatif_boxes": concept_boxes.rename(columns={"cluster": "concept"}),
             }
             files = write_run_files(tmp, tables, emb, att)
         att.maps.clear()

@@ -11,9 +11,11 @@ Layout of a run directory (format version 1)::
     whatif.parquet           one row per cluster tested by what-if removal (imacs.whatif);
                              absent in runs made before it
     whatif_images.parquet    one row per (cluster, image) it tested: predictions after
+    whatif_boxes.parquet     the regions it removed from each of those images, and the
+                             random regions of its control
     concepts.parquet         one row per concept (clusters grouped by the models' answers,
                              imacs.concepts), sorted by rank; absent in runs made before it
-    concept_whatif.parquet, concept_whatif_images.parquet
+    concept_whatif.parquet, concept_whatif_images.parquet, concept_whatif_boxes.parquet
                              what-if removal of the top concepts, as for clusters
     attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
                              by its largest absolute value (``attr_scale_a/b`` in images)
@@ -37,7 +39,7 @@ import pandas as pd
 from .comparison import ComparisonSettings
 from .errors import InputError, disk_error
 from .store import FORMAT, FORMAT_VERSION, MANIFEST
-from .whatif import empty_images, empty_table, merge_into
+from .whatif import empty_boxes, empty_images, empty_table, merge_into
 
 _TABLES = ("images", "patches", "clusters", "cluster_classes")
 
@@ -146,6 +148,14 @@ class Run:
         t = self._optional("concept_whatif_images", empty_images)
         return t.rename(columns={"cluster": "concept"})
 
+    @cached_property
+    def concept_whatif_boxes(self) -> pd.DataFrame:
+        """As :attr:`whatif_boxes`, for concepts (``concept`` instead of ``cluster``)."""
+        if "concepts" not in self.manifest["files"]:
+            return self.whatif_boxes.rename(columns={"cluster": "concept"})
+        t = self._optional("concept_whatif_boxes", empty_boxes)
+        return t.rename(columns={"cluster": "concept"})
+
     def _optional(self, name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """A concept table keyed ``cluster`` (the what-if helpers' key); ``empty()`` when
         the run has none."""
@@ -173,6 +183,17 @@ class Run:
         if "whatif_images" not in self.manifest["files"]:
             return empty_images()
         return self._table("whatif_images")
+
+    @cached_property
+    def whatif_boxes(self) -> pd.DataFrame:
+        """The regions what-if removal took out of each tested image, per cluster:
+        ``cluster, image_id, control`` (False: the cluster's regions, True: the random
+        regions of the control) and ``x0, y0, x1, y1`` in model-input pixels (a region is
+        the union of its boxes). Empty for runs made before regions were kept (they
+        removed the cluster's patch boxes)."""
+        if "whatif_boxes" not in self.manifest["files"]:
+            return empty_boxes()
+        return self._table("whatif_boxes")
 
     @cached_property
     def cluster_classes(self) -> pd.DataFrame:

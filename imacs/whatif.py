@@ -1,30 +1,46 @@
-"""Stage 6: what-if removal, the causal check of a cluster.
+"""Stage 6: what-if removal, the causal check of a cluster (or a concept).
 
 A cluster's ``diff`` says where a model *looks*; removal says whether it *needs* what it
 looks at. For each cluster a reader looks at first (the ``top`` clusters by ``|diff|``, plus
 every significant one), every image holding a patch of the cluster is run through both
-models again, forward passes only, with that cluster's patch boxes filled with the run's
-Integrated Gradients baseline (black, gray or the blurred image: the very baseline IG used,
-from :meth:`imacs.attribution.PairedAttribution.baseline`). As a control the same images get
-the same number of same-size boxes at random places that do not overlap the cluster's
-patches (nor each other, where the image has room), seeded by the run's seed.
+models again, forward passes only, with that content removed *wherever it is in the image*:
+
+* **Regions.** Every image is cut into patch-size tiles overlapping by half (the grid the
+  patches are cut from), and each tile is placed in the run's embedding (the very features
+  or answers its patches were clustered by, :class:`imacs.embedding.FittedEmbedding`) and
+  assigned to the nearest cluster centre, if it lies within that cluster's reach: the
+  ``reach`` quantile (default 0.95) of the distances of the cluster's own patches to its
+  centre (:func:`assign_regions`). Removing a cluster removes its patches in the image and
+  every tile assigned to it (a concept: to any of its clusters), so a frame around the
+  image or a background colour goes whole, not only where the maps were hottest.
+* **Fill.** Removed pixels are filled as ``--removal`` says (:mod:`imacs.removal`; by default
+  ROAD's noisy linear imputation from the kept neighbours, which adds no object of its own).
+* **Control.** The same images get the same area removed at random elsewhere: patch-size
+  tiles off the removed region (and off each other while there is room), seeded by the
+  run's seed (:func:`control_region`).
 
 Per cluster and model: ``flip`` (share of images whose predicted class changes), ``drop``
 (mean fall of the probability of the originally predicted class), accuracy before and after,
-and the same ``flip`` and ``drop`` for the random boxes.
+and the same ``flip`` and ``drop`` for the random regions; ``area``, the mean share of an
+image removed. Each tested image's removed regions are kept (``whatif_boxes.parquet``), so
+the dashboard shows exactly what the models were shown.
 
 The verdict rule (``whatif_effect``): model X *depends* on a cluster when removing it flips X
-on clearly more images than the random boxes do:
+on clearly more images than the random regions do:
 
+* the random regions alone flip X on at most ``inconclusive`` (default 25 %) of the images;
+  above that, X's part is *inconclusive* (removing that much of an image anywhere already
+  changes X's answer, so the test cannot tell what X needs),
 * the excess ``flip - control_flip`` is at least ``min_excess`` (default 0.1), and
 * a one-sided exact McNemar test on the paired outcomes (per image: removal flipped it,
-  the random boxes did not, or the reverse) gives ``p <= alpha / (2 * clusters tested)``
+  the random regions did not, or the reverse) gives ``p <= alpha / (2 * clusters tested)``
   (Bonferroni over both models and every tested cluster; ``alpha`` default 0.05). Exact,
   so it holds for small clusters: with 10 clusters tested it needs at least 9 images where
   only the removal flips the model.
 
-``whatif_effect`` is ``"B depends"``, ``"A depends"``, ``"both"`` or ``"neither"``;
-``whatif_verdict`` says the numbers in one sentence.
+``whatif_effect`` is ``"B depends"``, ``"A depends"``, ``"both"``, ``"neither"`` or, when
+no model depends and a model's part is inconclusive, ``"inconclusive"``; ``whatif_verdict``
+says the numbers in one sentence.
 
 This module imports no torch (the run reader imports its column names); the engine does the
 forward passes.
@@ -35,21 +51,25 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .options import boolean, real, setting, validate, whole
+from .removal import DEFAULT, FILLS, fill
 
 if TYPE_CHECKING:
     from .attribution import PairedAttribution
     from .data import ImageRecord
+    from .embedding import FittedEmbedding
+    from .encoders import LoadedEncoder
+    from .responses import PatchViews
     from .settings import AnalysisSettings
 
 ROLES = ("a", "b")
-EFFECTS = ("B depends", "A depends", "both", "neither")
+EFFECTS = ("B depends", "A depends", "both", "neither", "inconclusive")
 
 #: columns of ``whatif.parquet`` (also merged into :attr:`imacs.run.Run.clusters`)
 COLUMNS: dict[str, str] = {
@@ -69,7 +89,9 @@ COLUMNS: dict[str, str] = {
         )
         for r in ROLES
     },
+    "whatif_area": "float64",
     "whatif_control_overlap": "float64",
+    **{f"whatif_inconclusive_{r}": "bool" for r in ROLES},
     "whatif_effect": "object",
     "whatif_verdict": "object",
 }
@@ -83,9 +105,15 @@ class WhatIfSettings:
         enabled (bool): run the stage. Default: True.
         top (int): test the clusters ranked 1..top by ``|diff|``, plus every significant one.
             Default: 10.
+        removal (str): how removed pixels are filled (:data:`imacs.removal.FILLS`), here,
+            in the trust stage's curves and in the dashboard's pictures. Default: ``road``.
         alpha (float): family-wise error level of the verdicts. Default: 0.05.
         min_excess (float): least excess of the flip rate over the random control that
             counts as a dependence. Default: 0.1.
+        inconclusive (float): a model whose random control flips more than this share of
+            the images gets no verdict ("inconclusive"). Default: 0.25.
+        reach (float): a region joins a cluster when it is nearer its centre than this
+            quantile of the cluster's own patches' distances. Default: 0.95.
     """
 
     enabled: bool = setting(
@@ -93,7 +121,7 @@ class WhatIfSettings:
         flag="--whatif",
         convert=boolean,
         group="what-if",
-        help="re-run both models with each top cluster's patches removed (default: on)",
+        help="re-run both models with each top cluster's content removed (default: on)",
     )
     top: int = setting(
         10,
@@ -103,19 +131,42 @@ class WhatIfSettings:
         group="what-if",
         help="test the N clusters with the largest |diff|, plus every significant one",
     )
+    removal: str = setting(
+        DEFAULT,
+        flag="--removal",
+        choices=FILLS,
+        group="what-if",
+        help="how removed pixels are filled (what-if, trust curves, the dashboard's "
+        "pictures): the IG baseline, a blur, the mean colour or ROAD's imputation from the "
+        f"neighbours (default: {DEFAULT})",
+    )
     alpha: float = setting(0.05, convert=real(0.0, below=1.0))
     min_excess: float = setting(0.1, convert=real(0.0, 1.0))
+    inconclusive: float = setting(0.25, convert=real(0.0, 1.0))
+    reach: float = setting(0.95, convert=real(0.5, 1.0))
 
     def __post_init__(self) -> None:
         validate(self)
 
 
 #: columns of ``whatif_images.parquet``: each tested (cluster, image) pair's predictions
-#: after the removal (the predictions before are in ``images.parquet``)
+#: after the removal (the predictions before are in ``images.parquet``) and the share of
+#: the image removed
 IMAGE_COLUMNS: dict[str, str] = {
     "cluster": "int64",
     "image_id": "int64",
     **{f"{k}_{r}_after": t for r in ROLES for k, t in (("pred", "int64"), ("prob", "float64"))},
+    "area": "float64",
+}
+
+#: columns of ``whatif_boxes.parquet``: the regions removed from each tested image
+#: (``control`` False) and the random regions of its control (True), as x0, y0, x1, y1 in
+#: model-input pixels (x1, y1 exclusive); a region's pixels are its boxes' union
+BOX_COLUMNS: dict[str, str] = {
+    "cluster": "int64",
+    "image_id": "int64",
+    "control": "bool",
+    **{k: "int32" for k in ("x0", "y0", "x1", "y1")},
 }
 
 
@@ -124,17 +175,23 @@ def empty_images() -> pd.DataFrame:
     return pd.DataFrame({k: pd.Series(dtype=t) for k, t in IMAGE_COLUMNS.items()})
 
 
+def empty_boxes() -> pd.DataFrame:
+    """A what-if boxes table with no rows."""
+    return pd.DataFrame({k: pd.Series(dtype=t) for k, t in BOX_COLUMNS.items()})
+
+
 def empty_table() -> pd.DataFrame:
     """A what-if table with no rows (a run without the stage)."""
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
 
 
 def merge_into(clusters: pd.DataFrame, whatif: pd.DataFrame) -> pd.DataFrame:
-    """``clusters`` with the what-if columns added (NaN for clusters not tested)."""
+    """``clusters`` with the what-if columns added (NaN for clusters not tested, and for
+    columns a run made by an older imacs lacks)."""
     cols = [c for c in COLUMNS if c != "cluster"]
     base = clusters.drop(columns=[c for c in cols if c in clusters.columns])
     table = whatif if not whatif.empty else empty_table()
-    return base.merge(table[["cluster", *cols]], on="cluster", how="left")
+    return base.merge(table.reindex(columns=["cluster", *cols]), on="cluster", how="left")
 
 
 def chosen_clusters(clusters: pd.DataFrame, top: int) -> list[int]:
@@ -145,51 +202,218 @@ def chosen_clusters(clusters: pd.DataFrame, top: int) -> list[int]:
     return [int(c) for c in clusters.loc[pick].sort_values("rank")["cluster"]]
 
 
-def control_boxes(
-    boxes: np.ndarray, hw: tuple[int, int], rng: np.random.Generator
-) -> tuple[np.ndarray, int]:
-    """Boxes of the same sizes as ``boxes`` at random places off them.
+def tile_boxes(hw: tuple[int, int], side: int) -> np.ndarray:
+    """(t, 4) int32 x0, y0, x1, y1 of every patch-size tile of an (H, W) model input,
+    overlapping by half: the grid salient patches are cut from
+    (:func:`imacs.patches.image_patches`)."""
+    from .patches import _positions
 
-    Each box goes to a uniformly random position that overlaps neither ``boxes`` nor the
-    control boxes already placed; failing that, one off ``boxes`` only; failing that, one
-    that overlaps ``boxes`` least (counted as a clash).
+    ys, xs = _positions(hw[0], side), _positions(hw[1], side)
+    y0, x0 = np.repeat(ys, len(xs)), np.tile(xs, len(ys))
+    return np.stack([x0, y0, x0 + side, y0 + side], axis=1).astype(np.int32)
+
+
+def cluster_reach(
+    embedding: np.ndarray, labels: np.ndarray, centres: np.ndarray, quantile: float
+) -> np.ndarray:
+    """(k,) per cluster, the ``quantile`` of its own patches' distances to its centre (0
+    for a cluster without patches)."""
+    d = np.linalg.norm(np.asarray(embedding, np.float64) - centres[labels], axis=1)
+    out = np.zeros(len(centres))
+    for c in range(len(centres)):
+        mine = d[labels == c]
+        if len(mine):
+            out[c] = float(np.quantile(mine, quantile))
+    return out
+
+
+@dataclass
+class RegionSpace:
+    """Where any patch-size region of an analysed image falls among the run's clusters.
 
     Args:
-        boxes (numpy.ndarray): (k, 4) x0, y0, x1, y1 in model-input pixels (x1, y1 exclusive).
+        centres (numpy.ndarray): (k, d) the clusters' centres in the patch embedding.
+        reach (numpy.ndarray): (k,) how far from its centre a region may lie and still join
+            a cluster (:func:`cluster_reach`).
+        side (int): the regions' side, the patch side, in model-input pixels.
         hw (tuple[int, int]): (height, width) of the model input.
+        embed (callable): ``embed(image_ids, boxes)`` -> (m, d) float32: regions (boxes in
+            model-input pixels of the given images) in the patch embedding.
+    """
+
+    centres: np.ndarray
+    reach: np.ndarray
+    side: int
+    hw: tuple[int, int]
+    embed: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    _assigned: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @property
+    def tiles(self) -> np.ndarray:
+        """(t, 4) the tiles every image is cut into (:func:`tile_boxes`)."""
+        return tile_boxes(self.hw, self.side)
+
+    def assign(self, image_ids: np.ndarray, block: int = 64) -> dict[int, np.ndarray]:
+        """Per image, the cluster of each of its tiles ((t,) int64; -1: beyond every
+        cluster's reach). Computed once per image, in blocks of ``block`` images."""
+        tiles = self.tiles
+        todo = [int(i) for i in image_ids if int(i) not in self._assigned]
+        for s in range(0, len(todo), block):
+            part = np.asarray(todo[s : s + block], np.int64)
+            ids = np.repeat(part, len(tiles))
+            boxes = np.tile(tiles, (len(part), 1))
+            vec = np.asarray(self.embed(ids, boxes), np.float64)
+            d = np.linalg.norm(vec[:, None, :] - self.centres[None, :, :], axis=2)
+            near = d.argmin(1)
+            near = np.where(d[np.arange(len(d)), near] <= self.reach[near], near, -1)
+            for k, i in enumerate(part):
+                self._assigned[int(i)] = near[k * len(tiles) : (k + 1) * len(tiles)]
+        return {int(i): self._assigned[int(i)] for i in image_ids}
+
+
+def region_space(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    fitted: FittedEmbedding,
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    centres: np.ndarray,
+    settings: AnalysisSettings,
+    views: PatchViews | None = None,
+    encoder: LoadedEncoder | None = None,
+) -> RegionSpace:
+    """The run's clusters as a :class:`RegionSpace`: a region is embedded as a patch is
+    (its pixels cropped from the original image and resized, for ``handcrafted``; both
+    models' answers to it alone, or the encoder's vector of it, otherwise).
+
+    Args:
+        engine (PairedAttribution): the run's models (``models`` and encoder embeddings).
+        records (list[ImageRecord]): the analysed images.
+        fitted (FittedEmbedding): the patches' fitted embedding.
+        embedding (numpy.ndarray): (n, d) the patches' embedding.
+        labels (numpy.ndarray): (n,) each patch's cluster.
+        centres (numpy.ndarray): (k, d) the clusters' centres.
+        settings (AnalysisSettings): ``preprocess``, ``patches``, ``whatif.reach``.
+        views (PatchViews, optional): the patches' views (their kept response classes).
+        encoder (LoadedEncoder, optional): the run's encoder.
+    """
+    from .patches import PatchTable
+    from .responses import patch_views
+
+    hw = settings.preprocess.image_size or (224, 224)
+    centres = np.asarray(centres, np.float64)
+    reach = cluster_reach(embedding, labels, centres, settings.whatif.reach)
+
+    def embed(ids: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        if fitted.needs_pixels:
+            return fitted.transform(region_pixels(records, ids, boxes, hw), None)
+        zeros = np.zeros(len(ids), np.float32)
+        table = PatchTable(ids, boxes.astype(np.int32), zeros, zeros, zeros)
+        tile_views = patch_views(
+            engine, records, table, settings.preprocess, encoder,
+            batch_size=max(16, 4 * settings.attribution.batch_size),
+            kept=views.kept if views is not None else None,
+        )  # fmt: skip
+        return fitted.transform(None, tile_views)
+
+    return RegionSpace(centres, reach, settings.patches.side(hw), hw, embed)
+
+
+def region_pixels(
+    records: list[ImageRecord], ids: np.ndarray, boxes: np.ndarray, hw: tuple[int, int]
+) -> np.ndarray:
+    """(m, S, S, 3) uint8: each region (``boxes`` in model-input pixels of image ``ids``)
+    cropped from its original image and resized as a patch's pixels are for the embedding
+    (:func:`imacs.thumbnails.thumbnails_and_pixels`)."""
+    from PIL import Image
+
+    from .attribute_set import _pool
+    from .errors import ImageDecodeError, InputError
+    from .imaging import load_rgb
+    from .patches import to_original_pixels
+    from .thumbnails import EMBED_SIZE
+
+    out = np.zeros((len(ids), EMBED_SIZE, EMBED_SIZE, 3), np.uint8)
+
+    def work(image: int) -> None:
+        try:
+            im = load_rgb(records[image].path)
+        except ImageDecodeError as exc:
+            raise InputError(
+                f"{records[image].path}: changed while imacs was running ({exc}); run again"
+            ) from None
+        rows = np.flatnonzero(ids == image)
+        size = np.tile(np.asarray(im.size, np.int64), (len(rows), 1))
+        for k, (x0, y0, x1, y1) in zip(
+            rows, to_original_pixels(boxes[rows], hw, size), strict=True
+        ):
+            crop = im.crop((int(x0), int(y0), max(int(x1), int(x0) + 1), max(int(y1), int(y0) + 1)))
+            out[k] = np.asarray(crop.resize((EMBED_SIZE, EMBED_SIZE), Image.Resampling.BILINEAR))
+
+    with _pool() as pool:
+        list(pool.map(work, np.unique(ids).tolist()))
+    return out
+
+
+def _mask(boxes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(hw, bool)
+    for x0, y0, x1, y1 in boxes:
+        out[y0:y1, x0:x1] = True
+    return out
+
+
+def control_region(
+    removed: np.ndarray, tiles: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """Random tiles covering as much area as ``removed``, elsewhere.
+
+    Tiles are drawn at random among those off the removed region and off the tiles already
+    drawn; when none is left, among those off the removed region that add area; when none
+    is left, among those that overlap the removed region least (the overlap is counted).
+    The last tile is the one that brings the area closest to the removed one's.
+
+    Args:
+        removed (numpy.ndarray): (H, W) bool, the removed region.
+        tiles (numpy.ndarray): (t, 4) the candidate tiles (:func:`tile_boxes`).
         rng (numpy.random.Generator): the random source.
 
     Returns:
-        (k, 4) int32 boxes, and how many of them overlap ``boxes``.
+        (k, 4) int32 boxes and how many of their pixels lie in ``removed``.
     """
-    h, w = hw
-    cluster = np.zeros((h, w), dtype=np.int32)
-    for x0, y0, x1, y1 in boxes:
-        cluster[y0:y1, x0:x1] = 1
-    placed = cluster.copy()
-    out = np.zeros((len(boxes), 4), dtype=np.int32)
-    clashes = 0
-    for j, (x0, y0, x1, y1) in enumerate(boxes):
-        bw, bh = int(x1 - x0), int(y1 - y0)
-        on_cluster = _window_sums(cluster, bh, bw)
-        free = _window_sums(placed, bh, bw) == 0
-        if not free.any():
-            free = on_cluster == 0
-        if not free.any():
-            free = on_cluster == on_cluster.min()
-            clashes += 1
-        cand = np.flatnonzero(free.ravel())
-        y, x = divmod(int(cand[rng.integers(len(cand))]), free.shape[1])
-        out[j] = (x, y, x + bw, y + bh)
-        placed[y : y + bh, x : x + bw] = 1
-    return out, clashes
+    target = int(removed.sum())
+    placed = np.zeros_like(removed)
+    picked: list[int] = []
 
+    def sums(mask: np.ndarray) -> np.ndarray:
+        ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+        ii[1:, 1:] = mask.cumsum(0).cumsum(1)
+        x0, y0, x1, y1 = tiles.T
+        return ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
 
-def _window_sums(mask: np.ndarray, bh: int, bw: int) -> np.ndarray:
-    """Sum of ``mask`` in every bh x bw window, indexed by the window's top-left corner."""
-    ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
-    ii[1:, 1:] = mask.cumsum(0).cumsum(1)
-    return ii[bh:, bw:] - ii[:-bh, bw:] - ii[bh:, :-bw] + ii[:-bh, :-bw]
+    on_removed = sums(removed)
+    size = (tiles[:, 2] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 1])
+    while placed.sum() < target:
+        left = target - int(placed.sum())
+        new = sums(~placed)  # area each tile would add
+        off = (on_removed == 0) & (new > 0)
+        last = left < size.max()
+        fresh = off if last else off & (new == size)
+        if not fresh.any():
+            fresh = off
+        if not fresh.any():
+            fresh = new > 0
+            if fresh.any():
+                fresh &= on_removed == on_removed[fresh].min()
+        if not fresh.any():
+            break
+        if last:  # the last tile: the one that brings the area closest to the removed one's
+            gap = np.where(fresh, np.abs(new - left), np.iinfo(np.int64).max)
+            fresh = gap == gap.min()
+        j = int(rng.choice(np.flatnonzero(fresh)))
+        picked.append(j)
+        x0, y0, x1, y1 = tiles[j]
+        placed[y0:y1, x0:x1] = True
+    return tiles[picked].astype(np.int32), int((placed & removed).sum())
 
 
 def excess_p_value(only_removal: int, only_control: int) -> float:
@@ -203,40 +427,67 @@ def excess_p_value(only_removal: int, only_control: int) -> float:
 
 @dataclass
 class _Jobs:
-    """One row per (cluster, image): the boxes to remove and their random controls."""
+    """One row per (cluster, image): the regions to remove and their random controls."""
 
     cluster: np.ndarray
     image: np.ndarray
     removal: list[np.ndarray]
     control: list[np.ndarray]
-    clashes: np.ndarray
+    overlap: np.ndarray  #: control pixels that fall on the removed region
+    area: np.ndarray  #: removed pixels
 
 
-def _plan(patches: pd.DataFrame, chosen: list[int], hw: tuple[int, int], seed: int) -> _Jobs:
+def _plan(
+    patches: pd.DataFrame,
+    chosen: list[int],
+    hw: tuple[int, int],
+    seed: list[int],
+    space: RegionSpace | None,
+    members: dict[int, list[int]],
+    tiles: np.ndarray,
+) -> _Jobs:
+    """Each (cluster, image) job: its patches' boxes plus every tile assigned to one of
+    its clusters (``members``), and a control of the same area."""
     p = patches[patches["cluster"].isin(chosen)]
-    cl, im = p["cluster"].to_numpy(np.int64), p["image_id"].to_numpy(np.int64)
-    order = np.lexsort((im, cl))
-    cl, im = cl[order], im[order]
-    all_boxes = p[["in_x0", "in_y0", "in_x1", "in_y1"]].to_numpy(np.int64)[order]
-    starts = np.flatnonzero(np.r_[len(cl) > 0, (cl[1:] != cl[:-1]) | (im[1:] != im[:-1])])
-    ends = np.r_[starts[1:], len(cl)] if len(starts) else starts
-    clusters, images, removal, control, clashes = [], [], [], [], []
-    for s, e in zip(starts, ends, strict=True):
-        c, i, boxes = int(cl[s]), int(im[s]), all_boxes[s:e]
-        rng = np.random.default_rng([seed, c, i])  # independent of the order
-        ctrl, clash = control_boxes(boxes, hw, rng)
-        clusters.append(c)
-        images.append(i)
-        removal.append(boxes)
-        control.append(ctrl)
-        clashes.append(clash)
-    return _Jobs(
-        np.asarray(clusters, np.int64),
-        np.asarray(images, np.int64),
-        removal,
-        control,
-        np.asarray(clashes, np.int64),
+    pairs = p[["cluster", "image_id"]].drop_duplicates().sort_values(["cluster", "image_id"])
+    boxes_of = {
+        key: g[["in_x0", "in_y0", "in_x1", "in_y1"]].to_numpy(np.int32)
+        for key, g in p.groupby(["cluster", "image_id"])
+    }
+    ids = pairs["image_id"].unique()
+    assigned = space.assign(ids) if space is not None else {}
+    n = len(pairs)
+    jobs = _Jobs(
+        pairs["cluster"].to_numpy(np.int64),
+        pairs["image_id"].to_numpy(np.int64),
+        [],
+        [],
+        np.zeros(n, np.int64),
+        np.zeros(n, np.int64),
     )
+    for k, (c, i) in enumerate(zip(jobs.cluster.tolist(), jobs.image.tolist(), strict=True)):
+        boxes = boxes_of[(c, i)]
+        if i in assigned:
+            own = np.isin(assigned[i], members.get(c, [c]))
+            boxes = np.concatenate([boxes, tiles[own]])
+        removed = _mask(boxes, hw)
+        rng = np.random.default_rng([*seed, c, i])  # independent of the order
+        ctrl, overlap = control_region(removed, tiles, rng)
+        jobs.removal.append(boxes)
+        jobs.control.append(ctrl)
+        jobs.overlap[k] = overlap
+        jobs.area[k] = int(removed.sum())
+    return jobs
+
+
+#: what ``level`` a what-if call tests, mixed into the seeds of its random draws
+LEVELS = {"cluster": 0, "concept": 1}
+
+
+def fill_seed(seed: int, level: str, cluster: int, image: int, control: bool) -> list[int]:
+    """The seed of the fill's noise (``road``) for one removal: the dashboard redraws the
+    removal with it."""
+    return [seed, LEVELS[level], cluster, image, int(control)]
 
 
 def what_if(
@@ -248,8 +499,11 @@ def what_if(
     settings: AnalysisSettings,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, object]]:
-    """Remove each chosen cluster's patches and run both models again.
+    space: RegionSpace | None = None,
+    members: dict[int, list[int]] | None = None,
+    level: str = "cluster",
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, object]]:
+    """Remove each chosen cluster's content and run both models again.
 
     Args:
         engine (PairedAttribution): the run's models, on their device, with its baseline.
@@ -258,89 +512,172 @@ def what_if(
         patches (pandas.DataFrame): the patches table (``cluster``, ``in_x0..in_y1``).
         clusters (pandas.DataFrame): the clusters table (``rank``, ``significant``).
         settings (AnalysisSettings): the run's settings (``whatif``, ``seed``,
-            ``preprocess``, ``attribution.batch_size``).
+            ``preprocess``, ``patches``, ``attribution.batch_size``).
         progress (bool): show a progress bar. Default: False.
         say (callable, optional): receives one-line status messages.
+        space (RegionSpace, optional): where every tile of an image falls among the
+            run's clusters; None removes the patches' boxes only. Default: None.
+        members (dict, optional): the clusters of ``space`` that make each tested unit
+            (a concept's clusters); None: each unit is the cluster of that id.
+        level (str): ``cluster`` or ``concept``, what the units are (seeds differ).
+            Default: ``cluster``.
 
     Returns:
         The what-if table (one row per tested cluster, in rank order; columns
         :data:`COLUMNS`), each tested image's predictions after the removal (columns
-        :data:`IMAGE_COLUMNS`) and what was done, for ``run.json``.
+        :data:`IMAGE_COLUMNS`), the removed and control regions (:data:`BOX_COLUMNS`) and
+        what was done, for ``run.json``.
     """
-    from .attribute_set import _decode, _pool  # torch-free callers never reach this
     from .errors import ImacsError
-    from .progress import Progress
 
     t0 = time.perf_counter()
     ws = settings.whatif
     info: dict[str, object] = {
         "enabled": ws.enabled,
         "top": ws.top,
+        "removal": ws.removal,
         "baseline": settings.attribution.baseline,
+        "regions": "tiles" if space is not None else "patches",
         "alpha": ws.alpha,
         "min_excess": ws.min_excess,
+        "inconclusive": ws.inconclusive,
+        "reach": ws.reach,
         "clusters": [],
         "n_clusters": 0,
         "n_images": 0,
         "n_forward": 0,
     }
+    empty = (empty_table(), empty_images(), empty_boxes(), info)
     if not ws.enabled:
-        return empty_table(), empty_images(), info
+        return empty
     chosen = chosen_clusters(clusters, ws.top)
     if not chosen:  # --whatif-top 0 and nothing significant
-        return empty_table(), empty_images(), info
+        return empty
     hw = settings.preprocess.image_size or (224, 224)
-    jobs = _plan(patches, chosen, hw, settings.seed)
-    ids = np.unique(jobs.image)
-    label = images["label"].to_numpy()
+    tiles = tile_boxes(hw, settings.patches.side(hw))
+    seed = [settings.seed, LEVELS[level]]
+    jobs = _plan(patches, chosen, hw, seed, space, members or {}, tiles)
+    try:
+        after = _forward(engine, records, images, jobs, settings, level, progress, info)
+    except ImacsError as exc:  # the run keeps everything else
+        (say or (lambda _m: None))(f"warning: what-if removal stopped: {exc}")
+        info["error"] = str(exc)
+        return empty
+    table = _statistics(jobs, after, images, chosen, ws, hw)
+    done = np.flatnonzero(after["removal", "a"][0] >= 0)
+    per_image = pd.DataFrame(
+        {
+            "cluster": jobs.cluster[done],
+            "image_id": jobs.image[done],
+            **{
+                f"{k}_{r}_after": after["removal", r][i][done]
+                for r in ROLES
+                for i, k in ((0, "pred"), (1, "prob"))
+            },
+            "area": jobs.area[done] / float(hw[0] * hw[1]),
+        }
+    ).astype(IMAGE_COLUMNS)
+    info.update(
+        clusters=[int(c) for c in table["cluster"]],
+        n_clusters=len(table),
+        n_images=len(np.unique(jobs.image)),
+        seconds=round(time.perf_counter() - t0, 4),
+    )
+    return table, per_image, _boxes_table(jobs, done), info
+
+
+def _boxes_table(jobs: _Jobs, done: np.ndarray) -> pd.DataFrame:
+    parts = [
+        pd.DataFrame(
+            {
+                "cluster": jobs.cluster[j],
+                "image_id": jobs.image[j],
+                "control": control,
+                **dict(
+                    zip(("x0", "y0", "x1", "y1"), np.asarray(boxes).reshape(-1, 4).T, strict=True)
+                ),
+            }
+        )
+        for j in done
+        for control, boxes in ((False, jobs.removal[j]), (True, jobs.control[j]))
+        if len(boxes)
+    ]
+    return pd.concat(parts, ignore_index=True).astype(BOX_COLUMNS) if parts else empty_boxes()
+
+
+def _forward(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    images: pd.DataFrame,
+    jobs: _Jobs,
+    settings: AnalysisSettings,
+    level: str,
+    progress: bool,
+    info: dict[str, object],
+) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
+    """Per (removal|control, model): each job's predicted class and probability of the
+    originally predicted class, after the fill (-1 / NaN for images that failed)."""
+    from .attribute_set import _decode, _pool  # torch-free callers never reach this
+    from .progress import Progress
+
+    hw = settings.preprocess.image_size or (224, 224)
+    kind = settings.whatif.removal
     before = {r: images[f"pred_{r}"].to_numpy() for r in ROLES}
-    prob_before = {r: images[f"prob_{r}"].to_numpy(np.float64) for r in ROLES}
-    # per job and model: predicted class and probability of the original class, after
     after = {
         (v, r): (np.full(len(jobs.image), -1, np.int64), np.full(len(jobs.image), np.nan))
         for v in ("removal", "control")
         for r in ROLES
     }
+    ids = np.unique(jobs.image)
     batch = max(16, 4 * settings.attribution.batch_size)  # forward passes only
     order = np.argsort(jobs.image, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(jobs.image[order])) + 1) if len(ids) else []
     by_image = dict(zip(ids.tolist(), groups, strict=True))  # image -> its jobs
     block = max(8, batch // 2)
-    base: dict[int, np.ndarray] = {}
-    try:
-        with Progress(len(ids), "what-if", enabled=progress) as bar, _pool() as pool:
-            for s in range(0, len(ids), block):
-                part = ids[s : s + block]
-                decoded = list(pool.map(lambda i: _decode(records[i], settings.preprocess), part))
-                pixels = {
-                    int(i): d[0] for i, d in zip(part, decoded, strict=True) if d[0] is not None
-                }
-                todo = np.concatenate([by_image[i] for i in pixels] or [np.zeros(0, np.int64)])
-                if len(todo):
-                    base = dict(
-                        zip(
-                            pixels,
-                            engine.baseline_array(np.stack(list(pixels.values()))),
-                            strict=True,
-                        )
-                    )
-                for t in range(0, len(todo), batch):
-                    js = todo[t : t + batch]
-                    for variant, boxes in (("removal", jobs.removal), ("control", jobs.control)):
-                        x = np.stack([_filled(pixels, base, jobs.image[j], boxes[j]) for j in js])
-                        for r in ROLES:
-                            probs = engine.probabilities_array(r, x)
-                            orig = before[r][jobs.image[js]]
-                            pred, prob = after[variant, r]
-                            pred[js] = probs.argmax(1)
-                            prob[js] = probs[np.arange(len(js)), orig]
-                    info["n_forward"] = int(info["n_forward"]) + 2 * len(js)
-                bar.update(len(part))
-    except ImacsError as exc:  # the run keeps everything else
-        (say or (lambda _m: None))(f"warning: what-if removal stopped: {exc}")
-        info["error"] = str(exc)
-        return empty_table(), empty_images(), info
+    with Progress(len(ids), "what-if", enabled=progress) as bar, _pool() as pool:
+        for s in range(0, len(ids), block):
+            part = ids[s : s + block]
+            decoded = list(pool.map(lambda i: _decode(records[i], settings.preprocess), part))
+            pixels = {int(i): d[0] for i, d in zip(part, decoded, strict=True) if d[0] is not None}
+            todo = np.concatenate([by_image[i] for i in pixels] or [np.zeros(0, np.int64)])
+            base = {}
+            if len(todo) and kind == "baseline":
+                stack = engine.baseline_array(np.stack(list(pixels.values())))
+                base = dict(zip(pixels, stack, strict=True))
+            for t in range(0, len(todo), batch):
+                js = todo[t : t + batch]
+                x = np.stack([pixels[int(jobs.image[j])] for j in js])
+                b = np.stack([base[int(jobs.image[j])] for j in js]) if base else None
+                for variant, boxes in (("removal", jobs.removal), ("control", jobs.control)):
+                    masks = np.stack([_mask(boxes[j], hw) for j in js])
+                    seeds = [
+                        fill_seed(settings.seed, level, int(jobs.cluster[j]),
+                                  int(jobs.image[j]), variant == "control")
+                        for j in js
+                    ]  # fmt: skip
+                    filled = fill(x, masks, kind, base=b, seeds=seeds)
+                    for r in ROLES:
+                        probs = engine.probabilities_array(r, filled)
+                        pred, prob = after[variant, r]
+                        pred[js] = probs.argmax(1)
+                        prob[js] = probs[np.arange(len(js)), before[r][jobs.image[js]]]
+                info["n_forward"] = int(info["n_forward"]) + 2 * len(js)  # type: ignore[call-overload]
+            bar.update(len(part))
+    return after
 
+
+def _statistics(
+    jobs: _Jobs,
+    after: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    images: pd.DataFrame,
+    chosen: list[int],
+    ws: WhatIfSettings,
+    hw: tuple[int, int],
+) -> pd.DataFrame:
+    """One row per tested cluster: flip rates, drops, accuracies, p-values, verdict."""
+    label = images["label"].to_numpy()
+    before = {r: images[f"pred_{r}"].to_numpy() for r in ROLES}
+    prob_before = {r: images[f"prob_{r}"].to_numpy(np.float64) for r in ROLES}
     rows = []
     n_tests = 2 * max(1, len(chosen))
     for c in chosen:
@@ -352,8 +689,10 @@ def what_if(
             "cluster": c,
             "whatif_n_images": len(js),
             "whatif_n_boxes": int(sum(len(jobs.removal[j]) for j in js)),
+            "whatif_area": float(jobs.area[js].mean() / (hw[0] * hw[1])),
+            "whatif_control_overlap": float(jobs.overlap[js].sum() / max(1, jobs.area[js].sum())),
         }
-        depends = {}
+        depends, unsure = {}, {}
         for r in ROLES:
             flip = after["removal", r][0][js] != before[r][img]
             flip_c = after["control", r][0][js] != before[r][img]
@@ -369,62 +708,64 @@ def what_if(
                 (prob_before[r][img] - after["control", r][1][js]).mean()
             )
             row[f"whatif_p_{r}"] = p
-            depends[r] = flip.mean() - flip_c.mean() >= ws.min_excess and p <= ws.alpha / n_tests
-        box_count = int(row["whatif_n_boxes"])  # type: ignore[call-overload]
-        row["whatif_control_overlap"] = float(jobs.clashes[js].sum() / max(1, box_count))
-        row["whatif_effect"] = (
-            "both"
-            if depends["a"] and depends["b"]
-            else "B depends"
-            if depends["b"]
-            else "A depends"
-            if depends["a"]
-            else "neither"
-        )
+            unsure[r] = bool(flip_c.mean() > ws.inconclusive)
+            row[f"whatif_inconclusive_{r}"] = unsure[r]
+            depends[r] = (
+                not unsure[r]
+                and flip.mean() - flip_c.mean() >= ws.min_excess
+                and p <= ws.alpha / n_tests
+            )
+        row["whatif_effect"] = effect(depends, unsure)
         row["whatif_verdict"] = verdict(row)
         rows.append(row)
     table = pd.DataFrame(rows) if rows else empty_table()
-    table = table.astype(COLUMNS)[list(COLUMNS)]
-    done = np.flatnonzero(after["removal", "a"][0] >= 0)
-    per_image = pd.DataFrame(
-        {
-            "cluster": jobs.cluster[done],
-            "image_id": jobs.image[done],
-            **{
-                f"{k}_{r}_after": after["removal", r][i][done]
-                for r in ROLES
-                for i, k in ((0, "pred"), (1, "prob"))
-            },
-        }
-    ).astype(IMAGE_COLUMNS)
-    info.update(
-        clusters=[int(c) for c in table["cluster"]],
-        n_clusters=len(table),
-        n_images=len(ids),
-        seconds=round(time.perf_counter() - t0, 4),
-    )
-    return table, per_image, info
+    return table.astype(COLUMNS)[list(COLUMNS)]
+
+
+def effect(depends: dict[str, bool], unsure: dict[str, bool]) -> str:
+    """The verdict's one word (:data:`EFFECTS`) from which models depend on the content
+    and whose random control flipped too often to tell."""
+    if depends["a"] and depends["b"]:
+        return "both"
+    if depends["b"]:
+        return "B depends"
+    if depends["a"]:
+        return "A depends"
+    return "inconclusive" if unsure["a"] or unsure["b"] else "neither"
 
 
 def verdict(row: dict[str, object] | pd.Series) -> str:
-    """One sentence: how often removal flips each model, against random boxes."""
+    """One sentence: how often removal flips each model, against random regions of the same
+    area; a model whose random regions alone flip it too often is "inconclusive"."""
 
     def pct(key: str) -> str:
         return f"{float(row[key]):.0%}"  # type: ignore[arg-type]
 
+    def unsure(r: str) -> bool:
+        value = row.get(f"whatif_inconclusive_{r}", False)  # type: ignore[union-attr]
+        return bool(value) and not pd.isna(value)
+
     n = int(row["whatif_n_images"])  # type: ignore[call-overload]
-    return (
-        f"removing it flips B on {pct('whatif_flip_b')} of {n} image{'s' if n != 1 else ''}, "
-        f"A on {pct('whatif_flip_a')}; random boxes flip B on {pct('whatif_control_flip_b')}, "
-        f"A on {pct('whatif_control_flip_a')}"
-    )
+    images = f"{n} image{'s' if n != 1 else ''}"
+    clear = [r for r in ("b", "a") if not unsure(r)]
+    parts = []
+    if clear:
+        flips = ", ".join(f"{r.upper()} on {pct(f'whatif_flip_{r}')}" for r in clear)
+        controls = ", ".join(f"{r.upper()} on {pct(f'whatif_control_flip_{r}')}" for r in clear)
+        parts.append(
+            f"removing it flips {_with_count(flips, images)}; random regions of the same area "
+            f"flip {controls}"
+        )
+    for r in ("b", "a"):
+        if unsure(r):
+            parts.append(
+                f"{r.upper()}: inconclusive: random regions alone flip {r.upper()} on "
+                f"{pct(f'whatif_control_flip_{r}')}" + ("" if clear else f" of {images}")
+            )
+    return "; ".join(parts)
 
 
-def _filled(
-    pixels: dict[int, np.ndarray], base: dict[int, np.ndarray], image: int, boxes: np.ndarray
-) -> np.ndarray:
-    x = pixels[int(image)].copy()
-    b = base[int(image)]
-    for x0, y0, x1, y1 in boxes:
-        x[:, y0:y1, x0:x1] = b[:, y0:y1, x0:x1]
-    return x
+def _with_count(flips: str, images: str) -> str:
+    """``"B on 100%, A on 0%"`` -> ``"B on 100% of 21 images, A on 0%"``."""
+    first, sep, rest = flips.partition(", ")
+    return f"{first} of {images}{sep}{rest}"

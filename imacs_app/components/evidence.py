@@ -1,11 +1,14 @@
 """Evidence for a cluster's claim: what the what-if stage measured when the cluster's
-patches were filled with the IG baseline and both models ran again, against the same
-number of random boxes (see :mod:`imacs.whatif`). Runs made without it show nothing."""
+content was removed wherever it is in the image and both models ran again, against random
+regions of the same area (see :mod:`imacs.whatif`). A model whose random regions alone flip
+it too often is inconclusive, and its part is greyed out. Runs made without it show
+nothing."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from dash import html
 
@@ -15,7 +18,20 @@ from .common import render_url
 #: images shown before and after removal
 PAIRS = 4
 #: CSS class of each verdict
-EFFECT_CLASS = {"B depends": "pos", "A depends": "neg", "both": "both", "neither": "neither"}
+EFFECT_CLASS = {
+    "B depends": "pos",
+    "A depends": "neg",
+    "both": "both",
+    "neither": "neither",
+    "inconclusive": "inconclusive",
+}
+#: how each ``--removal`` fill is named on the page
+FILL_TEXT = {
+    "baseline": "the IG baseline",
+    "blur": "a blur of the image",
+    "mean": "the image's mean colour",
+    "road": "an imputation from the pixels around them (ROAD)",
+}
 
 
 def _tested(row: pd.Series) -> bool:
@@ -32,6 +48,12 @@ def verdict_line(row: pd.Series) -> html.Span | None:
         f"what-if: {effect} — {row['whatif_verdict']}",
         className=f"verdict {EFFECT_CLASS.get(effect, '')}",
     )
+
+
+def _unsure(row: pd.Series, r: str) -> bool:
+    """Whether model ``r``'s part of the verdict is inconclusive (False for older runs)."""
+    value = row.get(f"whatif_inconclusive_{r}")
+    return isinstance(value, bool | np.bool_) and bool(value)
 
 
 def _rate(x: object) -> str:
@@ -57,11 +79,18 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
     names = view.run.names
     rows = []
     for r in ("a", "b"):
+        unsure = _unsure(row, r)
         rows.append(
             html.Tr(
-                className=f"model-{r}",
+                className=f"model-{r}" + (" inconclusive" if unsure else ""),
+                title=(
+                    f"inconclusive: random regions alone flip {r.upper()} on "
+                    f"{_rate(row.get(f'whatif_control_flip_{r}'))} of the images"
+                    if unsure
+                    else None
+                ),
                 children=[
-                    html.Td(f"{r.upper()}: {names[r]}"),
+                    html.Td(f"{r.upper()}: {names[r]}" + (" (inconclusive)" if unsure else "")),
                     html.Td(_rate(row.get(f"whatif_flip_{r}")), className="flip"),
                     html.Td(_rate(row.get(f"whatif_control_flip_{r}")), className="control"),
                     html.Td(_num(-float(row.get(f"whatif_drop_{r}", float("nan"))))),
@@ -106,6 +135,9 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
         for i in images
     ]
     effect = str(row.get("whatif_effect", ""))
+    settings = view.run.manifest.get("whatif") or {}
+    fill = FILL_TEXT.get(str(settings.get("removal", "baseline")), "the IG baseline")
+    limit = float(settings.get("inconclusive", 0.25))
     return html.Div(
         id="whatif",
         children=[
@@ -125,7 +157,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                             [
                                 html.Th(f"{int(row['whatif_n_images'])} images"),
                                 html.Th("prediction flips"),
-                                html.Th("with random boxes"),
+                                html.Th("with random regions of the same area"),
                                 html.Th("change of its predicted class's probability"),
                                 html.Th("accuracy before → after"),
                             ]
@@ -135,15 +167,29 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                 ],
             ),
             html.P(
-                f"Left: the image; right: the same image with this {view.unit}'s patches filled "
-                "with the IG baseline, as both models were shown it; under each, both "
-                "models' predictions before → after. Computed on all images of the run, "
-                "whatever the filters.",
+                f"Left: the image; right: the same image with this {view.unit}'s "
+                + (
+                    f"content removed wherever it is (outlined: {_area(row)})"
+                    if settings.get("regions") == "tiles"
+                    else "patches removed (outlined)"
+                )
+                + f", filled with {fill}, as "
+                "both models were shown it; under each, both models' predictions before → "
+                "after. A model whose random regions alone flip it on more than "
+                f"{limit:.0%} of the images gets no verdict (inconclusive, greyed). Computed "
+                "on all images of the run, whatever the filters.",
                 className="hint",
             ),
             html.Div(className="pairs", children=pairs),
         ],
     )
+
+
+def _area(row: pd.Series) -> str:
+    area = row.get("whatif_area")
+    if area is None or (isinstance(area, float) and math.isnan(area)):
+        return "its patches"
+    return f"{float(area):.0%} of each image on average"
 
 
 def _class(view: RunView, k: int) -> str:
