@@ -16,8 +16,16 @@ model has positive attribution gets NaN for the IoU.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
+
+from .stage import stage
+
+if TYPE_CHECKING:
+    from .attribute_set import SetAttribution
 
 #: fraction of an image's pixels that make up a model's "top" set for the IoU
 TOP_FRACTION = 0.10
@@ -95,3 +103,10 @@ def agreement_summary(images: dict[str, np.ndarray] | object) -> dict[str, float
         out[f"{col}_median"] = float(np.median(values)) if len(values) else None
         out[f"{col}_p10"] = float(np.quantile(values, 0.1)) if len(values) else None
     return out
+
+
+@stage("agreement", reads=("att", "images"), produces=("images",))
+def agreement_stage(att: SetAttribution, images: pd.DataFrame) -> dict[str, object]:
+    """The images table with each image's map agreement (``map_spearman``,
+    ``map_iou_top10``)."""
+    return {"images": images.assign(**map_agreement(att.maps["a"], att.maps["b"]))}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +28,12 @@ from .errors import ImageDecodeError, InputError, ModelFailure
 from .imaging import load_rgb
 from .models import LoadedModel
 from .progress import Progress
-from .settings import AnalysisSettings
-from .store import FORMAT_VERSION
+from .runformat import FORMAT_VERSION, ROLES
+from .settings import AttributionSettings
+from .stage import stage
 
 #: images per attribution cache entry (and per progress step)
 CHUNK = 64
-ROLES = ("a", "b")
 _SMALL = ("probs", "pred", "target", "delta")
 
 
@@ -77,25 +77,34 @@ class ChunkPlan:
 
 
 def plan_chunks(
-    dataset: Dataset, models: dict[str, LoadedModel], settings: AnalysisSettings
+    dataset: Dataset,
+    models: dict[str, LoadedModel],
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
 ) -> ChunkPlan:
     """Cut the set into chunks and key each one per model."""
     recs = dataset.records
     n = len(recs)
     chunks = [list(range(s, min(s + CHUNK, n))) for s in range(0, n, CHUNK)]
     keys = [
-        {r: chunk_key(models[r], settings, [recs[i] for i in idx]) for r in ROLES} for idx in chunks
+        {r: chunk_key(models[r], preprocess, attribution, [recs[i] for i in idx]) for r in ROLES}
+        for idx in chunks
     ]
     return ChunkPlan(chunks, keys)
 
 
-def chunk_key(model: LoadedModel, settings: AnalysisSettings, recs: list[ImageRecord]) -> str:
+def chunk_key(
+    model: LoadedModel,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+    recs: list[ImageRecord],
+) -> str:
     return stable_hash(
         "attribution",
         FORMAT_VERSION,
         model.sha256,
-        asdict(settings.preprocess),
-        settings.attribution.cache_fields(),
+        asdict(preprocess),
+        attribution.cache_fields(),
         [r.fingerprint() for r in recs],
     )
 
@@ -115,18 +124,21 @@ class _Runner:
         self,
         dataset: Dataset,
         engine: PairedAttribution,
-        settings: AnalysisSettings,
         cache: StageCache,
         plan: ChunkPlan,
+        preprocess: Preprocess,
+        attribution: AttributionSettings,
+        strict: bool,
     ) -> None:
-        self.dataset, self.engine, self.settings = dataset, engine, settings
+        self.dataset, self.engine, self.strict = dataset, engine, strict
+        self.preprocess, self.attribution = preprocess, attribution
         self.cache, self.plan = cache, plan
         self.classes: list[str] | None = None  # set once the class counts are checked
 
     def entries(
         self, ids: list[int], pool: ThreadPoolExecutor
     ) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
-        recs, pre = self.dataset.records, self.settings.preprocess
+        recs, pre = self.dataset.records, self.preprocess
 
         def submit(ci: int) -> list[Future] | None:
             if self.plan.cached(self.cache, ci):
@@ -150,7 +162,7 @@ class _Runner:
         decoded: list[tuple[np.ndarray | None, tuple[int, int], str]],
         got: dict[str, dict[str, np.ndarray] | None],
     ) -> None:
-        recs, idx, strict = self.dataset.records, self.plan.chunks[ci], self.settings.strict
+        recs, idx, strict = self.dataset.records, self.plan.chunks[ci], self.strict
         arrays, sizes, reasons = zip(*decoded, strict=True)
         if strict:
             for i, why in zip(idx, reasons, strict=True):
@@ -159,14 +171,14 @@ class _Runner:
         good = [j for j, a in enumerate(arrays) if a is not None]
         if self.classes is None and good:
             self.classes = check_classes(self.dataset, self.engine, [arrays[j] for j in good])
-        h, w = self.settings.preprocess.image_size or (0, 0)
+        h, w = self.preprocess.input_size
         batch = np.stack([arrays[j] for j in good]) if good else np.zeros((0, 3, h, w), np.float32)
         labels = np.array([recs[idx[j]].label for j in good], dtype=np.int64)
         for r in ROLES:
             if got[r] is not None:
                 continue
             res, failed = attribute_batch(
-                self.engine, r, batch, labels, self.settings.attribution.batch_size
+                self.engine, r, batch, labels, self.attribution.batch_size
             )
             if strict and failed:
                 j, why = next(iter(failed.items()))
@@ -184,16 +196,19 @@ def _pool() -> ThreadPoolExecutor:
 def fill_cache(
     dataset: Dataset,
     engine: PairedAttribution,
-    settings: AnalysisSettings,
     cache: StageCache,
     plan: ChunkPlan,
     ids: Iterable[int],
     progress: Progress,
+    *,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+    strict: bool = False,
 ) -> None:
     """Compute the chunks ``ids`` that the cache lacks, keeping nothing in memory (one
     ``torchrun`` rank's share of the work)."""
     todo = [ci for ci in ids if not plan.cached(cache, ci)]
-    runner = _Runner(dataset, engine, settings, cache, plan)
+    runner = _Runner(dataset, engine, cache, plan, preprocess, attribution, strict)
     with _pool() as pool:
         for ci, _ in runner.entries(todo, pool):
             progress.update(len(plan.chunks[ci]))
@@ -202,12 +217,15 @@ def fill_cache(
 def attribute_set(
     dataset: Dataset,
     engine: PairedAttribution,
-    settings: AnalysisSettings,
     cache: StageCache,
     plan: ChunkPlan,
     scratch: Path,
     progress: Progress,
     say: Callable[[str], None],
+    *,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+    strict: bool = False,
 ) -> SetAttribution:
     """Attribution of both models over the whole set (from the cache where it has it).
 
@@ -215,7 +233,7 @@ def attribute_set(
         scratch (Path): an existing folder for the memory-mapped maps; the caller removes it.
     """
     n = len(dataset.records)
-    h, w = settings.preprocess.image_size or (0, 0)
+    h, w = preprocess.input_size
     cached = sum(plan.cached(cache, ci) for ci in range(len(plan.chunks)))
     if cached:
         say(f"attribution: {cached} of {len(plan.chunks)} chunks found in the cache")
@@ -229,7 +247,7 @@ def attribute_set(
         for r in ROLES
     }
     small: dict[str, dict[str, list[np.ndarray]]] = {r: {k: [] for k in _SMALL} for r in ROLES}
-    runner = _Runner(dataset, engine, settings, cache, plan)
+    runner = _Runner(dataset, engine, cache, plan, preprocess, attribution, strict)
     with _pool() as pool:
         for ci, got in runner.entries(list(range(len(plan.chunks))), pool):
             idx = plan.chunks[ci]
@@ -379,3 +397,59 @@ def check_class_counts(dataset: Dataset, counts: dict[str, int]) -> list[str]:
             f"pass --classes FILE with the models' {ca} class names in output order"
         )
     return classes
+
+
+@stage(
+    "attribution",
+    reads=("dataset", "engine", "plan", "cache", "scratch", "progress", "say"),
+    produces=("att", "dataset", "records", "valid", "skipped", "classes"),
+    settings=("preprocess", "attribution", "strict"),
+)
+def attribution_stage(
+    dataset: Dataset,
+    engine: PairedAttribution,
+    plan: ChunkPlan,
+    cache: StageCache,
+    scratch: Path,
+    progress: bool,
+    say: Callable[[str], None],
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+    strict: bool,
+) -> dict[str, object]:
+    """Both models' maps over the set; the images that could be analysed, and the skipped
+    ones with their reasons."""
+    with Progress(len(dataset), "attribution", enabled=progress) as bar:
+        att = attribute_set(
+            dataset, engine, cache, plan, scratch, bar, say,
+            preprocess=preprocess, attribution=attribution, strict=strict,
+        )  # fmt: skip
+    dataset = replace(dataset, classes=att.classes)
+    skipped = [
+        {"path": dataset.records[i].relpath, "reason": att.reason[i]}
+        for i in np.flatnonzero(~att.ok)
+    ] + [{"path": rel, "reason": why} for rel, why in dataset.missing]
+    if strict and not att.ok.all():  # also for failures recorded in the cache
+        i = int(np.flatnonzero(~att.ok)[0])
+        raise InputError(
+            f"{dataset.records[i].path}: {att.reason[i]}; remove or replace it (--strict)"
+        )
+    valid = np.flatnonzero(att.ok)
+    if len(valid) == 0:
+        raise InputError(
+            f"{dataset.root}: none of its {len(dataset)} images could be analysed "
+            f"(first: {skipped[0]['path']}: {skipped[0]['reason']})"
+        )
+    if skipped:
+        say(
+            f"skipped {len(skipped)} input(s) (unreadable, or a model failed on them); see run.json"
+        )
+    att.keep(valid)
+    return {
+        "att": att,
+        "dataset": dataset,
+        "records": [dataset.records[i] for i in valid],
+        "valid": valid,
+        "skipped": skipped,
+        "classes": dataset.classes,
+    }

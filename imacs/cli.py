@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import ImacsError, InputError
 from .settings import add_cli_options
 
@@ -26,6 +26,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"imacs {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_analyze(sub)
+
+    e = sub.add_parser("export", help="write a run's patch, cluster and concept tables as CSV")
+    e.add_argument("run", metavar="RUN_DIR")
+    e.add_argument("--patches", metavar="FILE.csv", help="patch table destination")
+    e.add_argument("--clusters", metavar="FILE.csv", help="cluster table destination")
+    e.add_argument("--concepts", metavar="FILE.csv", help="concept table destination")
+
+    s = sub.add_parser("info", help="print a run's summary")
+    s.add_argument("run", metavar="RUN_DIR")
+
+    d = sub.add_parser(
+        "demo", help="analyse the bundled sample data and models, then serve the dashboard"
+    )
+    _server_options(d)
+    d.add_argument("--cache-dir", metavar="DIR", help="where the demo run and cache live")
+    d.add_argument("--rebuild", action="store_true", help="recompute the run even if up to date")
+    d.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    d.add_argument("--no-serve", action="store_true", help="only compute the run")
+
+    v = sub.add_parser("serve", help="serve the dashboard for a run or a folder of runs")
+    v.add_argument("runs", metavar="RUN_DIR_OR_FOLDER_OF_RUNS")
+    _server_options(v)
+    v.add_argument("--debug", action="store_true", help="Dash debug mode: development only")
+    return p
+
+
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    """The ``analyze`` command: inputs and outputs here, settings from their declarations."""
     a = sub.add_parser(
         "analyze",
         help="compute Integrated Gradients, patches, clusters and the comparison into a run",
@@ -86,30 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cache", action="store_true", help="neither read nor write the attribution cache"
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
-
-    e = sub.add_parser("export", help="write a run's patch, cluster and concept tables as CSV")
-    e.add_argument("run", metavar="RUN_DIR")
-    e.add_argument("--patches", metavar="FILE.csv", help="patch table destination")
-    e.add_argument("--clusters", metavar="FILE.csv", help="cluster table destination")
-    e.add_argument("--concepts", metavar="FILE.csv", help="concept table destination")
-
-    s = sub.add_parser("info", help="print a run's summary")
-    s.add_argument("run", metavar="RUN_DIR")
-
-    d = sub.add_parser(
-        "demo", help="analyse the bundled sample data and models, then serve the dashboard"
-    )
-    _server_options(d)
-    d.add_argument("--cache-dir", metavar="DIR", help="where the demo run and cache live")
-    d.add_argument("--rebuild", action="store_true", help="recompute the run even if up to date")
-    d.add_argument("--no-browser", action="store_true", help="do not open a browser")
-    d.add_argument("--no-serve", action="store_true", help="only compute the run")
-
-    v = sub.add_parser("serve", help="serve the dashboard for a run or a folder of runs")
-    v.add_argument("runs", metavar="RUN_DIR_OR_FOLDER_OF_RUNS")
-    _server_options(v)
-    v.add_argument("--debug", action="store_true", help="Dash debug mode: development only")
-    return p
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +235,7 @@ def _dashboard() -> Callable[..., None]:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from .pipeline import analyze
+    from .api import analyze
 
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/imacs/numba"))
     quiet = args.quiet

@@ -11,6 +11,8 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import PCA
 
 from .errors import InputError
+from .settings import ClusteringSettings
+from .stage import stage
 
 #: above this many patches, MiniBatchKMeans replaces KMeans
 MINIBATCH_ABOVE = 50_000
@@ -117,3 +119,14 @@ class PatchClusterer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # n_jobs/random_state and spectral-init notices
             return reducer.fit_transform(X).astype(np.float32)
+
+
+@stage("clustering", reads=("embedding",), produces=("clusterer",), settings=("clustering", "seed"))
+def clustering_stage(
+    embedding: np.ndarray, clustering: ClusteringSettings, seed: int
+) -> dict[str, object]:
+    """A cluster per patch and the 2-D map."""
+    clusterer = PatchClusterer(
+        n_clusters=clustering.n_clusters, projection=clustering.projection, random_state=seed
+    ).fit(embedding)
+    return {"clusterer": clusterer}

@@ -33,34 +33,11 @@ the headline and the ranking.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .options import real, setting, validate, whole
-
-
-@dataclass(frozen=True)
-class ComparisonSettings:
-    """Settings of the comparison.
-
-    Args:
-        n_boot (int): bootstrap resamples. Default: 1000.
-        n_perm (int): sign-flip permutations for the family-wise p-values. Default: 999.
-        ci (float): confidence level of the intervals; significance is at ``1 - ci``.
-            Default: 0.95.
-        seed (int): seed of the bootstrap and the permutations. Default: 0.
-    """
-
-    n_boot: int = setting(1000, convert=whole(10))
-    n_perm: int = setting(999, convert=whole(99))
-    ci: float = setting(0.95, convert=real(0.5, below=1.0))
-    seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
-
-    def __post_init__(self) -> None:
-        validate(self)
+from .settings import ComparisonSettings
 
 
 def compare_clusters(
@@ -96,49 +73,75 @@ def compare_clusters(
     rel = ["attr_a_rel", "attr_b_rel"]
     p = p.astype(dict.fromkeys(["attr_a", "attr_b", *rel], np.float64))  # means in float64
     stats, stats_rel = _family_stats(p, settings, extra=(("attr_a_rel", "attr_b_rel"),))
-    rows = []
-    for k, (cluster, grp) in enumerate(p.groupby("cluster", sort=True)):
-        img_ids = np.unique(grp["image_id"].to_numpy())
-        img = images.loc[img_ids]
-        label_counts = grp["label"].value_counts()
-        top = int(label_counts.index[0])
-        attr_a, attr_b = float(grp["attr_a"].mean()), float(grp["attr_b"].mean())
-        rows.append(
-            {
-                "cluster": int(cluster),
-                "n_patches": len(grp),
-                "n_images": len(img_ids),
-                "attr_a": attr_a,
-                "attr_b": attr_b,
-                "diff": attr_b - attr_a,
-                "diff_se": float(stats["se"][k]),
-                "diff_lo": float(stats["lo"][k]),
-                "diff_hi": float(stats["hi"][k]),
-                "p_value": float(stats["p"][k]),
-                "significant": bool(stats["p"][k] < 1.0 - settings.ci),
-                "saliency": float(grp["saliency"].mean()),
-                "top_class": classes[top] if top < len(classes) else str(top),
-                "top_class_share": float(label_counts.iloc[0] / len(grp)),
-                "disagree_rate": float((img["pred_a"] != img["pred_b"]).mean()),
-                "acc_a": float((img["pred_a"] == img["label"]).mean()),
-                "acc_b": float((img["pred_b"] == img["label"]).mean()),
-                "attr_a_rel": float(grp["attr_a_rel"].mean()),
-                "attr_b_rel": float(grp["attr_b_rel"].mean()),
-                "diff_rel": float(grp["attr_b_rel"].mean() - grp["attr_a_rel"].mean()),
-                "diff_rel_lo": float(stats_rel["lo"][k]),
-                "diff_rel_hi": float(stats_rel["hi"][k]),
-            }
-        )
+    rows = [
+        _row(int(cluster), grp, images.loc[np.unique(grp["image_id"].to_numpy())], classes)
+        | _interval_columns(stats, stats_rel, k, settings.ci)
+        for k, (cluster, grp) in enumerate(p.groupby("cluster", sort=True))
+    ]
     clusters = pd.DataFrame(rows)
     if clusters.empty:
         raise InputError("no clusters to compare: no patches were found")
+    return _ranked(clusters), _by_class(p, classes)
+
+
+_COLUMNS = (
+    *("cluster", "n_patches", "n_images", "attr_a", "attr_b", "diff", "diff_se", "diff_lo"),
+    *("diff_hi", "p_value", "significant", "saliency", "top_class", "top_class_share"),
+    *("disagree_rate", "acc_a", "acc_b", "attr_a_rel", "attr_b_rel", "diff_rel"),
+    *("diff_rel_lo", "diff_rel_hi"),
+)
+
+
+def _row(cluster: int, grp: pd.DataFrame, img: pd.DataFrame, classes: list[str]) -> dict:
+    """A cluster's means and counts (its patches ``grp``, its images ``img``)."""
+    label_counts = grp["label"].value_counts()
+    top = int(label_counts.index[0])
+    attr_a, attr_b = float(grp["attr_a"].mean()), float(grp["attr_b"].mean())
+    return {
+        "cluster": cluster,
+        "n_patches": len(grp),
+        "n_images": len(img),
+        "attr_a": attr_a,
+        "attr_b": attr_b,
+        "diff": attr_b - attr_a,
+        "saliency": float(grp["saliency"].mean()),
+        "top_class": classes[top] if top < len(classes) else str(top),
+        "top_class_share": float(label_counts.iloc[0] / len(grp)),
+        "disagree_rate": float((img["pred_a"] != img["pred_b"]).mean()),
+        "acc_a": float((img["pred_a"] == img["label"]).mean()),
+        "acc_b": float((img["pred_b"] == img["label"]).mean()),
+        "attr_a_rel": float(grp["attr_a_rel"].mean()),
+        "attr_b_rel": float(grp["attr_b_rel"].mean()),
+        "diff_rel": float(grp["attr_b_rel"].mean() - grp["attr_a_rel"].mean()),
+    }
+
+
+def _interval_columns(stats: dict, stats_rel: dict, k: int, ci: float) -> dict:
+    """The k-th cluster's intervals and family-wise p-value."""
+    return {
+        "diff_se": float(stats["se"][k]),
+        "diff_lo": float(stats["lo"][k]),
+        "diff_hi": float(stats["hi"][k]),
+        "p_value": float(stats["p"][k]),
+        "significant": bool(stats["p"][k] < 1.0 - ci),
+        "diff_rel_lo": float(stats_rel["lo"][k]),
+        "diff_rel_hi": float(stats_rel["hi"][k]),
+    }
+
+
+def _ranked(clusters: pd.DataFrame) -> pd.DataFrame:
+    """Clusters sorted by rank: 1 = largest ``|diff|`` (ties by cluster id)."""
+    clusters = clusters[list(_COLUMNS)]
     order = np.lexsort((clusters["cluster"].to_numpy(), -clusters["diff"].abs().to_numpy()))
-    clusters["rank"] = 0
+    clusters = clusters.assign(rank=0)
     clusters.loc[clusters.index[order], "rank"] = np.arange(1, len(clusters) + 1)
     clusters = clusters.sort_values("rank").reset_index(drop=True)
     front = ["cluster", "rank"]
-    clusters = clusters[front + [c for c in clusters.columns if c not in front]]
+    return clusters[front + [c for c in clusters.columns if c not in front]]
 
+
+def _by_class(p: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """One row per (cluster, class)."""
     by_class = (
         p.groupby(["cluster", "label"], sort=True)
         .agg(
@@ -156,7 +159,7 @@ def compare_clusters(
         "class_name",
         [classes[c] if c < len(classes) else str(c) for c in by_class["class"]],
     )
-    return clusters, by_class
+    return by_class
 
 
 def relative_shares(patches: pd.DataFrame) -> dict[str, np.ndarray]:

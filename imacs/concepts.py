@@ -25,42 +25,17 @@ compare_clusters` over its patches), a rank by ``|diff|``, and its own what-if t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from .comparison import compare_clusters
-from .options import real, setting, validate
+from .settings import ComparisonSettings, ConceptSettings
+from .stage import stage
 
 if TYPE_CHECKING:
     from .responses import PatchViews
-    from .settings import AnalysisSettings
-
-
-@dataclass(frozen=True)
-class ConceptSettings:
-    """How clusters are grouped into concepts.
-
-    Args:
-        distance (float): clusters whose mean answers are nearer than this (Hellinger
-            distance, 0..1, see :func:`answer_distances`) are one concept; 0 keeps every
-            cluster its own concept. Default: 0.15.
-    """
-
-    distance: float = setting(
-        0.15,
-        flag="--concept-distance",
-        convert=real(0.0, 1.0),
-        metavar="D",
-        group="patches and clusters",
-        help="group clusters the two models answer alike (distance 0..1 between their mean "
-        "answers to the patches alone) into one concept; 0 = no grouping",
-    )
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 def claim_side(clusters: pd.DataFrame) -> np.ndarray:
@@ -183,7 +158,8 @@ def group_into_concepts(
     clusters: pd.DataFrame,
     images: pd.DataFrame,
     classes: list[str],
-    settings: AnalysisSettings,
+    concepts: ConceptSettings,
+    comparison: ComparisonSettings,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The concepts stage: ``patches`` and ``clusters`` with a ``concept`` column (and the
     clusters with what the models answer to them alone), and the concepts table.
@@ -194,16 +170,39 @@ def group_into_concepts(
         clusters (pandas.DataFrame): the clusters table of :func:`compare_clusters`.
         images (pandas.DataFrame): the images table indexed by ``image_id``.
         classes (list[str]): class names.
-        settings (AnalysisSettings): ``concepts`` and ``comparison`` are used.
+        concepts (ConceptSettings): the merge distance.
+        comparison (ComparisonSettings): the statistics of each concept.
     """
     labels = patches["cluster"].to_numpy()
     distances = answer_distances(views.responses, views.split, labels, clusters)
-    concept_of = group_clusters(distances, clusters, settings.concepts)
+    concept_of = group_clusters(distances, clusters, concepts)
     patches = patches.assign(concept=concept_of[labels])
     clusters = clusters.assign(concept=concept_of[clusters["cluster"].to_numpy()])
     clusters = clusters.merge(answer_summary(patches, "cluster", classes), on="cluster")
     stats, _ = compare_clusters(
-        patches.assign(cluster=patches["concept"]), images, classes, settings.comparison
+        patches.assign(cluster=patches["concept"]), images, classes, comparison
     )
-    concepts = concepts_table(stats, concept_of, answer_summary(patches, "concept", classes))
-    return patches, clusters, concepts
+    table = concepts_table(stats, concept_of, answer_summary(patches, "concept", classes))
+    return patches, clusters, table
+
+
+@stage(
+    "concepts",
+    reads=("views", "patches", "clusters", "images", "classes"),
+    produces=("patches", "clusters", "concepts"),
+    settings=("concepts", "comparison"),
+)
+def concepts_stage(
+    views: PatchViews,
+    patches: pd.DataFrame,
+    clusters: pd.DataFrame,
+    images: pd.DataFrame,
+    classes: list[str],
+    concepts: ConceptSettings,
+    comparison: ComparisonSettings,
+) -> dict[str, object]:
+    """Clusters the models answer alike, grouped into concepts with their own statistics."""
+    patches, clusters, table = group_into_concepts(
+        views, patches, clusters, images.set_index("image_id"), classes, concepts, comparison
+    )
+    return {"patches": patches, "clusters": clusters, "concepts": table}

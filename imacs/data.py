@@ -194,6 +194,48 @@ def _printable(path: Path) -> str:
 def _from_csv(
     root: Path, csv_path: Path, given: list[str] | None, suggested: list[str] | None
 ) -> Dataset:
+    rows, fieldnames = _read_csv_rows(csv_path)
+    labels = [row["label"].strip() for row in rows]
+    if suggested and all(
+        v in suggested or (_is_int(v) and 0 <= int(v) < len(suggested)) for v in labels
+    ):
+        given = suggested
+    classes, lookup, classes_inferred = _csv_classes(csv_path, labels, given)
+    records: list[ImageRecord] = []
+    missing: list[tuple[str, str]] = []
+    keep_rows: list[int] = []
+    seen: dict[Path, tuple[int, str]] = {}
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        rec = _csv_record(root, csv_path, i + 2, row["path"].strip(), label, lookup, seen)
+        if rec is None:
+            missing.append((row["path"].strip(), "file not found"))
+            continue
+        records.append(rec)
+        keep_rows.append(i)
+    if not records:
+        raise InputError(
+            f"{csv_path}: none of its {len(rows)} paths exist under {root}; "
+            "paths are relative to --data"
+        )
+    meta_cols = [c for c in fieldnames if c not in ("path", "label")]
+    meta = pd.DataFrame([{c: rows[i][c] for c in meta_cols} for i in keep_rows], columns=meta_cols)
+    for c in meta_cols:  # numbers stay numbers when every value is one
+        converted = pd.to_numeric(meta[c], errors="coerce")
+        if converted.notna().all():
+            meta[c] = converted
+    return Dataset(
+        root=root,
+        records=records,
+        classes=classes,
+        meta=meta,
+        labels_csv=csv_path.resolve(),
+        classes_inferred=classes_inferred,
+        missing=missing,
+    )
+
+
+def _read_csv_rows(csv_path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The labels CSV's rows and header, every row checked (line numbers in the errors)."""
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -223,20 +265,20 @@ def _from_csv(
             )
         if not (row["path"] or "").strip():
             raise InputError(f"{csv_path}:{lineno}: empty path")
+    return rows, fieldnames
 
-    labels = [row["label"].strip() for row in rows]
-    if suggested and all(
-        v in suggested or (_is_int(v) and 0 <= int(v) < len(suggested)) for v in labels
-    ):
-        given = suggested
-    classes_inferred = False
+
+def _csv_classes(
+    csv_path: Path, labels: list[str], given: list[str] | None
+) -> tuple[list[str], dict[str, int], bool]:
+    """The class names, label -> class index, and whether the names were inferred."""
     if given is not None:
-        classes = given
-        lookup = {c: i for i, c in enumerate(classes)}
+        lookup = {c: i for i, c in enumerate(given)}
         # labels may be names from the file or indices into it
-        for i in range(len(classes)):
+        for i in range(len(given)):
             lookup.setdefault(str(i), i)
-    elif all(_is_int(v) for v in labels):
+        return given, lookup, False
+    if all(_is_int(v) for v in labels):
         # never allocate from a user's number: a typo like 999999999 is refused, not listed
         top_line, top = max(enumerate(int(v) for v in labels), key=lambda t: t[1])
         if top >= MAX_CLASSES:
@@ -244,71 +286,50 @@ def _from_csv(
                 f"{csv_path}:{top_line + 2}: label {top} is not a class index any classifier "
                 f"outputs (more than {MAX_CLASSES:,}); fix the label, or pass --classes FILE"
             )
-        classes = [str(i) for i in range(top + 1)]
-        lookup = {str(i): i for i in range(top + 1)}
-        classes_inferred = True
-    else:
-        classes = sorted(set(labels))
-        lookup = {c: i for i, c in enumerate(classes)}
+        return [str(i) for i in range(top + 1)], {str(i): i for i in range(top + 1)}, True
+    classes = sorted(set(labels))
+    return classes, {c: i for i, c in enumerate(classes)}, False
 
-    records: list[ImageRecord] = []
-    missing: list[tuple[str, str]] = []
-    keep_rows: list[int] = []
-    seen: dict[Path, tuple[int, str]] = {}
-    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
-        key = str(int(label)) if _is_int(label) and label not in lookup else label
-        if key not in lookup:
-            raise InputError(
-                f"{csv_path}:{i + 2}: label {label!r} is not a known class; "
-                "fix the label or list it in --classes"
-            )
-        if int(lookup[key]) < 0:
-            raise InputError(f"{csv_path}:{i + 2}: negative class index {label!r}")
-        rel = row["path"].strip()
-        p = Path(rel) if Path(rel).is_absolute() else root / rel
-        try:
-            relpath = p.resolve().relative_to(root).as_posix()
-        except ValueError:
-            raise InputError(
-                f"{csv_path}:{i + 2}: {rel!r} is outside --data {root}; list only files "
-                "inside the data folder, with paths relative to it"
-            ) from None
-        resolved = p.resolve()
-        if resolved in seen:
-            first, first_label = seen[resolved]
-            what = "again" if first_label == label else f"with label {first_label!r} and {label!r}"
-            raise InputError(
-                f"{csv_path}:{i + 2}: {rel!r} is listed {what} (first on line {first}); "
-                "list each image once"
-            )
-        seen[resolved] = (i + 2, label)
-        if not p.is_file():
-            missing.append((rel, "file not found"))
-            continue
-        p = p.resolve()
-        st = p.stat()
-        records.append(ImageRecord(p, relpath, int(lookup[key]), st.st_size, st.st_mtime_ns))
-        keep_rows.append(i)
-    if not records:
+
+def _csv_record(
+    root: Path,
+    csv_path: Path,
+    line: int,
+    rel: str,
+    label: str,
+    lookup: dict[str, int],
+    seen: dict[Path, tuple[int, str]],
+) -> ImageRecord | None:
+    """The record of one CSV row (None when its file does not exist)."""
+    key = str(int(label)) if _is_int(label) and label not in lookup else label
+    if key not in lookup:
         raise InputError(
-            f"{csv_path}: none of its {len(rows)} paths exist under {root}; "
-            "paths are relative to --data"
+            f"{csv_path}:{line}: label {label!r} is not a known class; "
+            "fix the label or list it in --classes"
         )
-    meta_cols = [c for c in fieldnames if c not in ("path", "label")]
-    meta = pd.DataFrame([{c: rows[i][c] for c in meta_cols} for i in keep_rows], columns=meta_cols)
-    for c in meta_cols:  # numbers stay numbers when every value is one
-        converted = pd.to_numeric(meta[c], errors="coerce")
-        if converted.notna().all():
-            meta[c] = converted
-    return Dataset(
-        root=root,
-        records=records,
-        classes=classes,
-        meta=meta,
-        labels_csv=csv_path.resolve(),
-        classes_inferred=classes_inferred,
-        missing=missing,
-    )
+    if int(lookup[key]) < 0:
+        raise InputError(f"{csv_path}:{line}: negative class index {label!r}")
+    p = Path(rel) if Path(rel).is_absolute() else root / rel
+    try:
+        relpath = p.resolve().relative_to(root).as_posix()
+    except ValueError:
+        raise InputError(
+            f"{csv_path}:{line}: {rel!r} is outside --data {root}; list only files "
+            "inside the data folder, with paths relative to it"
+        ) from None
+    resolved = p.resolve()
+    if resolved in seen:
+        first, first_label = seen[resolved]
+        what = "again" if first_label == label else f"with label {first_label!r} and {label!r}"
+        raise InputError(
+            f"{csv_path}:{line}: {rel!r} is listed {what} (first on line {first}); "
+            "list each image once"
+        )
+    seen[resolved] = (line, label)
+    if not p.is_file():
+        return None
+    st = resolved.stat()
+    return ImageRecord(resolved, relpath, int(lookup[key]), st.st_size, st.st_mtime_ns)
 
 
 def _is_int(s: str) -> bool:

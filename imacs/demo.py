@@ -53,7 +53,7 @@ def demo_run(
     log: Callable[[str], None] | None = None,
 ) -> Run:
     """Analyse the bundled sample (or reuse the cached run) and return the run."""
-    from .pipeline import analyze
+    from .api import analyze
 
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     files = sample_files()

@@ -28,84 +28,17 @@ and PCA reduces the result to ``n_components`` dimensions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.decomposition import PCA
 
-from .options import optional, setting, validate, whole
+from .settings import EmbeddingSettings
+from .stage import stage
 
 if TYPE_CHECKING:
+    from .encoders import LoadedEncoder
     from .responses import PatchViews
-
-#: the ``--embedding`` choices (``encoder:`` and ``timm:`` take a file or a name)
-KINDS = ("handcrafted", "models", "encoder:FILE", "timm:NAME")
-
-
-def embedding_kind(value: object) -> str:
-    """Check an ``--embedding`` value."""
-    text = str(value).strip()
-    if text in ("models", "handcrafted"):
-        return text
-    for prefix in ("encoder:", "timm:"):
-        if text.startswith(prefix):
-            if not text[len(prefix) :]:
-                raise ValueError(f"{prefix} needs a {'file' if prefix == 'encoder:' else 'name'}")
-            return text
-    raise ValueError(f"choose one of {', '.join(KINDS)}")
-
-
-def _text(value: object) -> str:
-    return str(value)
-
-
-@dataclass(frozen=True)
-class EmbeddingSettings:
-    """The patch embedding that clusters are made in.
-
-    Args:
-        kind (str): ``handcrafted``, ``models``, ``encoder:FILE`` or ``timm:NAME``.
-            Default: ``handcrafted`` (measured in BENCHMARKS.md: on the planted shortcuts
-            and the demo it gives concepts as clean as ``models``, and its clusters inside
-            a concept are the concept's looks).
-        dims (int): most dimensions kept (PCA). Default: 32.
-        encoder_weights (str, optional): weights file of a ``timm:NAME`` encoder.
-        encoder_size (int, optional): side the crops are resized to for an encoder.
-            Default: None (the encoder's own size, else 224).
-    """
-
-    kind: str = setting(
-        "handcrafted",
-        flag="--embedding",
-        convert=embedding_kind,
-        metavar="handcrafted|models|encoder:FILE|timm:NAME",
-        group="patches and clusters",
-        help="the space patches are clustered in: colour/texture statistics (default), the "
-        "models' answers to each patch alone, or your image encoder",
-    )
-    dims: int = setting(32, convert=whole(1))
-    encoder_weights: str | None = setting(
-        None,
-        flag="--encoder-weights",
-        convert=optional(_text),
-        metavar="FILE",
-        result=False,  # its digest is part of the run's fingerprint
-        group="patches and clusters",
-        help="weights of a timm:NAME encoder (.safetensors or a state_dict; default: "
-        "from your local Hugging Face cache, never downloaded)",
-    )
-    encoder_size: int | None = setting(
-        None,
-        flag="--encoder-size",
-        convert=optional(whole(8, 4096)),
-        metavar="PX",
-        group="patches and clusters",
-        help="side the patch crops are resized to for an encoder (default: its own, else 224)",
-    )
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 def embed(
@@ -323,3 +256,28 @@ class PatchEmbedder:
         k = int(min(self.n_components, z.shape[0], z.shape[1]))
         self.pca_ = PCA(n_components=k, random_state=self.random_state, svd_solver="full")
         return self.pca_.fit_transform(z).astype(np.float32)
+
+
+@stage(
+    "embedding",
+    reads=("pixels", "views", "encoder"),
+    produces=("embedding", "embedding_info", "embedding_space"),
+    settings=("embedding", "seed"),
+)
+def embedding_stage(
+    pixels: np.ndarray,
+    views: PatchViews,
+    encoder: LoadedEncoder | None,
+    embedding: EmbeddingSettings,
+    seed: int,
+) -> dict[str, object]:
+    """One vector per patch, what the run's manifest says of the embedding, and the fitted
+    embedding (what-if removal places every region of an image in the same space)."""
+    emb, space = fit_embedding(embedding, pixels, views, seed)
+    info = {
+        "kind": embedding.kind,
+        "dims": int(emb.shape[1]),
+        "encoder": encoder.describe() if encoder else None,
+        "response_dims": int(views.responses.shape[1]),
+    }
+    return {"embedding": emb, "embedding_info": info, "embedding_space": space}

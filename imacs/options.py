@@ -81,18 +81,22 @@ def walk(cls: type, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, .
             yield (*prefix, f.name), f
 
 
-def build(cls: type, values: dict[str, Any]) -> Any:
+def build(cls: type, values: dict[str, Any], base: Any = None) -> Any:
     """An instance of settings class ``cls`` from keywords (flag names): every field whose
-    flag matches takes the value; the rest keep their defaults."""
+    flag matches takes the value; the rest keep their value in ``base`` (an instance of
+    ``cls``), or their defaults when there is none."""
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         sub = _nested(f)
+        inner = None if base is None else getattr(base, f.name)
         if sub is not None:
-            kwargs[f.name] = build(sub, values)
+            kwargs[f.name] = build(sub, values, inner)
             continue
         opt = option_of(f)
         if opt.flag and opt.keyword in values:
             kwargs[f.name] = values[opt.keyword]
+        elif base is not None:
+            kwargs[f.name] = inner
     return cls(**kwargs)
 
 

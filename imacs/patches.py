@@ -12,57 +12,17 @@ and of B's positive attribution that falls inside it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import InputError
-from .options import optional, real, setting, validate, whole
+from .settings import PatchSettings, Preprocess
+from .stage import stage
 
-
-@dataclass(frozen=True)
-class PatchSettings:
-    """How salient patches are cut.
-
-    Args:
-        patch_size (int, optional): side of a square patch in model-input pixels.
-            Default: None (a quarter of the shorter input side).
-        per_image (int): most patches per image. Default: 4.
-        max_overlap (float): largest intersection-over-union between two patches of an
-            image. Default: 0.25.
-        min_saliency (float): a patch must hold at least this multiple of the union mass
-            a uniform map would put in it (the first patch of an image is always kept).
-            Default: 1.5.
-    """
-
-    patch_size: int | None = setting(
-        None,
-        flag="--patch-size",
-        convert=optional(whole(2)),
-        metavar="PX",
-        group="patches and clusters",
-        help="patch side in model-input pixels (default: input side / 4)",
-    )
-    per_image: int = setting(
-        4,
-        flag="--patches-per-image",
-        metavar="N",
-        convert=whole(1),
-        group="patches and clusters",
-        help="most patches per image",
-    )
-    max_overlap: float = setting(0.25, convert=real(0.0, below=1.0))
-    min_saliency: float = setting(1.5, convert=real(0.0))
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def side(self, image_size: tuple[int, int]) -> int:
-        h, w = image_size
-        side = self.patch_size or max(2, min(h, w) // 4)
-        if side > min(h, w):
-            raise InputError(f"--patch-size {side} is larger than the {h}x{w} model input")
-        return side
+if TYPE_CHECKING:
+    from .attribute_set import SetAttribution
 
 
 @dataclass
@@ -209,3 +169,20 @@ def to_original_pixels(
     out[:, 2] = np.minimum(out[:, 2], original[:, 0])
     out[:, 3] = np.minimum(out[:, 3], original[:, 1])
     return out
+
+
+@stage(
+    "patches",
+    reads=("att", "say"),
+    produces=("patch_table", "box_orig"),
+    settings=("patches", "preprocess"),
+)
+def patches_stage(
+    att: SetAttribution, say: Callable[[str], None], patches: PatchSettings, preprocess: Preprocess
+) -> dict[str, object]:
+    """The salient patches of every analysed image, with their boxes in the original
+    image's pixels."""
+    table = extract_patches(att.maps["a"], att.maps["b"], patches)
+    box_orig = to_original_pixels(table.box, preprocess.input_size, att.size[table.image])
+    say(f"{len(table)} salient patches")
+    return {"patch_table": table, "box_orig": box_orig}

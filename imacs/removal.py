@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .settings import REMOVAL_DEFAULT, REMOVAL_FILLS
+
 #: the ``--removal`` choices
-FILLS = ("baseline", "blur", "mean", "road")
+FILLS = REMOVAL_FILLS
 #: the default fill (BENCHMARKS.md, "Which fill removes content without adding any")
-DEFAULT = "road"
+DEFAULT = REMOVAL_DEFAULT
 #: fills that do not depend on which pixels are removed (one fill image per image)
 MASK_FREE = frozenset({"baseline", "blur"})
 #: standard deviation of the noise added to ``road``'s imputed pixels, in [0, 1] units

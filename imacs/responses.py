@@ -21,21 +21,22 @@ patch from the model input, resizes it to the encoder's size and encodes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError
+from .runformat import ROLES
+from .settings import AttributionSettings, Preprocess
+from .stage import stage
 
 if TYPE_CHECKING:
     from .attribution import PairedAttribution
     from .data import ImageRecord
     from .encoders import LoadedEncoder
     from .patches import PatchTable
-    from .settings import Preprocess
-
-ROLES = ("a", "b")
 #: most response coordinates per model (the rest of the classes share one)
 MAX_CLASSES = 64
 #: classes remembered per patch for a model with more than MAX_CLASSES classes
@@ -87,22 +88,14 @@ def patch_views(
     """
     import time
 
-    import torch
-
     from .attribute_set import _decode, _pool
     from .progress import Progress
 
     t0 = time.perf_counter()
     n = len(table)
     probs: dict[str, _ProbSink] = {}
-    encoded: np.ndarray | None = None
-    order = np.argsort(table.image, kind="stable")
-    ids = np.unique(table.image)
-    sorted_images = table.image[order]
-    start_of = dict(zip(ids.tolist(), np.searchsorted(sorted_images, ids).tolist(), strict=True))
-    end_of = dict(
-        zip(ids.tolist(), np.searchsorted(sorted_images, ids, side="right").tolist(), strict=True)
-    )
+    encoded: list[np.ndarray | None] = [None]
+    ids, rows_of = _rows_by_image(table.image)
     block = max(8, batch_size // 4)  # images decoded at a time (~4 patches each)
     with Progress(len(ids), "patch responses", enabled=progress) as bar, _pool() as pool:
         for s in range(0, len(ids), block):
@@ -115,26 +108,23 @@ def patch_views(
                     )
             pixels = np.stack([d[0] for d in decoded])
             base = engine.baseline_array(pixels)
-            rows = np.concatenate([order[start_of[int(i)] : end_of[int(i)]] for i in part])
-            where = {int(i): k for k, i in enumerate(part)}
+            rows = np.concatenate([rows_of(int(i)) for i in part])
+            pos = {int(i): k for k, i in enumerate(part)}
+            where = np.array([pos[int(i)] for i in table.image[rows]], np.int64)
             for t in range(0, len(rows), batch_size):
-                pids = rows[t : t + batch_size]
-                alone = np.stack(
-                    [_pasted(pixels, base, where[int(table.image[p])], table.box[p]) for p in pids]
+                sel = slice(t, t + batch_size)
+                _respond(
+                    engine,
+                    encoder,
+                    pixels,
+                    base,
+                    where[sel],
+                    table.box[rows[sel]],
+                    rows[sel],
+                    probs,
+                    encoded,
+                    n,
                 )
-                for r in ROLES:
-                    p = engine.probabilities_array(r, alone)
-                    probs.setdefault(r, _ProbSink(n, p.shape[1])).put(pids, p)
-                if encoder is not None:
-                    crops = torch.from_numpy(
-                        np.stack(
-                            [_crop(pixels, where[int(table.image[p])], table.box[p]) for p in pids]
-                        )
-                    )
-                    vec = encoder.encode(crops, engine)
-                    if encoded is None:
-                        encoded = np.zeros((n, vec.shape[1]), np.float32)
-                    encoded[pids] = vec
             bar.update(len(part))
     if not probs:  # no patches
         empty = {r: np.zeros(0, np.int64) for r in ROLES}
@@ -146,11 +136,50 @@ def patch_views(
         responses=responses,
         answer={r: probs[r].answer for r in ROLES},
         answer_prob={r: probs[r].answer_prob for r in ROLES},
-        encoded=encoded,
+        encoded=encoded[0],
         split=blocks[0].shape[1],
         seconds=time.perf_counter() - t0,
         kept=kept,
     )
+
+
+def _rows_by_image(image: np.ndarray) -> tuple[np.ndarray, Callable[[int], np.ndarray]]:
+    """The images that have patches, and a function giving each one's patch rows."""
+    order = np.argsort(image, kind="stable")
+    ids = np.unique(image)
+    starts = np.searchsorted(image[order], ids)
+    ends = np.searchsorted(image[order], ids, side="right")
+    span = {i: (s, e) for i, s, e in zip(ids.tolist(), starts, ends, strict=True)}
+    return ids, lambda i: order[span[i][0] : span[i][1]]
+
+
+def _respond(
+    engine: PairedAttribution,
+    encoder: LoadedEncoder | None,
+    pixels: np.ndarray,
+    base: np.ndarray,
+    where: np.ndarray,
+    boxes: np.ndarray,
+    pids: np.ndarray,
+    probs: dict[str, _ProbSink],
+    encoded: list[np.ndarray | None],
+    n: int,
+) -> None:
+    """One batch of patches alone through both models (and the encoder): patch ``pids[j]``
+    lies in image ``where[j]`` of ``pixels`` at ``boxes[j]``."""
+    alone = np.stack([_pasted(pixels, base, k, box) for k, box in zip(where, boxes, strict=True)])
+    for r in ROLES:
+        p = engine.probabilities_array(r, alone)
+        probs.setdefault(r, _ProbSink(n, p.shape[1])).put(pids, p)
+    if encoder is None:
+        return
+    import torch
+
+    crops = np.stack([_crop(pixels, k, box) for k, box in zip(where, boxes, strict=True)])
+    vec = encoder.encode(torch.from_numpy(crops), engine)
+    if encoded[0] is None:
+        encoded[0] = np.zeros((n, vec.shape[1]), np.float32)
+    encoded[0][pids] = vec
 
 
 class _ProbSink:
@@ -219,3 +248,31 @@ def _pasted(pixels: np.ndarray, base: np.ndarray, k: int, box: np.ndarray) -> np
 def _crop(pixels: np.ndarray, k: int, box: np.ndarray) -> np.ndarray:
     x0, y0, x1, y1 = (int(v) for v in box)
     return np.ascontiguousarray(pixels[k][:, y0:y1, x0:x1])
+
+
+@stage(
+    "responses",
+    reads=("engine", "records", "patch_table", "encoder", "progress"),
+    produces=("views",),
+    settings=("preprocess", "attribution"),
+)
+def responses_stage(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    patch_table: PatchTable,
+    encoder: LoadedEncoder | None,
+    progress: bool,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+) -> dict[str, object]:
+    """Both models (and the encoder) on each patch alone."""
+    views = patch_views(
+        engine,
+        records,
+        patch_table,
+        preprocess,
+        encoder,
+        batch_size=max(16, 4 * attribution.batch_size),  # forward passes only
+        progress=progress,
+    )
+    return {"views": views}

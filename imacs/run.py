@@ -1,47 +1,31 @@
 """Reading a run directory (no torch import: the web app uses this module).
 
-Layout of a run directory (format version 1)::
-
-    run.json                 manifest: models, data, settings, versions, timings, skipped
-                             inputs, summary metrics, and the files below
-    images.parquet           one row per analysed image
-    patches.parquet          one row per salient patch
-    clusters.parquet         one row per cluster, sorted by rank
-    cluster_classes.parquet  one row per (cluster, class)
-    whatif.parquet           one row per cluster tested by what-if removal (imacs.whatif);
-                             absent in runs made before it
-    whatif_images.parquet    one row per (cluster, image) it tested: predictions after
-    whatif_boxes.parquet     the regions it removed from each of those images, and the
-                             random regions of its control
-    concepts.parquet         one row per concept (clusters grouped by the models' answers,
-                             imacs.concepts), sorted by rank; absent in runs made before it
-    concept_whatif.parquet, concept_whatif_images.parquet, concept_whatif_boxes.parquet
-                             what-if removal of the top concepts, as for clusters
-    attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
-                             by its largest absolute value (``attr_scale_a/b`` in images)
-    probs_a.npy, probs_b.npy (images, classes) float32 class probabilities
-    embedding.npy            (patches, k) float32 patch embeddings
-    thumbs/images/ID.jpg     image thumbnails (longest side 256 px)
-    thumbs/patches/ID.jpg    patch thumbnails (96 x 96 px)
+The layout is :mod:`imacs.runformat`'s; a run of an older format version is brought up to
+date as it is read (:func:`imacs.runformat.upgrade`), never rewritten.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .comparison import ComparisonSettings
 from .errors import InputError, disk_error
-from .store import FORMAT, FORMAT_VERSION, MANIFEST
-from .whatif import empty_boxes, empty_images, empty_table, merge_into
-
-_TABLES = ("images", "patches", "clusters", "cluster_classes")
+from .runformat import (
+    MANIFEST,
+    ROLES,
+    WHATIF_TABLES,
+    FormatError,
+    Manifest,
+    derived,
+    merge_whatif,
+    upgrade,
+    upgrade_table,
+)
+from .settings import AnalysisSettings, ComparisonSettings
 
 
 class Run:
@@ -61,27 +45,28 @@ class Run:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InputError(f"{manifest_path}: unreadable run manifest ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise InputError(f"{manifest_path}: not an imacs run manifest")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise InputError(
-                f"{self.path}: run format {version} is not the supported format "
-                f"{FORMAT_VERSION}; re-run imacs analyze with this version"
-            )
-        self.manifest: dict = manifest
+        try:
+            self.manifest: dict = upgrade(manifest)
+        except FormatError as exc:
+            raise InputError(f"{manifest_path}: {exc}") from None
+        self.info = Manifest.from_dict(self.manifest)
 
     def __repr__(self) -> str:
-        m = self.manifest
+        s = self.info.summary
         return (
-            f"Run({str(self.path)!r}, {m['models']['a']['name']} vs {m['models']['b']['name']}, "
-            f"{m['summary']['n_images']} images, {m['summary']['n_clusters']} clusters)"
+            f"Run({str(self.path)!r}, {self.names['a']} vs {self.names['b']}, "
+            f"{s['n_images']} images, {s['n_clusters']} clusters)"
         )
 
-    def _table(self, name: str) -> pd.DataFrame:
-        path = self.path / self.manifest["files"][name]
+    def table(self, name: str) -> pd.DataFrame:
+        """Table ``name`` of the run format as stored (brought up to date), without the
+        what-if columns merged in."""
+        recipe = self.info.derived.get(name)
+        if recipe is not None:
+            return derived(name, recipe, self.table)
+        path = self.path / self.info.files[name]
         try:
-            return pd.read_parquet(path)
+            return upgrade_table(name, pd.read_parquet(path))
         except FileNotFoundError:
             raise InputError(f"{path}: missing from the run; re-run imacs analyze") from None
         except Exception as exc:  # pyarrow raises its own types for truncated files
@@ -92,27 +77,22 @@ class Run:
     @cached_property
     def images(self) -> pd.DataFrame:
         """One row per image: ``image_id, image, label, label_name, pred_a, pred_b, ...``,
-        and the agreement of the two maps, ``map_spearman`` and ``map_iou_top10`` (absent
-        in runs made before they existed)."""
-        return self._table("images")
+        and the agreement of the two maps, ``map_spearman`` and ``map_iou_top10``."""
+        return self.table("images")
 
     @cached_property
     def patches(self) -> pd.DataFrame:
         """One row per patch: ``patch_id, image_id, x0, y0, x1, y1, attr_a, attr_b, cluster,
         concept...``, and what each model answers to the patch alone (``alone_a``,
-        ``alone_a_prob``...: class index and probability). Runs made before concepts
-        existed get ``concept`` = ``cluster``."""
-        t = self._table("patches")
-        if "concept" not in t.columns:
-            t["concept"] = t["cluster"]
-        return t
+        ``alone_a_prob``...: class index and probability)."""
+        return self.table("patches")
 
     @cached_property
     def clusters(self) -> pd.DataFrame:
         """One row per cluster, sorted by rank (1 = largest absolute ``diff``); relative
         reliance in ``attr_a_rel, attr_b_rel, diff_rel, diff_rel_lo, diff_rel_hi``, and the
         what-if columns of :attr:`whatif` (NaN for clusters it did not test)."""
-        return merge_into(self._table("clusters"), self.whatif)
+        return merge_whatif(self.table("clusters"), self.whatif, "cluster")
 
     @cached_property
     def concepts(self) -> pd.DataFrame:
@@ -122,46 +102,16 @@ class Run:
         alone (``alone_a``, ``alone_a_share``, ``alone_b``, ``alone_b_share``) and its
         what-if columns. In a run made before concepts existed, every cluster is its own
         concept."""
-        if "concepts" not in self.manifest["files"]:
-            t = self.clusters.drop(columns="concept", errors="ignore")
-            t = t.rename(columns={"cluster": "concept"})
-            t.insert(2, "n_clusters", 1)
-            t.insert(3, "clusters", t["concept"].astype(str))
-            return t
-        whatif = self.concept_whatif.rename(columns={"concept": "cluster"})
-        table = merge_into(self._table("concepts").rename(columns={"concept": "cluster"}), whatif)
-        return table.rename(columns={"cluster": "concept"})
+        return merge_whatif(self.table("concepts"), self.concept_whatif, "concept")
 
-    @cached_property
-    def concept_whatif(self) -> pd.DataFrame:
-        """As :attr:`whatif`, for the concepts it tested (``concept`` instead of
-        ``cluster``); in a run made before concepts existed, the clusters' own."""
-        if "concepts" not in self.manifest["files"]:
-            return self.whatif.rename(columns={"cluster": "concept"})
-        return self._optional("concept_whatif", empty_table).rename(columns={"cluster": "concept"})
+    def level(self, level: str) -> pd.DataFrame:
+        """:attr:`clusters` or :attr:`concepts` (``level`` is ``cluster`` or ``concept``)."""
+        return self.clusters if level == "cluster" else self.concepts
 
-    @cached_property
-    def concept_whatif_images(self) -> pd.DataFrame:
-        """As :attr:`whatif_images`, for concepts (``concept`` instead of ``cluster``)."""
-        if "concepts" not in self.manifest["files"]:
-            return self.whatif_images.rename(columns={"cluster": "concept"})
-        t = self._optional("concept_whatif_images", empty_images)
-        return t.rename(columns={"cluster": "concept"})
-
-    @cached_property
-    def concept_whatif_boxes(self) -> pd.DataFrame:
-        """As :attr:`whatif_boxes`, for concepts (``concept`` instead of ``cluster``)."""
-        if "concepts" not in self.manifest["files"]:
-            return self.whatif_boxes.rename(columns={"cluster": "concept"})
-        t = self._optional("concept_whatif_boxes", empty_boxes)
-        return t.rename(columns={"cluster": "concept"})
-
-    def _optional(self, name: str, empty: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        """A concept table keyed ``cluster`` (the what-if helpers' key); ``empty()`` when
-        the run has none."""
-        if name not in self.manifest["files"]:
-            return empty()
-        return self._table(name).rename(columns={"concept": "cluster"})
+    def whatif_of(self, level: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """The what-if table, its images table and its boxes table at ``level`` (keyed
+        ``level``)."""
+        return tuple(self.table(name) for name in WHATIF_TABLES[level])  # type: ignore[return-value]
 
     @cached_property
     def whatif(self) -> pd.DataFrame:
@@ -170,35 +120,43 @@ class Run:
         whatif_acc_before_, whatif_acc_after_, whatif_control_flip_, whatif_control_drop_,
         whatif_p_``, and ``whatif_effect``, ``whatif_verdict`` (see :mod:`imacs.whatif`).
         Empty for a run made with ``--no-whatif`` or before the stage existed."""
-        if "whatif" not in self.manifest["files"]:
-            return empty_table()
-        return self._table("whatif")
+        return self.table("whatif")
 
     @cached_property
     def whatif_images(self) -> pd.DataFrame:
         """Each image what-if removal tested, per cluster: ``cluster, image_id`` and each
         model's ``pred_a_after, prob_a_after, pred_b_after, prob_b_after`` (the predicted
-        class, and the probability of the class it predicted before). Empty for runs
-        without it."""
-        if "whatif_images" not in self.manifest["files"]:
-            return empty_images()
-        return self._table("whatif_images")
+        class, and the probability of the class it predicted before)."""
+        return self.table("whatif_images")
+
+    @cached_property
+    def concept_whatif(self) -> pd.DataFrame:
+        """As :attr:`whatif`, for the concepts it tested (keyed ``concept``)."""
+        return self.table("concept_whatif")
+
+    @cached_property
+    def concept_whatif_images(self) -> pd.DataFrame:
+        """As :attr:`whatif_images`, for concepts (keyed ``concept``)."""
+        return self.table("concept_whatif_images")
 
     @cached_property
     def whatif_boxes(self) -> pd.DataFrame:
         """The regions what-if removal took out of each tested image, per cluster:
         ``cluster, image_id, control`` (False: the cluster's regions, True: the random
         regions of the control) and ``x0, y0, x1, y1`` in model-input pixels (a region is
-        the union of its boxes). Empty for runs made before regions were kept (they
-        removed the cluster's patch boxes)."""
-        if "whatif_boxes" not in self.manifest["files"]:
-            return empty_boxes()
-        return self._table("whatif_boxes")
+        the union of its boxes). Empty for runs made before it kept them (they removed the
+        cluster's patch boxes)."""
+        return self.table("whatif_boxes")
+
+    @cached_property
+    def concept_whatif_boxes(self) -> pd.DataFrame:
+        """As :attr:`whatif_boxes`, for concepts (keyed ``concept``)."""
+        return self.table("concept_whatif_boxes")
 
     @cached_property
     def cluster_classes(self) -> pd.DataFrame:
         """Per-cluster, per-class breakdown."""
-        return self._table("cluster_classes")
+        return self.table("cluster_classes")
 
     @property
     def trust(self) -> dict:
@@ -206,31 +164,34 @@ class Run:
         random pixel order, infidelity, sensitivity, the convergence delta's distribution
         and a one-line ``reading`` (:mod:`imacs.trust`); also ``n_images``, ``steps`` and
         ``fractions``. Empty for runs made before it existed."""
-        return dict(self.manifest.get("trust") or {})
+        return dict(self.info.trust)
 
     @property
     def warnings(self) -> list[str]:
         """The run's warnings (class order, maps no better than random...)."""
-        return list(self.manifest.get("warnings", []))
+        return list(self.info.warnings)
 
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["data"]["classes"])
+        return self.info.classes
 
     @property
     def names(self) -> dict[str, str]:
         """Display names of the models: ``{"a": ..., "b": ...}``."""
-        return {r: self.manifest["models"][r]["name"] for r in ("a", "b")}
+        return self.info.names
+
+    @cached_property
+    def settings(self) -> AnalysisSettings:
+        """The settings the run was computed with."""
+        return AnalysisSettings.from_dict(self.info.settings)
 
     def comparison_settings(self) -> ComparisonSettings:
         """The comparison settings the run was computed with (to recompute its statistics
         on a subset of patches the same way)."""
-        saved = dict(self.manifest.get("settings", {}).get("comparison", {}))
-        known = {f.name for f in dataclasses.fields(ComparisonSettings)}
-        return ComparisonSettings(**{k: v for k, v in saved.items() if k in known})
+        return self.settings.comparison
 
     def _array(self, name: str) -> np.ndarray:
-        path = self.path / self.manifest["files"][name]
+        path = self.path / self.info.files[name]
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
@@ -240,7 +201,7 @@ class Run:
 
     def attribution_map(self, role: str, image_id: int) -> np.ndarray:
         """(H, W) float32 attribution map of model ``role`` ("a" or "b") for one image."""
-        if role not in ("a", "b"):
+        if role not in ROLES:
             raise ValueError("role must be 'a' or 'b'")
         maps = self._array(f"attr_{role}")
         scale = float(
@@ -259,7 +220,7 @@ class Run:
     def image_path(self, image_id: int) -> Path:
         """The original image file (in the data folder the run was made from)."""
         rel = self.images.loc[self.images["image_id"] == image_id, "image"].iloc[0]
-        return Path(self.manifest["data"]["root"]) / rel
+        return Path(self.info.data["root"]) / rel
 
     def image_thumbnail(self, image_id: int) -> Path:
         return self.path / "thumbs" / "images" / f"{int(image_id)}.jpg"
@@ -271,7 +232,7 @@ class Run:
         """Patches joined with their image's label, predictions, map agreement and
         meta-annotations (the patches CSV of ``imacs export``)."""
         img = self.images
-        meta = list(self.manifest["data"].get("meta_columns", []))
+        meta = self.info.meta_columns
         agree = [c for c in ("map_spearman", "map_iou_top10") if c in img.columns]
         cols = ["image_id", "image", "label_name", "pred_a", "pred_b", *agree, *meta]
         p = self.patches.merge(img[cols], on="image_id", how="left")
@@ -279,7 +240,7 @@ class Run:
         p["pred_a"] = classes[p["pred_a"].to_numpy()]
         p["pred_b"] = classes[p["pred_b"].to_numpy()]
         p = p.rename(columns={"label_name": "label"})
-        for r in ("a", "b"):  # what the model answers to the patch alone, by name
+        for r in ROLES:  # what the model answers to the patch alone, by name
             col = f"alone_{r}"
             if col in p.columns:
                 p[col] = classes[p[col].to_numpy()]
@@ -310,7 +271,7 @@ class Run:
 
     def summary(self) -> str:
         """A few lines for a terminal: accuracies and the top clusters."""
-        m, s = self.manifest, self.manifest["summary"]
+        s = self.info.summary
         a, b = self.names["a"], self.names["b"]
         lines = [
             f"run {self.path}",
@@ -325,11 +286,11 @@ class Run:
                 f"  map agreement per image (median): Spearman {s['map_spearman_median']:.2f}, "
                 f"top-10% IoU {'n/a' if iou is None else f'{iou:.2f}'} (1 = same pixels)"
             )
-        emb = m.get("embedding") or {}
+        emb = self.info.embedding
         if emb:
             lines.append(
-                f"  embedding {emb['kind']}; {s.get('n_concepts', s['n_clusters'])} concepts "
-                f"(clusters the models answer alike, distance < {emb['concept_distance']})"
+                f"  embedding {emb['kind']}; {s['n_concepts']} concepts (clusters the models "
+                f"answer alike, distance < {self.settings.concepts.distance})"
             )
         lines.append("  top concepts (diff = B - A share of attribution):")
         for row in self.concepts.head(5).itertuples():
@@ -349,12 +310,12 @@ class Run:
             if isinstance(getattr(row, "whatif_verdict", None), str):
                 lines.append(f"        what-if: {row.whatif_effect}: {row.whatif_verdict}")
         trust = self.trust  # runs before issue 10 have none
-        for r in ("a", "b"):
+        for r in ROLES:
             if trust.get(r, {}).get("reading"):
                 lines.append(f"  trust ({trust['n_images']} images): {trust[r]['reading']}")
         for w in self.warnings:
             lines.append(f"  warning: {w}")
-        total = sum(m["timings"].values())
+        total = sum(self.info.timings.values())
         lines.append(f"  computed in {total:.1f}s")
         return "\n".join(lines)
 

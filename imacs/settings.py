@@ -1,30 +1,32 @@
-"""The settings of an analysis, gathered in one frozen object.
+"""Every setting of an analysis, declared once, in one torch-free leaf module.
 
-Each leaf setting is declared once, with :func:`imacs.options.setting`: its CLI flag, help,
-checks and whether it changes the results live beside its default. The CLI's ``analyze``
-options are generated from these declarations (:func:`add_cli_options`), :func:`imacs.analyze`
-reads its keywords through :meth:`AnalysisSettings.from_keywords`, and the cache keys and the
-run's fingerprint come from :meth:`AnalysisSettings.result_fields`.
+Each leaf setting is declared with :func:`imacs.options.setting`: its CLI flag, help, checks
+and whether it changes the results live beside its default. Each stage has its own settings
+class here and receives only that (plus the few shared values it names, such as the seed);
+:class:`AnalysisSettings` gathers them. The CLI's ``analyze`` options are generated from
+these declarations (:func:`add_cli_options`), :func:`imacs.analyze` checks its keywords
+against them (:meth:`AnalysisSettings.from_keywords`), and the cache keys and the run's
+fingerprint come from :meth:`AnalysisSettings.result_fields`.
+
+This module imports only :mod:`imacs.options` and :mod:`imacs.errors` (no torch, no stage):
+stages import it, never the other way round.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
-from .comparison import ComparisonSettings
-from .concepts import ConceptSettings
-from .embedding import EmbeddingSettings
 from .errors import InputError
 from .options import (
+    boolean,
     build,
     cli_type,
     option_of,
     optional,
+    real,
     result_values,
     setting,
     size_pair,
@@ -33,14 +35,15 @@ from .options import (
     walk,
     whole,
 )
-from .patches import PatchSettings
-from .trust import TrustSettings
-from .whatif import WhatIfSettings
+
+#: the input side when neither the user nor a model's configuration gives one
+DEFAULT_SIDE = 224
+#: the ``--removal`` fills (:mod:`imacs.removal`) and the default
+REMOVAL_FILLS = ("baseline", "blur", "mean", "road")
+REMOVAL_DEFAULT = "road"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-Baseline = Literal["black", "gray", "blur"]
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,19 @@ class Preprocess:
 
     def to_array(self, im: Image.Image) -> np.ndarray:
         """Resize an RGB image and return it as float32 (3, H, W) in [0, 1]."""
-        h, w = self.image_size or (224, 224)
+        import numpy as np
+        from PIL import Image
+
+        h, w = self.input_size
         if im.size != (w, h):
             im = im.resize((w, h), Image.Resampling.BILINEAR)
         arr = np.asarray(im, dtype=np.float32) / 255.0
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the model input: ``image_size``, else the default side."""
+        return self.image_size or (DEFAULT_SIDE, DEFAULT_SIDE)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map a batch in [0, 1] pixel space to model input space."""
@@ -188,17 +199,129 @@ class AttributionSettings:
 
 
 @dataclass(frozen=True)
-class AnalysisSettings:
-    """Every setting of an analysis; the defaults are the CLI's defaults."""
+class PatchSettings:
+    """How salient patches are cut.
 
-    preprocess: Preprocess = field(default_factory=Preprocess)
-    attribution: AttributionSettings = field(default_factory=AttributionSettings)
-    patches: PatchSettings = field(default_factory=PatchSettings)
-    comparison: ComparisonSettings = field(default_factory=ComparisonSettings)
-    trust: TrustSettings = field(default_factory=TrustSettings)
-    whatif: WhatIfSettings = field(default_factory=WhatIfSettings)
-    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
-    concepts: ConceptSettings = field(default_factory=ConceptSettings)
+    Args:
+        patch_size (int, optional): side of a square patch in model-input pixels.
+            Default: None (a quarter of the shorter input side).
+        per_image (int): most patches per image. Default: 4.
+        max_overlap (float): largest intersection-over-union between two patches of an
+            image. Default: 0.25.
+        min_saliency (float): a patch must hold at least this multiple of the union mass
+            a uniform map would put in it (the first patch of an image is always kept).
+            Default: 1.5.
+    """
+
+    patch_size: int | None = setting(
+        None,
+        flag="--patch-size",
+        convert=optional(whole(2)),
+        metavar="PX",
+        group="patches and clusters",
+        help="patch side in model-input pixels (default: input side / 4)",
+    )
+    per_image: int = setting(
+        4,
+        flag="--patches-per-image",
+        metavar="N",
+        convert=whole(1),
+        group="patches and clusters",
+        help="most patches per image",
+    )
+    max_overlap: float = setting(0.25, convert=real(0.0, below=1.0))
+    min_saliency: float = setting(1.5, convert=real(0.0))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def side(self, image_size: tuple[int, int]) -> int:
+        h, w = image_size
+        side = self.patch_size or max(2, min(h, w) // 4)
+        if side > min(h, w):
+            raise InputError(f"--patch-size {side} is larger than the {h}x{w} model input")
+        return side
+
+
+#: the ``--embedding`` choices (``encoder:`` and ``timm:`` take a file or a name)
+KINDS = ("handcrafted", "models", "encoder:FILE", "timm:NAME")
+
+
+def embedding_kind(value: object) -> str:
+    """Check an ``--embedding`` value."""
+    text = str(value).strip()
+    if text in ("models", "handcrafted"):
+        return text
+    for prefix in ("encoder:", "timm:"):
+        if text.startswith(prefix):
+            if not text[len(prefix) :]:
+                raise ValueError(f"{prefix} needs a {'file' if prefix == 'encoder:' else 'name'}")
+            return text
+    raise ValueError(f"choose one of {', '.join(KINDS)}")
+
+
+def _text(value: object) -> str:
+    return str(value)
+
+
+@dataclass(frozen=True)
+class EmbeddingSettings:
+    """The patch embedding that clusters are made in.
+
+    Args:
+        kind (str): ``handcrafted``, ``models``, ``encoder:FILE`` or ``timm:NAME``.
+            Default: ``handcrafted`` (measured in BENCHMARKS.md: on the planted shortcuts
+            and the demo it gives concepts as clean as ``models``, and its clusters inside
+            a concept are the concept's looks).
+        dims (int): most dimensions kept (PCA). Default: 32.
+        encoder_weights (str, optional): weights file of a ``timm:NAME`` encoder.
+        encoder_size (int, optional): side the crops are resized to for an encoder.
+            Default: None (the encoder's own size, else :data:`DEFAULT_SIDE`).
+    """
+
+    kind: str = setting(
+        "handcrafted",
+        flag="--embedding",
+        convert=embedding_kind,
+        metavar="handcrafted|models|encoder:FILE|timm:NAME",
+        group="patches and clusters",
+        help="the space patches are clustered in: colour/texture statistics (default), the "
+        "models' answers to each patch alone, or your image encoder",
+    )
+    dims: int = setting(32, convert=whole(1))
+    encoder_weights: str | None = setting(
+        None,
+        flag="--encoder-weights",
+        convert=optional(_text),
+        metavar="FILE",
+        result=False,  # its digest is part of the run's fingerprint
+        group="patches and clusters",
+        help="weights of a timm:NAME encoder (.safetensors or a state_dict; default: "
+        "from your local Hugging Face cache, never downloaded)",
+    )
+    encoder_size: int | None = setting(
+        None,
+        flag="--encoder-size",
+        convert=optional(whole(8, 4096)),
+        metavar="PX",
+        group="patches and clusters",
+        help="side the patch crops are resized to for an encoder (default: its own, else 224)",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class ClusteringSettings:
+    """How patches are clustered and mapped.
+
+    Args:
+        n_clusters (int, optional): number of clusters. Default: None (about
+            sqrt(patches)/2).
+        projection (str): ``umap`` or ``pca`` for the 2-D map. Default: ``umap``.
+    """
+
     n_clusters: int | None = setting(
         None,
         flag="--clusters",
@@ -214,6 +337,171 @@ class AnalysisSettings:
         group="patches and clusters",
         help="2-D map of the patches",
     )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class ComparisonSettings:
+    """Settings of the comparison.
+
+    Args:
+        n_boot (int): bootstrap resamples. Default: 1000.
+        n_perm (int): sign-flip permutations for the family-wise p-values. Default: 999.
+        ci (float): confidence level of the intervals; significance is at ``1 - ci``.
+            Default: 0.95.
+        seed (int): seed of the bootstrap and the permutations. Default: 0.
+    """
+
+    n_boot: int = setting(1000, convert=whole(10))
+    n_perm: int = setting(999, convert=whole(99))
+    ci: float = setting(0.95, convert=real(0.5, below=1.0))
+    seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class ConceptSettings:
+    """How clusters are grouped into concepts.
+
+    Args:
+        distance (float): clusters whose mean answers are nearer than this (Hellinger
+            distance, 0..1, see :func:`answer_distances`) are one concept; 0 keeps every
+            cluster its own concept. Default: 0.15.
+    """
+
+    distance: float = setting(
+        0.15,
+        flag="--concept-distance",
+        convert=real(0.0, 1.0),
+        metavar="D",
+        group="patches and clusters",
+        help="group clusters the two models answer alike (distance 0..1 between their mean "
+        "answers to the patches alone) into one concept; 0 = no grouping",
+    )
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class TrustSettings:
+    """How the maps are tested.
+
+    Args:
+        sample (int): images (seeded sample) tested per model; 0 turns the tests off.
+            Default: 64.
+        steps (int): steps of the deletion and insertion curves. Default: 16.
+        infidelity_perturbations (int): noise draws per image for infidelity. Default: 8.
+        noise (float): standard deviation of the infidelity noise, in [0, 1] pixel units.
+            Default: 0.05.
+        sensitivity_sample (int): images, of the sample, for ``sensitivity_max``. Default: 8.
+        sensitivity_perturbations (int): perturbations per image for it. Default: 3.
+        sensitivity_radius (float): half-width of its uniform noise. Default: 0.02.
+        margin (float): deletion area below the random order's by less than this, or than
+            two standard errors of the paired difference over the sample if more: no better
+            than random. Default: 0.05.
+        degenerate (float): a random order whose first step already takes the
+            prediction this share of the way to the fully filled image's leaves nothing to
+            beat: the test is "inconclusive" (:func:`imacs.trust.degenerate_control`).
+            Default: 0.5.
+        seed (int): seed of the sample, the random orders and the noise. Default: 0.
+    """
+
+    sample: int = setting(
+        64,
+        flag="--trust-sample",
+        metavar="N",
+        convert=whole(0, 100_000),
+        group="trust",
+        help="images on which each model's maps are tested against a random pixel order "
+        "(deletion/insertion, infidelity, sensitivity); 0 turns it off",
+    )
+    steps: int = setting(16, convert=whole(2, 256))
+    infidelity_perturbations: int = setting(8, convert=whole(1, 1000))
+    noise: float = setting(0.05, convert=real(0.0, 1.0))
+    sensitivity_sample: int = setting(8, convert=whole(0, 100_000))
+    sensitivity_perturbations: int = setting(3, convert=whole(1, 100))
+    sensitivity_radius: float = setting(0.02, convert=real(0.0, 1.0))
+    margin: float = setting(0.05, convert=real(0.0, 1.0))
+    degenerate: float = setting(0.5, convert=real(0.0, 1.0))
+    seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class WhatIfSettings:
+    """What-if removal settings.
+
+    Args:
+        enabled (bool): run the stage. Default: True.
+        top (int): test the clusters ranked 1..top by ``|diff|``, plus every significant one.
+            Default: 10.
+        removal (str): how removed pixels are filled (:data:`REMOVAL_FILLS`, see
+            :mod:`imacs.removal`), in what-if removal, the trust stage's curves and the
+            dashboard's pictures. Default: ``road`` (the fill that disturbs the models least
+            on random regions, BENCHMARKS.md).
+        alpha (float): family-wise error level of the verdicts. Default: 0.05.
+        min_excess (float): least excess of the flip rate over the random control that
+            counts as a dependence. Default: 0.1.
+        inconclusive (float): a model whose random control flips more than this share of
+            the images gets no verdict ("inconclusive"). Default: 0.25.
+        reach (float): a region of an image joins a cluster when it is nearer the cluster's
+            centre than this quantile of the cluster's own patches' distances. Default: 0.95.
+    """
+
+    enabled: bool = setting(
+        True,
+        flag="--whatif",
+        convert=boolean,
+        group="what-if",
+        help="re-run both models with each top cluster's content removed (default: on)",
+    )
+    top: int = setting(
+        10,
+        flag="--whatif-top",
+        metavar="N",
+        convert=whole(0, 100_000),
+        group="what-if",
+        help="test the N clusters with the largest |diff|, plus every significant one",
+    )
+    removal: str = setting(
+        REMOVAL_DEFAULT,
+        flag="--removal",
+        choices=REMOVAL_FILLS,
+        group="what-if",
+        help="how removed pixels are filled (what-if, trust curves, the dashboard's "
+        "pictures): the IG baseline, a blur, the kept pixels' mean colour or ROAD's "
+        f"imputation from the neighbours (default: {REMOVAL_DEFAULT})",
+    )
+    alpha: float = setting(0.05, convert=real(0.0, below=1.0))
+    min_excess: float = setting(0.1, convert=real(0.0, 1.0))
+    inconclusive: float = setting(0.25, convert=real(0.0, 1.0))
+    reach: float = setting(0.95, convert=real(0.5, 1.0))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Every setting of an analysis; the defaults are the CLI's defaults. Each stage takes
+    one of its parts (``patches``, ``trust``...), never the whole."""
+
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    patches: PatchSettings = field(default_factory=PatchSettings)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    clustering: ClusteringSettings = field(default_factory=ClusteringSettings)
+    comparison: ComparisonSettings = field(default_factory=ComparisonSettings)
+    concepts: ConceptSettings = field(default_factory=ConceptSettings)
+    trust: TrustSettings = field(default_factory=TrustSettings)
+    whatif: WhatIfSettings = field(default_factory=WhatIfSettings)
     seed: int = setting(
         0,
         flag="--seed",
@@ -234,23 +522,58 @@ class AnalysisSettings:
         validate(self)
 
     @classmethod
-    def from_keywords(cls, **values: Any) -> AnalysisSettings:
+    def keywords(cls) -> dict[str, Any]:
+        """``{keyword: default}`` of every setting the CLI and :func:`imacs.analyze` offer
+        (the flag without dashes), in declaration order."""
+        defaults = cls()
+        out: dict[str, Any] = {}
+        for path, f in walk(cls):
+            opt = option_of(f)
+            if opt.flag and opt.keyword not in out:
+                value: Any = defaults
+                for name in path:
+                    value = getattr(value, name)
+                out[opt.keyword] = value
+        return out
+
+    @classmethod
+    def from_keywords(cls, base: AnalysisSettings | None = None, **values: Any) -> AnalysisSettings:
         """Settings from :func:`imacs.analyze`'s keywords (the CLI flags' names); the
-        keywords not given keep their defaults.
+        keywords not given keep their value in ``base`` (default: the declared defaults).
 
         Raises:
+            TypeError: a keyword that is not a setting.
             InputError: a value is out of range; the message names the setting and flag.
         """
-        known = {option_of(f).keyword for _, f in walk(cls) if option_of(f).flag}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(cls.keywords()))
         if unknown:
             raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
-        return build(cls, values)
+        return build(cls, values, base)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> AnalysisSettings:
+        """Settings as a run's manifest stores them (``dataclasses.asdict``); keys this
+        version does not know are ignored, missing ones keep their defaults."""
+        return _from_dict(cls, saved)
 
     def result_fields(self) -> dict[str, object]:
         """Settings that change the run's content (not batch sizes, device or strictness):
         the fields declared with ``result=True``, the default."""
         return result_values(self)
+
+
+def _from_dict(cls: type, saved: dict[str, Any]) -> Any:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in saved:
+            continue
+        value = saved[f.name]
+        sub = f.default_factory
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            kwargs[f.name] = _from_dict(sub, value if isinstance(value, dict) else {})
+        else:
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
 
 
 def add_cli_options(parser: argparse.ArgumentParser, groups: dict[str, Any]) -> list[str]:
@@ -289,4 +612,6 @@ def add_cli_options(parser: argparse.ArgumentParser, groups: dict[str, Any]) -> 
 
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
+    from PIL import Image

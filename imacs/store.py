@@ -18,10 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError, disk_error
-
-FORMAT = "imacs-run"
-FORMAT_VERSION = 1
-MANIFEST = "run.json"
+from .runformat import MANIFEST
 
 
 def _tmp_prefix(out: Path) -> str:

@@ -1,28 +1,20 @@
-"""The run's tables and manifest: what each column and field of a run directory holds."""
+"""The run's images and patches tables, and the stages that make them ("images",
+"comparison"): what each of their columns holds."""
 
 from __future__ import annotations
-
-import platform
-import sys
-from dataclasses import asdict
-from datetime import UTC, datetime
-from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from . import __version__
-from .agreement import agreement_summary
-from .attribute_set import ROLES, SetAttribution
+from .attribute_set import SetAttribution
 from .clustering import PatchClusterer
-from .comparison import relative_shares
+from .comparison import compare_clusters, relative_shares
 from .data import Dataset, ImageRecord
-from .models import LoadedModel
 from .patches import PatchTable
 from .responses import PatchViews
-from .settings import AnalysisSettings
-from .store import FORMAT, FORMAT_VERSION, write_array, write_scaled_maps, write_table
+from .runformat import ROLES
+from .settings import ComparisonSettings
+from .stage import stage
 
 
 def images_table(
@@ -128,112 +120,45 @@ def patches_table(
     return df.assign(**relative_shares(df))
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "imacs": __version__}
-    for dist in (
-        "torch",
-        "captum",
-        "numpy",
-        "scikit-learn",
-        "umap-learn",
-        "pandas",
-        "pyarrow",
-        "pillow",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
-
-
-def manifest(
-    *,
-    fingerprint: str,
-    models: dict[str, LoadedModel],
-    names: dict[str, str],
+@stage(
+    "images",
+    reads=("records", "dataset", "valid", "att", "names", "say"),
+    produces=("images", "warnings"),
+)
+def images_stage(
+    records: list[ImageRecord],
     dataset: Dataset,
-    settings: AnalysisSettings,
-    device: str,
-    timings: dict[str, float],
-    skipped: list[dict[str, str]],
-    images_df: pd.DataFrame,
-    clusters_df: pd.DataFrame,
-    n_patches: int,
-    n_clusters: int,
-    concepts_df: pd.DataFrame,
-    embedding_info: dict[str, object],
-    files: dict[str, str],
-    warnings: list[str] | None = None,
-    trust: dict[str, object] | None = None,
-    whatif: dict[str, object] | None = None,
+    valid: np.ndarray,
+    att: SetAttribution,
+    names: dict[str, str],
+    say: object,
 ) -> dict[str, object]:
-    top = clusters_df.iloc[0]
-    model_info = {}
-    for r in ROLES:
-        info = models[r].describe()
-        info["name"] = names[r]
-        info["num_classes"] = len(dataset.classes)
-        model_info[r] = info
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv) if sys.argv and sys.argv[0].endswith("imacs") else None,
-        "models": model_info,
-        "data": {
-            "root": str(dataset.root),
-            "labels_csv": str(dataset.labels_csv) if dataset.labels_csv else None,
-            "classes": dataset.classes,
-            "meta_columns": [str(c) for c in dataset.meta.columns],
-            "n_listed": len(dataset.records) + len(dataset.missing),
-            "fingerprint": dataset.fingerprint(),
-        },
-        "settings": asdict(settings),
-        "device": device,
-        "versions": _versions(),
-        "timings": timings,
-        "skipped": skipped,
-        "warnings": warnings or [],
-        "trust": trust or {},
-        "whatif": whatif or {},
-        "embedding": embedding_info,
-        "summary": {
-            "n_images": len(images_df),
-            "n_skipped": len(skipped),
-            "n_patches": n_patches,
-            "n_clusters": n_clusters,
-            "n_concepts": len(concepts_df),
-            "accuracy_a": float(images_df["correct_a"].mean()),
-            "accuracy_b": float(images_df["correct_b"].mean()),
-            "agreement": float((images_df["pred_a"] == images_df["pred_b"]).mean()),
-            "median_abs_delta_a": float(images_df["delta_a"].abs().median()),
-            "median_abs_delta_b": float(images_df["delta_b"].abs().median()),
-            **agreement_summary(images_df),
-            "top_cluster": {
-                "cluster": int(top["cluster"]),
-                "diff": float(top["diff"]),
-                "diff_lo": float(top["diff_lo"]),
-                "diff_hi": float(top["diff_hi"]),
-                "n_patches": int(top["n_patches"]),
-                "top_class": str(top["top_class"]),
-            },
-        },
-        "files": files,
-    }
+    """The images table, and a warning per model whose class order looks wrong."""
+    images = images_table(records, dataset, valid, att)
+    warnings = class_order_warnings(images, len(dataset.classes), names)
+    for w in warnings:
+        say(f"warning: {w}")  # type: ignore[operator]
+    return {"images": images, "warnings": warnings}
 
 
-def write_run_files(
-    tmp: Path, tables: dict[str, pd.DataFrame], embedding: np.ndarray, att: SetAttribution
-) -> dict[str, str]:
-    """Write the run's tables, the embedding, both models' scaled maps and probabilities
-    into ``tmp``; returns the manifest's ``files`` entry."""
-    files = {name: write_table(tmp, name, frame) for name, frame in tables.items()}
-    files["embedding"] = write_array(tmp, "embedding", embedding)
-    images = tables["images"]
-    for r in ROLES:
-        scale = images[f"attr_scale_{r}"].to_numpy(np.float32)
-        files[f"attr_{r}"] = write_scaled_maps(tmp, f"attr_{r}", att.maps[r], scale)
-        files[f"probs_{r}"] = write_array(tmp, f"probs_{r}", att.per_role[r]["probs"])
-    return files
+@stage(
+    "comparison",
+    reads=("patch_table", "box_orig", "clusterer", "views", "images", "classes"),
+    produces=("patches", "clusters", "cluster_classes"),
+    settings=("comparison",),
+)
+def comparison_stage(
+    patch_table: PatchTable,
+    box_orig: np.ndarray,
+    clusterer: PatchClusterer,
+    views: PatchViews,
+    images: pd.DataFrame,
+    classes: list[str],
+    comparison: ComparisonSettings,
+) -> dict[str, object]:
+    """The patches table and each cluster's statistics (overall and per class)."""
+    patches = patches_table(patch_table, box_orig, clusterer, views)
+    clusters, by_class = compare_clusters(
+        patches, images.set_index("image_id"), classes, comparison
+    )
+    return {"patches": patches, "clusters": clusters, "cluster_classes": by_class}

@@ -14,6 +14,7 @@ from .errors import ImageDecodeError, InputError, disk_error
 from .imaging import load_rgb
 from .patches import PatchTable
 from .progress import Progress
+from .stage import stage
 
 #: side of the pixels each patch is resized to for the embedding
 EMBED_SIZE = 32
@@ -72,3 +73,19 @@ def _save_jpeg(im: Image.Image, path: Path) -> None:
         im.save(path, "JPEG", quality=85)
     except OSError as exc:
         raise disk_error(exc, path) from None
+
+
+@stage(
+    "thumbnails",
+    reads=("records", "patch_table", "box_orig", "run_dir", "progress"),
+    produces=("pixels",),
+)
+def thumbnails_stage(
+    records: list[ImageRecord],
+    patch_table: PatchTable,
+    box_orig: np.ndarray,
+    run_dir: Path,
+    progress: bool,
+) -> dict[str, object]:
+    """Thumbnails of every image and patch in the run directory, and the patches' pixels."""
+    return {"pixels": thumbnails_and_pixels(records, patch_table, box_orig, run_dir, progress)}

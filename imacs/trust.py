@@ -23,64 +23,17 @@ On a seeded sample of images (:class:`TrustSettings`, ``--trust-sample``), for e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .options import real, setting, validate, whole
+from .settings import Preprocess, TrustSettings, WhatIfSettings
+from .stage import stage
 
 if TYPE_CHECKING:
     from .attribute_set import SetAttribution
     from .attribution import PairedAttribution
     from .data import ImageRecord
-    from .settings import AnalysisSettings
-
-
-@dataclass(frozen=True)
-class TrustSettings:
-    """How the maps are tested.
-
-    Args:
-        sample (int): images (seeded sample) tested per model; 0 turns the tests off.
-            Default: 64.
-        steps (int): steps of the deletion and insertion curves. Default: 16.
-        infidelity_perturbations (int): noise draws per image for infidelity. Default: 8.
-        noise (float): standard deviation of the infidelity noise, in [0, 1] pixel units.
-            Default: 0.05.
-        sensitivity_sample (int): images, of the sample, for ``sensitivity_max``. Default: 8.
-        sensitivity_perturbations (int): perturbations per image for it. Default: 3.
-        sensitivity_radius (float): half-width of its uniform noise. Default: 0.02.
-        margin (float): deletion area below the random order's by less than this, or than
-            two standard errors of the paired difference over the sample if more: no better
-            than random. Default: 0.05.
-        degenerate (float): a random order whose first step already takes the
-            prediction this share of the way to the fully filled image's leaves nothing to
-            beat: the test is "inconclusive" (:func:`degenerate_control`). Default: 0.5.
-        seed (int): seed of the sample, the random orders and the noise. Default: 0.
-    """
-
-    sample: int = setting(
-        64,
-        flag="--trust-sample",
-        metavar="N",
-        convert=whole(0, 100_000),
-        group="trust",
-        help="images on which each model's maps are tested against a random pixel order "
-        "(deletion/insertion, infidelity, sensitivity); 0 turns it off",
-    )
-    steps: int = setting(16, convert=whole(2, 256))
-    infidelity_perturbations: int = setting(8, convert=whole(1, 1000))
-    noise: float = setting(0.05, convert=real(0.0, 1.0))
-    sensitivity_sample: int = setting(8, convert=whole(0, 100_000))
-    sensitivity_perturbations: int = setting(3, convert=whole(1, 100))
-    sensitivity_radius: float = setting(0.02, convert=real(0.0, 1.0))
-    margin: float = setting(0.05, convert=real(0.0, 1.0))
-    degenerate: float = setting(0.5, convert=real(0.0, 1.0))
-    seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 def pick_sample(n: int, size: int, seed: int) -> np.ndarray:
@@ -304,8 +257,10 @@ def trust_report(
     engine: PairedAttribution,
     records: list[ImageRecord],
     att: SetAttribution,
-    settings: AnalysisSettings,
+    trust: TrustSettings,
+    preprocess: Preprocess,
     names: dict[str, str],
+    removal: str = "baseline",
 ) -> tuple[dict[str, Any], list[str]]:
     """The trust section of ``run.json`` and the warnings it raises.
 
@@ -314,8 +269,11 @@ def trust_report(
         records (list[ImageRecord]): the analysed images, in the order of ``att``.
         att (SetAttribution): both models' maps (may be memory-mapped), predictions and
             convergence deltas for these images.
-        settings (AnalysisSettings): the run's settings (``preprocess`` and ``trust``).
+        trust (TrustSettings): the sample and the tests' settings.
+        preprocess (Preprocess): how an image becomes a model input.
         names (dict): display names of the models.
+        removal (str): how removed pixels are filled (:mod:`imacs.removal`). Default:
+            ``baseline``.
 
     Returns:
         ``{"n_images": ..., "steps": ..., "fractions": [...], "a": {...}, "b": {...}}`` and a
@@ -323,9 +281,8 @@ def trust_report(
     """
     from .imaging import load_rgb
 
-    maps, per_role, preprocess = att.maps, att.per_role, settings.preprocess
-    ts = settings.trust
-    out: dict[str, Any] = {"n_images": 0, "steps": ts.steps, "removal": settings.whatif.removal}
+    maps, per_role, ts = att.maps, att.per_role, trust
+    out: dict[str, Any] = {"n_images": 0, "steps": ts.steps, "removal": removal}
     for r in ("a", "b"):
         out[r] = {"delta": delta_stats(maps[r], per_role[r]["delta"])}
     idx = pick_sample(len(records), ts.sample, ts.seed) if ts.sample else []
@@ -337,9 +294,7 @@ def trust_report(
     warnings = []
     for r in ("a", "b"):
         try:
-            res = _model_report(
-                engine, r, images, maps[r], per_role[r]["pred"], idx, ts, settings.whatif.removal
-            )
+            res = _model_report(engine, r, images, maps[r], per_role[r]["pred"], idx, ts, removal)
         except Exception as exc:  # user model code on altered images: anything can come out
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             warnings.append(f"model {r.upper()} ({names[r]}): trust tests failed ({first})")
@@ -439,3 +394,25 @@ def _reading(role: str, name: str, res: dict[str, Any]) -> str:
             f"much as a random order ({areas})"
         )
     return f"{who}: better than a random pixel order ({areas})"
+
+
+@stage(
+    "trust",
+    reads=("engine", "records", "att", "names", "warnings"),
+    produces=("trust", "warnings"),
+    settings=("trust", "preprocess", "whatif"),
+)
+def trust_stage(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    att: SetAttribution,
+    names: dict[str, str],
+    warnings: list[str],
+    trust: TrustSettings,
+    preprocess: Preprocess,
+    whatif: WhatIfSettings,
+) -> dict[str, object]:
+    """Each model's maps tested against a random pixel order (the manifest's ``trust``),
+    removed pixels filled as what-if removal fills them (``--removal``)."""
+    report, more = trust_report(engine, records, att, trust, preprocess, names, whatif.removal)
+    return {"trust": report, "warnings": [*warnings, *more]}

@@ -57,141 +57,45 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .options import boolean, real, setting, validate, whole
-from .removal import DEFAULT, FILLS, fill
+from .removal import fill
+from .runformat import ROLES, empty, whatif_box_columns, whatif_columns, whatif_image_columns
+from .settings import AttributionSettings, Preprocess, WhatIfSettings
+from .stage import stage
 
 if TYPE_CHECKING:
     from .attribution import PairedAttribution
+    from .clustering import PatchClusterer
     from .data import ImageRecord
     from .embedding import FittedEmbedding
     from .encoders import LoadedEncoder
     from .responses import PatchViews
-    from .settings import AnalysisSettings
 
-ROLES = ("a", "b")
 EFFECTS = ("B depends", "A depends", "both", "neither", "inconclusive")
 
 #: columns of ``whatif.parquet`` (also merged into :attr:`imacs.run.Run.clusters`)
-COLUMNS: dict[str, str] = {
-    "cluster": "int64",
-    "whatif_n_images": "int64",
-    "whatif_n_boxes": "int64",
-    **{
-        f"whatif_{k}_{r}": "float64"
-        for k in (
-            "flip",
-            "drop",
-            "acc_before",
-            "acc_after",
-            "control_flip",
-            "control_drop",
-            "p",
-        )
-        for r in ROLES
-    },
-    "whatif_area": "float64",
-    "whatif_control_overlap": "float64",
-    **{f"whatif_inconclusive_{r}": "bool" for r in ROLES},
-    "whatif_effect": "object",
-    "whatif_verdict": "object",
-}
-
-
-@dataclass(frozen=True)
-class WhatIfSettings:
-    """What-if removal settings.
-
-    Args:
-        enabled (bool): run the stage. Default: True.
-        top (int): test the clusters ranked 1..top by ``|diff|``, plus every significant one.
-            Default: 10.
-        removal (str): how removed pixels are filled (:data:`imacs.removal.FILLS`), here,
-            in the trust stage's curves and in the dashboard's pictures. Default: ``road``.
-        alpha (float): family-wise error level of the verdicts. Default: 0.05.
-        min_excess (float): least excess of the flip rate over the random control that
-            counts as a dependence. Default: 0.1.
-        inconclusive (float): a model whose random control flips more than this share of
-            the images gets no verdict ("inconclusive"). Default: 0.25.
-        reach (float): a region joins a cluster when it is nearer its centre than this
-            quantile of the cluster's own patches' distances. Default: 0.95.
-    """
-
-    enabled: bool = setting(
-        True,
-        flag="--whatif",
-        convert=boolean,
-        group="what-if",
-        help="re-run both models with each top cluster's content removed (default: on)",
-    )
-    top: int = setting(
-        10,
-        flag="--whatif-top",
-        metavar="N",
-        convert=whole(0, 100_000),
-        group="what-if",
-        help="test the N clusters with the largest |diff|, plus every significant one",
-    )
-    removal: str = setting(
-        DEFAULT,
-        flag="--removal",
-        choices=FILLS,
-        group="what-if",
-        help="how removed pixels are filled (what-if, trust curves, the dashboard's "
-        "pictures): the IG baseline, a blur, the mean colour or ROAD's imputation from the "
-        f"neighbours (default: {DEFAULT})",
-    )
-    alpha: float = setting(0.05, convert=real(0.0, below=1.0))
-    min_excess: float = setting(0.1, convert=real(0.0, 1.0))
-    inconclusive: float = setting(0.25, convert=real(0.0, 1.0))
-    reach: float = setting(0.95, convert=real(0.5, 1.0))
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-
+COLUMNS: dict[str, str] = whatif_columns("cluster")
 #: columns of ``whatif_images.parquet``: each tested (cluster, image) pair's predictions
 #: after the removal (the predictions before are in ``images.parquet``) and the share of
 #: the image removed
-IMAGE_COLUMNS: dict[str, str] = {
-    "cluster": "int64",
-    "image_id": "int64",
-    **{f"{k}_{r}_after": t for r in ROLES for k, t in (("pred", "int64"), ("prob", "float64"))},
-    "area": "float64",
-}
-
+IMAGE_COLUMNS: dict[str, str] = whatif_image_columns("cluster")
 #: columns of ``whatif_boxes.parquet``: the regions removed from each tested image
-#: (``control`` False) and the random regions of its control (True), as x0, y0, x1, y1 in
-#: model-input pixels (x1, y1 exclusive); a region's pixels are its boxes' union
-BOX_COLUMNS: dict[str, str] = {
-    "cluster": "int64",
-    "image_id": "int64",
-    "control": "bool",
-    **{k: "int32" for k in ("x0", "y0", "x1", "y1")},
-}
+#: (``control`` False) and the random regions of its control (True)
+BOX_COLUMNS: dict[str, str] = whatif_box_columns("cluster")
 
 
 def empty_images() -> pd.DataFrame:
-    """A per-image what-if table with no rows."""
-    return pd.DataFrame({k: pd.Series(dtype=t) for k, t in IMAGE_COLUMNS.items()})
+    """An empty ``whatif_images`` table."""
+    return empty("whatif_images")
 
 
 def empty_boxes() -> pd.DataFrame:
-    """A what-if boxes table with no rows."""
-    return pd.DataFrame({k: pd.Series(dtype=t) for k, t in BOX_COLUMNS.items()})
+    """An empty ``whatif_boxes`` table."""
+    return empty("whatif_boxes")
 
 
 def empty_table() -> pd.DataFrame:
-    """A what-if table with no rows (a run without the stage)."""
-    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
-
-
-def merge_into(clusters: pd.DataFrame, whatif: pd.DataFrame) -> pd.DataFrame:
-    """``clusters`` with the what-if columns added (NaN for clusters not tested, and for
-    columns a run made by an older imacs lacks)."""
-    cols = [c for c in COLUMNS if c != "cluster"]
-    base = clusters.drop(columns=[c for c in cols if c in clusters.columns])
-    table = whatif if not whatif.empty else empty_table()
-    return base.merge(table.reindex(columns=["cluster", *cols]), on="cluster", how="left")
+    """An empty ``whatif`` table."""
+    return empty("whatif")
 
 
 def chosen_clusters(clusters: pd.DataFrame, top: int) -> list[int]:
@@ -276,9 +180,12 @@ def region_space(
     records: list[ImageRecord],
     fitted: FittedEmbedding,
     embedding: np.ndarray,
-    labels: np.ndarray,
-    centres: np.ndarray,
-    settings: AnalysisSettings,
+    clusterer: PatchClusterer,
+    *,
+    preprocess: Preprocess,
+    side: int,
+    attribution: AttributionSettings,
+    reach: float,
     views: PatchViews | None = None,
     encoder: LoadedEncoder | None = None,
 ) -> RegionSpace:
@@ -291,18 +198,20 @@ def region_space(
         records (list[ImageRecord]): the analysed images.
         fitted (FittedEmbedding): the patches' fitted embedding.
         embedding (numpy.ndarray): (n, d) the patches' embedding.
-        labels (numpy.ndarray): (n,) each patch's cluster.
-        centres (numpy.ndarray): (k, d) the clusters' centres.
-        settings (AnalysisSettings): ``preprocess``, ``patches``, ``whatif.reach``.
+        clusterer (PatchClusterer): the fitted clusters (``labels_``, ``cluster_centers_``).
+        preprocess (Preprocess): how an image becomes a model input.
+        side (int): the patch side, in model-input pixels.
+        attribution (AttributionSettings): ``batch_size`` sizes the forward passes.
+        reach (float): the quantile of :func:`cluster_reach`.
         views (PatchViews, optional): the patches' views (their kept response classes).
         encoder (LoadedEncoder, optional): the run's encoder.
     """
     from .patches import PatchTable
     from .responses import patch_views
 
-    hw = settings.preprocess.image_size or (224, 224)
-    centres = np.asarray(centres, np.float64)
-    reach = cluster_reach(embedding, labels, centres, settings.whatif.reach)
+    hw = preprocess.input_size
+    centres = np.asarray(clusterer.cluster_centers_, np.float64)
+    limit = cluster_reach(embedding, clusterer.labels_, centres, reach)
 
     def embed(ids: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         if fitted.needs_pixels:
@@ -310,13 +219,13 @@ def region_space(
         zeros = np.zeros(len(ids), np.float32)
         table = PatchTable(ids, boxes.astype(np.int32), zeros, zeros, zeros)
         tile_views = patch_views(
-            engine, records, table, settings.preprocess, encoder,
-            batch_size=max(16, 4 * settings.attribution.batch_size),
+            engine, records, table, preprocess, encoder,
+            batch_size=max(16, 4 * attribution.batch_size),
             kept=views.kept if views is not None else None,
         )  # fmt: skip
         return fitted.transform(None, tile_views)
 
-    return RegionSpace(centres, reach, settings.patches.side(hw), hw, embed)
+    return RegionSpace(centres, limit, side, hw, embed)
 
 
 def region_pixels(
@@ -353,6 +262,14 @@ def region_pixels(
     with _pool() as pool:
         list(pool.map(work, np.unique(ids).tolist()))
     return out
+
+
+def patch_side(patches: pd.DataFrame, hw: tuple[int, int]) -> int:
+    """The run's patch side (every patch has it), in model-input pixels; a quarter of the
+    shorter input side for a run without patches."""
+    if len(patches) == 0:
+        return max(2, min(hw) // 4)
+    return int((patches["in_x1"] - patches["in_x0"]).max())
 
 
 def _mask(boxes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -496,7 +413,11 @@ def what_if(
     images: pd.DataFrame,
     patches: pd.DataFrame,
     clusters: pd.DataFrame,
-    settings: AnalysisSettings,
+    *,
+    whatif: WhatIfSettings,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+    seed: int,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
     space: RegionSpace | None = None,
@@ -511,8 +432,11 @@ def what_if(
         images (pandas.DataFrame): the images table (``label``, ``pred_a``, ``pred_b``).
         patches (pandas.DataFrame): the patches table (``cluster``, ``in_x0..in_y1``).
         clusters (pandas.DataFrame): the clusters table (``rank``, ``significant``).
-        settings (AnalysisSettings): the run's settings (``whatif``, ``seed``,
-            ``preprocess``, ``patches``, ``attribution.batch_size``).
+        whatif (WhatIfSettings): which clusters, the fill, the verdicts' thresholds.
+        preprocess (Preprocess): how an image becomes a model input.
+        attribution (AttributionSettings): its ``baseline`` is the ``baseline`` fill;
+            ``batch_size`` sizes the forward passes.
+        seed (int): seed of the control regions and of the fill's noise.
         progress (bool): show a progress bar. Default: False.
         say (callable, optional): receives one-line status messages.
         space (RegionSpace, optional): where every tile of an image falls among the
@@ -531,12 +455,12 @@ def what_if(
     from .errors import ImacsError
 
     t0 = time.perf_counter()
-    ws = settings.whatif
+    ws = whatif
     info: dict[str, object] = {
         "enabled": ws.enabled,
         "top": ws.top,
         "removal": ws.removal,
-        "baseline": settings.attribution.baseline,
+        "baseline": attribution.baseline,
         "regions": "tiles" if space is not None else "patches",
         "alpha": ws.alpha,
         "min_excess": ws.min_excess,
@@ -547,22 +471,23 @@ def what_if(
         "n_images": 0,
         "n_forward": 0,
     }
-    empty = (empty_table(), empty_images(), empty_boxes(), info)
+    nothing = (empty_table(), empty_images(), empty_boxes(), info)
     if not ws.enabled:
-        return empty
+        return nothing
     chosen = chosen_clusters(clusters, ws.top)
     if not chosen:  # --whatif-top 0 and nothing significant
-        return empty
-    hw = settings.preprocess.image_size or (224, 224)
-    tiles = tile_boxes(hw, settings.patches.side(hw))
-    seed = [settings.seed, LEVELS[level]]
-    jobs = _plan(patches, chosen, hw, seed, space, members or {}, tiles)
+        return nothing
+    hw = preprocess.input_size
+    tiles = tile_boxes(hw, space.side if space is not None else patch_side(patches, hw))
+    jobs = _plan(patches, chosen, hw, [seed, LEVELS[level]], space, members or {}, tiles)
+    fill_settings = _Fill(ws.removal, attribution.baseline, seed, level)
     try:
-        after = _forward(engine, records, images, jobs, settings, level, progress, info)
+        after = _forward(engine, records, images, jobs, preprocess, attribution, fill_settings,
+                         progress, info)  # fmt: skip
     except ImacsError as exc:  # the run keeps everything else
         (say or (lambda _m: None))(f"warning: what-if removal stopped: {exc}")
         info["error"] = str(exc)
-        return empty
+        return nothing
     table = _statistics(jobs, after, images, chosen, ws, hw)
     done = np.flatnonzero(after["removal", "a"][0] >= 0)
     per_image = pd.DataFrame(
@@ -584,6 +509,16 @@ def what_if(
         seconds=round(time.perf_counter() - t0, 4),
     )
     return table, per_image, _boxes_table(jobs, done), info
+
+
+@dataclass(frozen=True)
+class _Fill:
+    """How a what-if call fills what it removes, and the seed of its noise."""
+
+    kind: str
+    baseline: str
+    seed: int
+    level: str
 
 
 def _boxes_table(jobs: _Jobs, done: np.ndarray) -> pd.DataFrame:
@@ -610,8 +545,9 @@ def _forward(
     records: list[ImageRecord],
     images: pd.DataFrame,
     jobs: _Jobs,
-    settings: AnalysisSettings,
-    level: str,
+    preprocess: Preprocess,
+    attribution: AttributionSettings,
+    how: _Fill,
     progress: bool,
     info: dict[str, object],
 ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
@@ -619,9 +555,9 @@ def _forward(
     originally predicted class, after the fill (-1 / NaN for images that failed)."""
     from .attribute_set import _decode, _pool  # torch-free callers never reach this
     from .progress import Progress
+    from .removal import ig_baseline
 
-    hw = settings.preprocess.image_size or (224, 224)
-    kind = settings.whatif.removal
+    hw = preprocess.input_size
     before = {r: images[f"pred_{r}"].to_numpy() for r in ROLES}
     after = {
         (v, r): (np.full(len(jobs.image), -1, np.int64), np.full(len(jobs.image), np.nan))
@@ -629,33 +565,28 @@ def _forward(
         for r in ROLES
     }
     ids = np.unique(jobs.image)
-    batch = max(16, 4 * settings.attribution.batch_size)  # forward passes only
+    batch = max(16, 4 * attribution.batch_size)  # forward passes only
     order = np.argsort(jobs.image, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(jobs.image[order])) + 1) if len(ids) else []
     by_image = dict(zip(ids.tolist(), groups, strict=True))  # image -> its jobs
-    block = max(8, batch // 2)
     with Progress(len(ids), "what-if", enabled=progress) as bar, _pool() as pool:
-        for s in range(0, len(ids), block):
-            part = ids[s : s + block]
-            decoded = list(pool.map(lambda i: _decode(records[i], settings.preprocess), part))
+        for s in range(0, len(ids), max(8, batch // 2)):
+            part = ids[s : s + max(8, batch // 2)]
+            decoded = list(pool.map(lambda i: _decode(records[i], preprocess), part))
             pixels = {int(i): d[0] for i, d in zip(part, decoded, strict=True) if d[0] is not None}
             todo = np.concatenate([by_image[i] for i in pixels] or [np.zeros(0, np.int64)])
-            base = {}
-            if len(todo) and kind == "baseline":
-                stack = engine.baseline_array(np.stack(list(pixels.values())))
-                base = dict(zip(pixels, stack, strict=True))
             for t in range(0, len(todo), batch):
                 js = todo[t : t + batch]
                 x = np.stack([pixels[int(jobs.image[j])] for j in js])
-                b = np.stack([base[int(jobs.image[j])] for j in js]) if base else None
+                base = ig_baseline(x, how.baseline) if how.kind == "baseline" else None
                 for variant, boxes in (("removal", jobs.removal), ("control", jobs.control)):
                     masks = np.stack([_mask(boxes[j], hw) for j in js])
                     seeds = [
-                        fill_seed(settings.seed, level, int(jobs.cluster[j]),
-                                  int(jobs.image[j]), variant == "control")
+                        fill_seed(how.seed, how.level, int(jobs.cluster[j]), int(jobs.image[j]),
+                                  variant == "control")
                         for j in js
                     ]  # fmt: skip
-                    filled = fill(x, masks, kind, base=b, seeds=seeds)
+                    filled = fill(x, masks, how.kind, base=base, seeds=seeds)
                     for r in ROLES:
                         probs = engine.probabilities_array(r, filled)
                         pred, prob = after[variant, r]
@@ -769,3 +700,70 @@ def _with_count(flips: str, images: str) -> str:
     """``"B on 100%, A on 0%"`` -> ``"B on 100% of 21 images, A on 0%"``."""
     first, sep, rest = flips.partition(", ")
     return f"{first} of {images}{sep}{rest}"
+
+
+@stage(
+    "whatif",
+    reads=(
+        *("engine", "records", "images", "patches", "clusters", "concepts", "progress", "say"),
+        *("embedding", "embedding_space", "clusterer", "views", "encoder"),
+    ),
+    produces=(
+        *("whatif", "whatif_images", "whatif_boxes"),
+        *("concept_whatif", "concept_whatif_images", "concept_whatif_boxes", "whatif_info"),
+    ),
+    settings=("whatif", "preprocess", "attribution", "seed"),
+)
+def whatif_stage(
+    engine: PairedAttribution,
+    records: list[ImageRecord],
+    images: pd.DataFrame,
+    patches: pd.DataFrame,
+    clusters: pd.DataFrame,
+    concepts: pd.DataFrame,
+    progress: bool,
+    say: Callable[[str], None],
+    embedding: np.ndarray,
+    embedding_space: FittedEmbedding | None,
+    clusterer: PatchClusterer,
+    views: PatchViews,
+    encoder: LoadedEncoder | None,
+    **settings: object,
+) -> dict[str, object]:
+    """What-if removal of the top clusters, then of the top concepts (each with its own
+    tables, keyed ``cluster`` and ``concept``); every tile of a tested image is placed among
+    the clusters once, for both."""
+    space = None
+    if embedding_space is not None and settings["whatif"].enabled:  # type: ignore[attr-defined]
+        hw = settings["preprocess"].input_size  # type: ignore[attr-defined]
+        space = region_space(
+            engine, records, embedding_space, embedding, clusterer,
+            preprocess=settings["preprocess"], side=patch_side(patches, hw),
+            attribution=settings["attribution"], reach=settings["whatif"].reach,
+            views=views, encoder=encoder,
+        )  # type: ignore[arg-type]  # fmt: skip
+    run = {"engine": engine, "records": records, "images": images, "progress": progress}
+    table, per_image, boxes, info = what_if(
+        **run, patches=patches, clusters=clusters, say=say, space=space, **settings
+    )  # type: ignore[arg-type]
+    members = {int(c): sorted(int(x) for x in g["cluster"]) for c, g in clusters.groupby("concept")}
+    c_table, c_per_image, c_boxes, c_info = what_if(
+        **run,
+        patches=patches.assign(cluster=patches["concept"]),
+        clusters=concepts.rename(columns={"concept": "cluster"}),
+        say=say,
+        space=space,
+        members=members,
+        level="concept",
+        **settings,  # type: ignore[arg-type]
+    )
+    concept = {"cluster": "concept"}
+    return {
+        "whatif": table,
+        "whatif_images": per_image,
+        "whatif_boxes": boxes,
+        "concept_whatif": c_table.rename(columns=concept),
+        "concept_whatif_images": c_per_image.rename(columns=concept),
+        "concept_whatif_boxes": c_boxes.rename(columns=concept),
+        "whatif_info": {**info, "concepts": c_info},
+    }

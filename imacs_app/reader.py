@@ -25,7 +25,7 @@ import pandas as pd
 
 from imacs.comparison import compare_clusters
 from imacs.run import Run
-from imacs.whatif import merge_into
+from imacs.runformat import merge_whatif
 
 #: the levels a view ranks: concepts (clusters grouped) or plain clusters
 LEVELS = ("concept", "cluster")
@@ -351,7 +351,7 @@ class RunView:
             self.run.comparison_settings(),  # the very statistic the run was computed with
         )
         # what-if removal was measured on all images: its columns are the run's, unfiltered
-        clusters = merge_into(clusters, self.whatif)
+        clusters = merge_whatif(clusters, self.whatif, "cluster")
         extra = [c for c in self.groups.columns if c not in clusters.columns]
         return clusters.merge(self.groups[["cluster", *extra]], on="cluster", how="left")
 

@@ -161,21 +161,21 @@ def _removed(view: RunView, im: Image.Image, image_id: int, cluster: int | None)
     table = run.concept_whatif_boxes if view.level == "concept" else run.whatif_boxes
     key = "concept" if view.level == "concept" else "cluster"
     rows = table[(table[key] == cluster) & (table["image_id"] == image_id) & ~table["control"]]
-    settings = run.manifest["settings"]
-    h, w = settings["preprocess"].get("image_size") or (224, 224)
+    settings = run.settings
+    h, w = settings.preprocess.input_size
     if rows.empty:  # an older run: the cluster's patch boxes, in model-input pixels
         p = view.patches
         rows = p[(p["image_id"] == image_id) & (p["cluster"] == cluster)].rename(
             columns={f"in_{k}": k for k in ("x0", "y0", "x1", "y1")}
         )
-    kind = settings.get("whatif", {}).get("removal", "baseline")
+    kind = str(run.info.whatif.get("removal", "baseline"))  # older runs: the IG baseline
     mask = np.zeros((1, h, w), bool)
     for r in rows.itertuples():
         mask[0, int(r.y0) : int(r.y1), int(r.x0) : int(r.x1)] = True
     x = np.asarray(im.resize((w, h), Image.Resampling.BOX), np.float32) / 255.0
     x = x.transpose(2, 0, 1)[None]
-    base = ig_baseline(x, settings["attribution"]["baseline"]) if kind == "baseline" else None
-    seed = fill_seed(int(settings.get("seed", 0)), view.level, int(cluster or 0), image_id, False)
+    base = ig_baseline(x, settings.attribution.baseline) if kind == "baseline" else None
+    seed = fill_seed(settings.seed, view.level, int(cluster or 0), image_id, False)
     filled = fill(x, mask, kind, base=base, seeds=[seed])[0]
     out = Image.fromarray(np.uint8(np.clip(filled.transpose(1, 2, 0), 0, 1) * 255 + 0.5))
     out = out.resize(im.size, Image.Resampling.NEAREST)

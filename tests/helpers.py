@@ -7,6 +7,9 @@ stripes are random but whose red square marks the class, so it can only read the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -280,6 +283,29 @@ def holds_mark(patches, boxes: dict) -> np.ndarray:
         patch = (r.x1 - r.x0) * (r.y1 - r.y0)
         hit.append(ix * iy >= 0.5 * min((x1 - x0) * (y1 - y0), patch))
     return np.asarray(hit)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``imacs ARGS`` as a user runs it: a real subprocess, this source tree first."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "imacs", *args],
+        capture_output=True, text=True, timeout=600, env=env, cwd=cwd,
+    )  # fmt: skip
+
+
+def analyze_cli(shortcut: dict, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``imacs analyze`` of the shortcut set (32 px, 16 steps) into ``out``."""
+    return run_cli(
+        "analyze",
+        "--model-a", str(shortcut["a"]),
+        "--model-b", str(shortcut["b"]),
+        "--data", str(shortcut["data"]),
+        "--out", str(out),
+        "--image-size", "32",
+        "--steps", "16",
+        *extra,
+    )  # fmt: skip
 
 
 # --- a shortcut of every kind (what-if evidence) --------------------------------------

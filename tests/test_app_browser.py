@@ -621,3 +621,22 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     _wait_for_query(page, "level", "cluster")
     page.wait_for_function(f"document.querySelectorAll('.strip').length == {len(clusters)}")
     assert page.console_errors == []
+
+
+def test_brw016_a_run_of_the_previous_format_opens_in_the_dashboard(page, tmp_path) -> None:
+    """A run written by the last format-1 release (tests/fixtures/run_v1) opens through
+    upgrade(): its concept ranking, what-if verdict and detail, with no console error."""
+    root = tmp_path / "runs"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v1", root / "old")
+    with _serving(root) as url:
+        page.goto(f"{url}/?run=old")
+        page.wait_for_selector(".strip")
+        assert page.locator(".strip").count() == 3
+        first = page.locator(".strip").first.inner_text()
+        assert first.startswith("#1 concept 2 · 1 cluster") and "B − A +0.819" in first
+        assert "what-if: B depends" in first
+        page.locator(".strip").first.click()
+        _wait_for_query(page, "concept", "2")
+        page.wait_for_selector("#cluster-detail >> text=Concept 2 · rank 1")
+        assert page.locator("#whatif tbody tr").nth(1).locator("td.flip").inner_text() == "100%"
+    assert page.console_errors == []

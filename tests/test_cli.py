@@ -6,32 +6,12 @@ import csv
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-IMACS = [sys.executable, "-m", "imacs"]
-
-
-def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run(
-        [*IMACS, *args], capture_output=True, text=True, timeout=600, env=env, cwd=cwd
-    )
-
-
-def _analyze(shortcut, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return _run(
-        "analyze",
-        "--model-a", str(shortcut["a"]),
-        "--model-b", str(shortcut["b"]),
-        "--data", str(shortcut["data"]),
-        "--out", str(out),
-        "--image-size", "32",
-        "--steps", "16",
-        *extra,
-    )  # fmt: skip
+from tests.helpers import analyze_cli as _analyze
+from tests.helpers import run_cli as _run
 
 
 def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -144,7 +124,6 @@ def test_cli007_corrupt_run_table(shortcut, shortcut_run, tmp_path: Path) -> Non
 
 def test_cli008_bad_names_and_numbers_through_the_cli(shortcut, tmp_path: Path) -> None:
     import json
-    import os
     import shutil
 
     data = tmp_path / "data"

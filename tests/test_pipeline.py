@@ -18,17 +18,9 @@ import imacs
 from imacs.attribution import PairedAttribution
 from imacs.errors import InputError
 from imacs.models import file_sha256
+from tests.helpers import holds_mark
 
 FAST = {"image_size": 32, "steps": 12, "projection": "pca", "progress": False}
-
-
-def _on_mark(row, marks: dict) -> bool:
-    box = marks[row.image]
-    if box is None:
-        return False
-    ix = max(0, min(row.x1, box[2]) - max(row.x0, box[0]))
-    iy = max(0, min(row.y1, box[3]) - max(row.y0, box[1]))
-    return ix * iy >= 0.5 * (box[2] - box[0]) * (box[3] - box[1])
 
 
 def test_pip001_planted_shortcut_is_the_top_cluster(shortcut, shortcut_run) -> None:
@@ -38,12 +30,12 @@ def test_pip001_planted_shortcut_is_the_top_cluster(shortcut, shortcut_run) -> N
     assert top["diff"] > 0.3 and top["significant"]  # B relies on it, A does not
     patches = run.patch_rows()
     in_top = patches[patches["cluster"] == top["cluster"]]
-    on_mark = np.mean([_on_mark(r, shortcut["marks"]) for r in in_top.itertuples()])
+    on_mark = np.mean(holds_mark(in_top, shortcut["marks"]))
     assert on_mark >= 0.75, f"only {on_mark:.0%} of the rank-1 cluster lies on the mark"
     assert top["top_class"] == "vertical"
     # and nearly every mark patch of the run lies in a cluster B relies on far more than A
     # (k-means may split the mark by where it sits inside the patch)
-    all_mark = patches[[_on_mark(r, shortcut["marks"]) for r in patches.itertuples()]]
+    all_mark = patches[holds_mark(patches, shortcut["marks"])]
     strong = set(run.clusters.loc[run.clusters["diff"] > 0.3, "cluster"])
     assert all_mark["cluster"].isin(strong).mean() >= 0.9
 

@@ -168,7 +168,8 @@ def test_tru007_a_model_failing_on_altered_images_warns_instead_of_losing_the_ru
 
     monkeypatch.setattr(trust, "curves", broken)
     settings = AnalysisSettings.from_keywords(image_size=8, trust_sample=2)
-    out, warnings = trust.trust_report(None, recs, att, settings, {"a": "m1", "b": "m2"})
+    names = {"a": "m1", "b": "m2"}
+    out, warnings = trust.trust_report(None, recs, att, settings.trust, settings.preprocess, names)
     assert warnings == [
         "model A (m1): trust tests failed (shape mismatch in user layer)",
         "model B (m2): trust tests failed (shape mismatch in user layer)",

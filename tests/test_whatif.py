@@ -19,14 +19,15 @@ from imacs.whatif import (
     chosen_clusters,
     excess_p_value,
 )
-from tests.test_cli import _analyze, _run
-from tests.test_pipeline import _on_mark
+from tests.helpers import analyze_cli as _analyze
+from tests.helpers import holds_mark
+from tests.helpers import run_cli as _run
 
 
 def _mark_share(run, marks: dict) -> pd.Series:
     """Per cluster: the share of its patches that lie on the red mark (as test_pip001)."""
     p = run.patch_rows()
-    p["on_mark"] = [_on_mark(r, marks) for r in p.itertuples()]
+    p["on_mark"] = holds_mark(p, marks)
     return p.groupby("cluster")["on_mark"].mean()
 
 
@@ -145,8 +146,18 @@ def test_wif009_nothing_chosen_gives_an_empty_table(shortcut_run) -> None:
 
     run = shortcut_run
     clusters = run.clusters.assign(significant=False)
-    settings = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
-    table, per_image, boxes, info = what_if(None, [], run.images, run.patches, clusters, settings)  # type: ignore[arg-type]
+    s = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
+    table, per_image, boxes, info = what_if(
+        None,  # type: ignore[arg-type]
+        [],
+        run.images,
+        run.patches,
+        clusters,
+        whatif=s.whatif,
+        preprocess=s.preprocess,
+        attribution=s.attribution,
+        seed=s.seed,
+    )
     assert table.empty and list(table.columns) == list(COLUMNS) and per_image.empty
     assert boxes.empty
     assert info["n_clusters"] == 0 and info["n_images"] == 0 and info["enabled"]
