@@ -126,6 +126,17 @@ def patch_views(
                     n,
                 )
             bar.update(len(part))
+    return _views(probs, encoded[0], kept, time.perf_counter() - t0)
+
+
+def _views(
+    probs: dict[str, _ProbSink],
+    encoded: np.ndarray | None,
+    kept: dict[str, np.ndarray | None] | None,
+    seconds: float,
+) -> PatchViews:
+    """The views of the collected answers (``kept``: classes to keep, as for
+    :func:`patch_views`)."""
     if not probs:  # no patches
         empty = {r: np.zeros(0, np.int64) for r in ROLES}
         return PatchViews(np.zeros((0, 2), np.float32), empty, {}, None, 1)
@@ -136,9 +147,9 @@ def patch_views(
         responses=responses,
         answer={r: probs[r].answer for r in ROLES},
         answer_prob={r: probs[r].answer_prob for r in ROLES},
-        encoded=encoded[0],
+        encoded=encoded,
         split=blocks[0].shape[1],
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
         kept=kept,
     )
 

@@ -31,6 +31,8 @@ from .settings import Preprocess, TrustSettings, WhatIfSettings
 from .stage import stage
 
 if TYPE_CHECKING:
+    import torch
+
     from .attribute_set import SetAttribution
     from .attribution import PairedAttribution
     from .data import ImageRecord
@@ -90,21 +92,11 @@ def curves(
     """
     import torch
 
-    from .removal import MASK_FREE, fill, fill_image
+    from .removal import MASK_FREE, fill_image
 
     n, _, h, w = images.shape
-    pixels = h * w
-    rng = np.random.default_rng(seed)
-    flat = np.asarray(maps, dtype=np.float32).reshape(n, pixels)
-    orders = (
-        # most positive attribution first; equal values (a flat region) in random order
-        np.lexsort((rng.random((n, pixels)), -flat), axis=1),
-        np.argsort(rng.random((n, pixels)), axis=1),
-    )
-    ranks = np.empty((2, n, pixels), np.int64)  # ranks[o, i, p]: when pixel p goes
-    for o, order in enumerate(orders):
-        np.put_along_axis(ranks[o], order, np.arange(pixels)[None, :], axis=1)
-    counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int64)
+    ranks = _removal_ranks(maps, seed)
+    counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int64)
     images = np.ascontiguousarray(images, dtype=np.float32)
     x_all = torch.from_numpy(images).to(engine.device)
     filler = None
@@ -114,39 +106,66 @@ def curves(
     rank_t = torch.from_numpy(ranks.reshape(2, n, 1, h, w)).to(engine.device)
     tgt = torch.as_tensor(target, dtype=torch.long, device=engine.device)
     # one job per (order, image, curve, step): the curve's pixels removed so far
-    o_, i_, c_, k_ = (a.ravel() for a in np.meshgrid(
+    jobs = [a.ravel() for a in np.meshgrid(
         np.arange(2), np.arange(n), np.arange(2), np.arange(steps + 1), indexing="ij"
-    ))  # fmt: skip
-    out = np.empty(len(o_))
-    per_pass = forward_budget(engine, pixels)
-    for s in range(0, len(o_), per_pass):
-        sl = slice(s, s + per_pass)
-        o, i, c, k = (
-            torch.from_numpy(a).to(engine.device) for a in (o_[sl], i_[sl], c_[sl], counts[k_[sl]])
-        )
+    )]  # fmt: skip
+    out = np.empty(len(jobs[0]))
+    per_pass = forward_budget(engine, h * w)
+    for s in range(0, len(out), per_pass):
+        o_, i_, c_, k_ = (a[s : s + per_pass] for a in jobs)
+        o, i, c, k = (torch.from_numpy(a).to(engine.device) for a in (o_, i_, c_, counts[k_]))
         gone = rank_t[o, i] < k.view(-1, 1, 1, 1)
         gone = torch.where(c.view(-1, 1, 1, 1) == 0, gone, ~gone)  # insertion: the rest
         if filler is not None:
             x = torch.where(gone, filler[i], x_all[i])
-        elif removal == "mean":  # the kept pixels' mean colour (all of them if none kept)
-            xi, keep = x_all[i], (~gone).float()
-            count = keep.sum((2, 3), keepdim=True)
-            mean = (xi * keep).sum((2, 3), keepdim=True) / count.clamp(min=1.0)
-            mean = torch.where(count > 0, mean, xi.mean((2, 3), keepdim=True))
-            x = torch.where(gone, mean, xi)
         else:
-            seeds = [[seed, *job] for job in zip(o_[sl], i_[sl], c_[sl], k_[sl], strict=True)]
-            x = torch.from_numpy(
-                fill(images[i_[sl]], gone[:, 0].cpu().numpy(), removal, seeds=seeds)
-            ).to(engine.device)
+            seeds = [[seed, *job] for job in zip(o_, i_, c_, k_, strict=True)]
+            x = _filled(x_all[i], gone, removal, images[i_], seeds)
         p = engine.probabilities(role, x)
-        out[sl] = p.gather(1, tgt[i].view(-1, 1)).squeeze(1).float().cpu().numpy()
+        out[s : s + per_pass] = p.gather(1, tgt[i].view(-1, 1)).squeeze(1).float().cpu().numpy()
     out = out.reshape(2, n, 2, steps + 1)
     return {
         f"{curve}{suffix}": out[o, :, c]
         for o, suffix in enumerate(("", "_random"))
         for c, curve in enumerate(("deletion", "insertion"))
     }
+
+
+def _removal_ranks(maps: np.ndarray, seed: int) -> np.ndarray:
+    """(2, n, H * W): when each pixel goes, in the maps' order (most positive attribution
+    first; equal values, a flat region, in random order) and in a random order."""
+    n = len(maps)
+    rng = np.random.default_rng(seed)
+    flat = np.asarray(maps, dtype=np.float32).reshape(n, -1)
+    pixels = flat.shape[1]
+    orders = (
+        np.lexsort((rng.random((n, pixels)), -flat), axis=1),
+        np.argsort(rng.random((n, pixels)), axis=1),
+    )
+    ranks = np.empty((2, n, pixels), np.int64)
+    for o, order in enumerate(orders):
+        np.put_along_axis(ranks[o], order, np.arange(pixels)[None, :], axis=1)
+    return ranks
+
+
+def _filled(
+    x: torch.Tensor, gone: torch.Tensor, removal: str, pixels: np.ndarray, seeds: list
+) -> torch.Tensor:
+    """``x`` with the pixels ``gone`` filled by a fill that depends on what is removed:
+    ``mean`` (the kept pixels' mean colour, on the device) or ``road`` (:mod:`imacs.removal`,
+    on the CPU, from ``pixels``, the same images as numpy)."""
+    import torch
+
+    from .removal import fill
+
+    if removal == "mean":
+        keep = (~gone).float()
+        count = keep.sum((2, 3), keepdim=True)
+        mean = (x * keep).sum((2, 3), keepdim=True) / count.clamp(min=1.0)
+        mean = torch.where(count > 0, mean, x.mean((2, 3), keepdim=True))
+        return torch.where(gone, mean, x)
+    out = fill(pixels, gone[:, 0].cpu().numpy(), removal, seeds=seeds)
+    return torch.from_numpy(out).to(x.device)
 
 
 def auc(curve: np.ndarray) -> np.ndarray:

@@ -10,9 +10,11 @@ models again, forward passes only, with that content removed *wherever it is in 
   or answers its patches were clustered by, :class:`imacs.embedding.FittedEmbedding`) and
   assigned to the nearest cluster centre, if it lies within that cluster's reach: the
   ``reach`` quantile (default 0.95) of the distances of the cluster's own patches to its
-  centre (:func:`assign_regions`). Removing a cluster removes its patches in the image and
-  every tile assigned to it (a concept: to any of its clusters), so a frame around the
-  image or a background colour goes whole, not only where the maps were hottest.
+  centre (:meth:`RegionSpace.assign`). Removing a cluster removes its patches in the image
+  and every tile assigned to it (a concept: to any of its clusters), so a frame around the
+  image or a background colour goes (nearly) whole, not only where the maps were hottest.
+  A tile that mixes two contents goes to the one it is nearer, so a thin rim of a
+  background can stay beside the object it surrounds (BENCHMARKS.md).
 * **Fill.** Removed pixels are filled as ``--removal`` says (:mod:`imacs.removal`; by default
   ROAD's noisy linear imputation from the kept neighbours, which adds no object of its own).
 * **Control.** The same images get the same area removed at random elsewhere: patch-size
@@ -158,8 +160,9 @@ class RegionSpace:
         return tile_boxes(self.hw, self.side)
 
     def assign(self, image_ids: np.ndarray, block: int = 64) -> dict[int, np.ndarray]:
-        """Per image, the cluster of each of its tiles ((t,) int64; -1: beyond every
-        cluster's reach). Computed once per image, in blocks of ``block`` images."""
+        """Per image, the cluster of each of its tiles ((t,) int64): the nearest centre,
+        if the tile lies within that cluster's reach, else -1. Computed once per image, in
+        blocks of ``block`` images."""
         tiles = self.tiles
         todo = [int(i) for i in image_ids if int(i) not in self._assigned]
         for s in range(0, len(todo), block):
@@ -456,21 +459,7 @@ def what_if(
 
     t0 = time.perf_counter()
     ws = whatif
-    info: dict[str, object] = {
-        "enabled": ws.enabled,
-        "top": ws.top,
-        "removal": ws.removal,
-        "baseline": attribution.baseline,
-        "regions": "tiles" if space is not None else "patches",
-        "alpha": ws.alpha,
-        "min_excess": ws.min_excess,
-        "inconclusive": ws.inconclusive,
-        "reach": ws.reach,
-        "clusters": [],
-        "n_clusters": 0,
-        "n_images": 0,
-        "n_forward": 0,
-    }
+    info = _info(ws, attribution.baseline, space is not None)
     nothing = (empty_table(), empty_images(), empty_boxes(), info)
     if not ws.enabled:
         return nothing
@@ -490,7 +479,53 @@ def what_if(
         return nothing
     table = _statistics(jobs, after, images, chosen, ws, hw)
     done = np.flatnonzero(after["removal", "a"][0] >= 0)
-    per_image = pd.DataFrame(
+    per_image = _per_image(jobs, after, done, hw)
+    info.update(
+        clusters=[int(c) for c in table["cluster"]],
+        n_clusters=len(table),
+        n_images=len(np.unique(jobs.image)),
+        seconds=round(time.perf_counter() - t0, 4),
+    )
+    return table, per_image, _boxes_table(jobs, done), info
+
+
+def _info(ws: WhatIfSettings, baseline: str, regions: bool) -> dict[str, object]:
+    """What a what-if call records in ``run.json`` before it starts."""
+    return {
+        "enabled": ws.enabled,
+        "top": ws.top,
+        "removal": ws.removal,
+        "baseline": baseline,
+        "regions": "tiles" if regions else "patches",
+        "alpha": ws.alpha,
+        "min_excess": ws.min_excess,
+        "inconclusive": ws.inconclusive,
+        "reach": ws.reach,
+        "clusters": [],
+        "n_clusters": 0,
+        "n_images": 0,
+        "n_forward": 0,
+    }
+
+
+@dataclass(frozen=True)
+class _Fill:
+    """How a what-if call fills what it removes, and the seed of its noise."""
+
+    kind: str
+    baseline: str
+    seed: int
+    level: str
+
+
+def _per_image(
+    jobs: _Jobs,
+    after: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    done: np.ndarray,
+    hw: tuple[int, int],
+) -> pd.DataFrame:
+    """Each tested image's predictions after the removal, and the share of it removed."""
+    return pd.DataFrame(
         {
             "cluster": jobs.cluster[done],
             "image_id": jobs.image[done],
@@ -502,23 +537,6 @@ def what_if(
             "area": jobs.area[done] / float(hw[0] * hw[1]),
         }
     ).astype(IMAGE_COLUMNS)
-    info.update(
-        clusters=[int(c) for c in table["cluster"]],
-        n_clusters=len(table),
-        n_images=len(np.unique(jobs.image)),
-        seconds=round(time.perf_counter() - t0, 4),
-    )
-    return table, per_image, _boxes_table(jobs, done), info
-
-
-@dataclass(frozen=True)
-class _Fill:
-    """How a what-if call fills what it removes, and the seed of its noise."""
-
-    kind: str
-    baseline: str
-    seed: int
-    level: str
 
 
 def _boxes_table(jobs: _Jobs, done: np.ndarray) -> pd.DataFrame:

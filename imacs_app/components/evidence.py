@@ -64,9 +64,33 @@ def _num(x: object) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):+.3f}"
 
 
+def _model_row(row: pd.Series, r: str, name: str) -> html.Tr:
+    """One model's line of the what-if table; greyed when its part is inconclusive."""
+    unsure = _unsure(row, r)
+    return html.Tr(
+        className=f"model-{r}" + (" inconclusive" if unsure else ""),
+        title=(
+            f"inconclusive: random regions alone flip {r.upper()} on "
+            f"{_rate(row.get(f'whatif_control_flip_{r}'))} of the images"
+            if unsure
+            else None
+        ),
+        children=[
+            html.Td(f"{r.upper()}: {name}" + (" (inconclusive)" if unsure else "")),
+            html.Td(_rate(row.get(f"whatif_flip_{r}")), className="flip"),
+            html.Td(_rate(row.get(f"whatif_control_flip_{r}")), className="control"),
+            html.Td(_num(-float(row.get(f"whatif_drop_{r}", float("nan"))))),
+            html.Td(
+                f"{_rate(row.get(f'whatif_acc_before_{r}'))} → "
+                f"{_rate(row.get(f'whatif_acc_after_{r}'))}"
+            ),
+        ],
+    )
+
+
 def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: int) -> html.Div:
     """The cluster detail's what-if section: the verdict, a table per model (removal vs
-    random boxes) and a few images before and after removal."""
+    random regions of the same area) and a few images before and after removal."""
     if not _tested(row):
         return html.Div(
             id="whatif",
@@ -76,31 +100,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                 className="hint",
             ),
         )
-    names = view.run.names
-    rows = []
-    for r in ("a", "b"):
-        unsure = _unsure(row, r)
-        rows.append(
-            html.Tr(
-                className=f"model-{r}" + (" inconclusive" if unsure else ""),
-                title=(
-                    f"inconclusive: random regions alone flip {r.upper()} on "
-                    f"{_rate(row.get(f'whatif_control_flip_{r}'))} of the images"
-                    if unsure
-                    else None
-                ),
-                children=[
-                    html.Td(f"{r.upper()}: {names[r]}" + (" (inconclusive)" if unsure else "")),
-                    html.Td(_rate(row.get(f"whatif_flip_{r}")), className="flip"),
-                    html.Td(_rate(row.get(f"whatif_control_flip_{r}")), className="control"),
-                    html.Td(_num(-float(row.get(f"whatif_drop_{r}", float("nan"))))),
-                    html.Td(
-                        f"{_rate(row.get(f'whatif_acc_before_{r}'))} → "
-                        f"{_rate(row.get(f'whatif_acc_after_{r}'))}"
-                    ),
-                ],
-            )
-        )
+    rows = [_model_row(row, r, view.run.names[r]) for r in ("a", "b")]
     tested = view.whatif_images
     after = tested[tested["cluster"] == cluster].set_index("image_id")
     images = [i for i in dict.fromkeys(patches["image_id"].astype(int)) if i in after.index]
