@@ -153,7 +153,8 @@ def _filled(
 ) -> torch.Tensor:
     """``x`` with the pixels ``gone`` filled by a fill that depends on what is removed:
     ``mean`` (the kept pixels' mean colour, on the device) or ``road`` (:mod:`imacs.removal`,
-    on the CPU, from ``pixels``, the same images as numpy)."""
+    solved approximately for the whole pass at once, on the CPU, from ``pixels``, the same
+    images as numpy)."""
     import torch
 
     from .removal import fill
@@ -164,7 +165,7 @@ def _filled(
         mean = (x * keep).sum((2, 3), keepdim=True) / count.clamp(min=1.0)
         mean = torch.where(count > 0, mean, x.mean((2, 3), keepdim=True))
         return torch.where(gone, mean, x)
-    out = fill(pixels, gone[:, 0].cpu().numpy(), removal, seeds=seeds)
+    out = fill(pixels, gone[:, 0].cpu().numpy(), removal, seeds=seeds, exact=False)
     return torch.from_numpy(out).to(x.device)
 
 
