@@ -275,6 +275,18 @@ def patch_side(patches: pd.DataFrame, hw: tuple[int, int]) -> int:
     return int((patches["in_x1"] - patches["in_x0"]).max())
 
 
+def widened(boxes: np.ndarray, margin: int, hw: tuple[int, int]) -> np.ndarray:
+    """``boxes`` grown by ``margin`` pixels on every side, within the (H, W) image: their
+    union is the removed region dilated by ``margin``. Tiles cut the content on a grid of
+    half a patch, so a rim of it can stay beside the tiles removed, and ROAD would fill
+    the region from that very rim; a margin of a quarter patch removes it too."""
+    out = np.asarray(boxes, np.int64).reshape(-1, 4).copy()
+    out[:, :2] = np.maximum(out[:, :2] - margin, 0)
+    out[:, 2] = np.minimum(out[:, 2] + margin, hw[1])
+    out[:, 3] = np.minimum(out[:, 3] + margin, hw[0])
+    return out.astype(np.int32)
+
+
 def _mask(boxes: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     out = np.zeros(hw, bool)
     for x0, y0, x1, y1 in boxes:
@@ -377,6 +389,7 @@ def _plan(
     ids = pairs["image_id"].unique()
     assigned = space.assign(ids) if space is not None else {}
     n = len(pairs)
+    margin = int(tiles[0, 2] - tiles[0, 0]) // 4 if len(tiles) else 0
     jobs = _Jobs(
         pairs["cluster"].to_numpy(np.int64),
         pairs["image_id"].to_numpy(np.int64),
@@ -389,7 +402,7 @@ def _plan(
         boxes = boxes_of[(c, i)]
         if i in assigned:
             own = np.isin(assigned[i], members.get(c, [c]))
-            boxes = np.concatenate([boxes, tiles[own]])
+            boxes = widened(np.concatenate([boxes, tiles[own]]), margin, hw)
         removed = _mask(boxes, hw)
         rng = np.random.default_rng([*seed, c, i])  # independent of the order
         ctrl, overlap = control_region(removed, tiles, rng)

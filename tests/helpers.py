@@ -388,7 +388,7 @@ def write_kind_set(
         if role == "b" and identical:
             out[role] = out["a"]
             continue
-        model = train(f"{kind}:{role}", seed + (role == "b"), n=600, epochs=10, draw=kind_sample)
+        model = train(f"{kind}:{role}", seed + (role == "b"), n=400, epochs=8, draw=kind_sample)
         torch.jit.script(model).save(str(path))
         out[role] = path
     rng = np.random.default_rng(seed + 10)

@@ -29,7 +29,7 @@ def test_sho001_removing_the_shortcut_flips_its_model_only(kind, kind_set, kind_
     print(kind, top["whatif_verdict"], f"area {top['whatif_area']:.0%}")
     flip_b, flip_a = top["whatif_flip_b"], top["whatif_flip_a"]
     assert top["whatif_n_images"] >= 30
-    assert flip_b >= 0.6, top["whatif_verdict"]
+    assert flip_b >= 0.5, top["whatif_verdict"]
     assert flip_b >= 5 * top["whatif_control_flip_b"], top["whatif_verdict"]  # random regions
     assert flip_b >= 5 * flip_a, top["whatif_verdict"]  # the other model
     assert top["whatif_effect"] == "B depends" and not top["whatif_inconclusive_b"]

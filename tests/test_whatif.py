@@ -128,6 +128,13 @@ def test_wif006_bad_settings_are_one_line_errors(shortcut, tmp_path: Path) -> No
         imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", whatif="no")
     with pytest.raises(InputError, match="--whatif-top"):
         imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", whatif_top=-2)
+    proc = _run("analyze", "--model-a", "a", "--model-b", "b", "--data", "d",
+                "--out", str(tmp_path / "o"), "--removal", "black")  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1
+    assert "--removal" in proc.stderr and "road" in proc.stderr
+    with pytest.raises(InputError, match="--removal"):
+        imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", removal="x")
+    assert "--removal" in _run("analyze", "--help").stdout
 
 
 def test_wif008_verdict_rule_is_exact_for_small_n() -> None:
