@@ -156,15 +156,17 @@ def crosscheck(steps: int = 16) -> dict:
         ours = trust.curves(engine, r, x, d["maps"][r], d["pred"][r], steps, 0, "baseline")
         ours_del = ours["deletion"]
         if quantus is not None:
+            # Quantus steps over the map broadcast to the 3 channels, ``features_in_step``
+            # channel values at a time: every 3rd of its points is one of ours
             metric = quantus.PixelFlipping(
-                features_in_step=3 * h * w // steps, normalise=False, abs=False,
+                features_in_step=h * w // steps, normalise=False, abs=False,
                 perturb_baseline="black", disable_warnings=True,
             )  # fmt: skip
             a = np.broadcast_to(d["maps"][r][:, None], x.shape).copy()
             theirs = np.asarray(
                 metric(model=d["models"][r], x_batch=x, y_batch=d["pred"][r], a_batch=a,
                        device="cpu", softmax=True, batch_size=n)
-            )  # fmt: skip
+            )[:, 2::3]  # fmt: skip
         else:
             theirs = _plain_deletion(engine, r, x, d["maps"][r], d["pred"][r], steps)
         out[f"pixel_flipping_{r}"] = {

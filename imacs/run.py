@@ -64,6 +64,8 @@ class Run:
         recipe = self.info.derived.get(name)
         if recipe is not None:
             return derived(name, recipe, self.table)
+        if name not in self.info.files:
+            raise InputError(f"{self.path / MANIFEST}: lists no {name} table; re-run imacs analyze")
         path = self.path / self.info.files[name]
         try:
             return upgrade_table(name, pd.read_parquet(path))

@@ -285,9 +285,14 @@ def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise FormatError("not an imacs run manifest")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise FormatError(
             f"run format {version} is newer than this imacs reads ({FORMAT_VERSION}); upgrade imacs"
+        )
+    if not isinstance(version, int) or version < 1:
+        raise FormatError(
+            f"run format {version} is not one this imacs reads (1 to {FORMAT_VERSION}); "
+            "re-run imacs analyze"
         )
     m = dict(manifest)
     if version == 1:

@@ -17,9 +17,9 @@ from imacs.run import Run
 
 from .reader import RunView
 
-#: folders changed less than this long ago are rescanned on every call (file system times
-#: are coarser than the changes they stamp; git calls this "racy")
-_RACY_NS = 2_000_000_000
+#: folders changed less than this many seconds ago are rescanned on every call (file
+#: system times are coarser than the changes they stamp; git calls this "racy")
+RACY_SECONDS = 2.0
 
 
 class RunCatalog:
@@ -28,11 +28,18 @@ class RunCatalog:
     Args:
         root (str or Path): a run directory or a folder of run directories.
         max_cached (int): loaded runs kept in memory per process. Default: 8.
+        racy_seconds (float): a folder changed less than this long ago is listed again on
+            every call, as its modification time may not show a change made in the same
+            clock tick. Default: :data:`RACY_SECONDS`
     """
 
-    def __init__(self, root: str | Path, max_cached: int = 8) -> None:
+    def __init__(
+        self, root: str | Path, max_cached: int = 8, racy_seconds: float = RACY_SECONDS
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.max_cached = max_cached
+        self.racy_seconds = racy_seconds
+        self._scans = 0
         self._cache: OrderedDict[str, RunView] = OrderedDict()
         self._checked: dict[Path, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
@@ -64,12 +71,20 @@ class RunCatalog:
                 return dict(self._listing[1])
         found = self._scan()
         newest = max([sig[-1], *(t for _, t in sig[:-1])]) if sig else 0
-        if time.time_ns() - newest > _RACY_NS:  # a change within the same clock tick as
+        if time.time_ns() - newest > self.racy_seconds * 1e9:  # a change in the clock tick of
             with self._lock:  # this scan would leave the times as they are: rescan then
                 self._listing = (sig, found)
         return dict(found)
 
+    @property
+    def scans(self) -> int:
+        """How many times the root folder was listed for runs (a listing is reused until
+        the folder changes); for monitoring and tests."""
+        return self._scans
+
     def _scan(self) -> dict[str, Path]:
+        with self._lock:
+            self._scans += 1
         found: dict[str, Path] = {}
         if not self.root.is_dir():
             return found

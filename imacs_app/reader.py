@@ -136,7 +136,7 @@ class RunView:
 
     @cached_property
     def meta_columns(self) -> list[str]:
-        return list(self.run.manifest["data"].get("meta_columns", []))
+        return self.run.info.meta_columns
 
     @cached_property
     def meta_options(self) -> list[tuple[str, str]]:
@@ -193,7 +193,7 @@ class RunView:
         """
         img = self.images[self.image_mask(f)]
         p = self.filtered_patches(f)
-        summ = self.run.manifest["summary"]
+        summ = self.run.info.summary
         n = len(img)
 
         def rate(values: pd.Series) -> float:

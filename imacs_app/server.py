@@ -87,7 +87,7 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
         patch = request.args.get("patch", type=int)
         cluster = request.args.get("cluster", type=int)
         tag = hashlib.sha1(
-            f"{view.run.manifest['fingerprint']}/{view.mtime}/{image_id}/{kind}/{patch}/"
+            f"{view.run.info.fingerprint}/{view.mtime}/{image_id}/{kind}/{patch}/"
             f"{level}/{cluster}".encode()
         ).hexdigest()
         if request.if_none_match and tag in request.if_none_match:

@@ -1,4 +1,5 @@
-"""The page URL holds the view state, so a pasted link opens the same view.
+"""The dashboard page's view state: the URL keys its components declare
+(:data:`imacs_app.components.COMPONENTS`, see :mod:`imacs_app.declare`).
 
 ``?run=ID&concept=3&image=12&class=cat&class=dog&outcome=only_b&meta=site%3Dnorth&color=diff``
 ``&measure=relative`` ranks by relative reliance instead of shares of attribution.
@@ -11,86 +12,28 @@ In the state, ``cluster`` is the selected group at the state's ``level``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from urllib.parse import parse_qs, urlencode
+from typing import Any
 
-from .reader import OUTCOMES, Filters
-
-
-@dataclass(frozen=True)
-class ViewState:
-    run: str | None = None
-    cluster: int | None = None
-    image: int | None = None
-    classes: tuple[str, ...] = ()
-    outcome: str | None = None
-    meta: tuple[tuple[str, str], ...] = ()
-    color: str = "cluster"
-    measure: str = "share"  # or "relative": shares renormalised over each image's patches
-    level: str = "concept"  # or "cluster": what the ranking and the selection are
-
-    @property
-    def filters(self) -> Filters:
-        return Filters(classes=self.classes, outcome=self.outcome, meta=self.meta)
-
-    def with_(self, **kw: object) -> ViewState:
-        return replace(self, **kw)  # type: ignore[arg-type]
-
-    def to_search(self) -> str:
-        q: list[tuple[str, str]] = []
-        if self.run is not None:
-            q.append(("run", self.run))
-        if self.level != "concept" and self.cluster is None:
-            q.append(("level", self.level))
-        if self.cluster is not None:
-            q.append((self.level, str(self.cluster)))
-        if self.image is not None:
-            q.append(("image", str(self.image)))
-        q.extend(("class", c) for c in self.classes)
-        if self.outcome:
-            q.append(("outcome", self.outcome))
-        q.extend(("meta", f"{k}={v}") for k, v in self.meta)
-        if self.color != "cluster":
-            q.append(("color", self.color))
-        if self.measure != "share":
-            q.append(("measure", self.measure))
-        return "?" + urlencode(q) if q else ""
+from . import declare
+from .components import COMPONENTS
 
 
-def _int(values: list[str] | None) -> int | None:
-    if not values:
-        return None
-    try:
-        return int(values[0])
-    except ValueError:
-        return None
+class ViewState(declare.ViewState):
+    """A view state of the dashboard's page: ``ViewState(run="r", cluster=3)``; parts not
+    given are at their defaults, and a part no component declares is a TypeError."""
+
+    __slots__ = ()
+
+    def __init__(self, **values: Any) -> None:
+        made = PAGE.state(**values)
+        object.__setattr__(self, "_format", PAGE)
+        object.__setattr__(self, "_values", made._values)
+
+
+#: the URL format of the dashboard's page
+PAGE = declare.UrlFormat.of(COMPONENTS, ViewState)
 
 
 def parse_search(search: str | None) -> ViewState:
-    """Parse ``?...`` into a state; anything malformed is ignored rather than fatal."""
-    q = parse_qs((search or "").lstrip("?"), keep_blank_values=False)
-    outcome = (q.get("outcome") or [None])[0]
-    meta = []
-    for item in q.get("meta", []):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            meta.append((k, v))
-    color = (q.get("color") or ["cluster"])[0]
-    measure = (q.get("measure") or ["share"])[0]
-    if "concept" in q:
-        level, selected = "concept", _int(q.get("concept"))
-    elif "cluster" in q or (q.get("level") or [""])[0] == "cluster":
-        level, selected = "cluster", _int(q.get("cluster"))
-    else:
-        level, selected = "concept", None
-    return ViewState(
-        run=(q.get("run") or [None])[0],
-        level=level,
-        cluster=selected,
-        image=_int(q.get("image")),
-        classes=tuple(dict.fromkeys(q.get("class", []))),
-        outcome=outcome if outcome in OUTCOMES else None,
-        meta=tuple(dict.fromkeys(meta)),
-        color=color if color in ("cluster", "diff") else "cluster",
-        measure=measure if measure in ("share", "relative") else "share",
-    )
+    """Parse ``?...`` into a state of the page; anything malformed is ignored."""
+    return PAGE.parse(search)  # type: ignore[return-value]

@@ -8,6 +8,18 @@ import pytest
 
 from tests import helpers
 
+#: fixtures that train models or compute runs: a test that uses one is marked ``slow``, so
+#: ``pytest -m "not slow"`` is the fast lane for development (CI runs everything)
+HEAVY_FIXTURES = frozenset(
+    {"shortcut", "shortcut_run", "marked_run", "looks", "looks_run", "demo", "demo_cache"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -235,7 +235,9 @@ def test_app011_unreadable_runs_are_set_aside_and_reported(runs_root, tmp_path) 
     assert list(cat.run_dirs()) == ["good"]
     problems = cat.problems()
     assert set(problems) == {"old", "broken"}
-    assert "run format 0 is not the supported format 1; re-run imacs analyze" in problems["old"]
+    assert (
+        "run format 0 is not one this imacs reads (1 to 2); re-run imacs analyze" in problems["old"]
+    )
     assert create_app(root).server.test_client().get("/healthz").status_code == 200
 
 
@@ -320,7 +322,7 @@ def test_app015_runs_are_listed_newest_first(runs_root, tmp_path) -> None:
 
 
 def test_app016_clicks_without_customdata_still_open_the_cluster(runs_root) -> None:
-    from imacs_app.components.navigation import clicked_cluster as _clicked_cluster
+    from imacs_app.components.common import clicked_cluster as _clicked_cluster
 
     cat = RunCatalog(runs_root)
     s = ViewState(run="shortcut", classes=("vertical",), level="cluster")
@@ -450,21 +452,15 @@ def test_app021_csv_cells_cannot_run_as_formulas(runs_root, tmp_path) -> None:
     assert served.status_code == 200 and ",=" not in served.get_data(as_text=True)
 
 
-def test_app022_catalog_rescans_only_when_the_folder_changed(runs_root, tmp_path, monkeypatch):
-    import imacs_app.catalog as catalog_module
-
+def test_app022_catalog_rescans_only_when_the_folder_changed(runs_root, tmp_path):
     root = tmp_path / "runs"
     shutil.copytree(runs_root / "shortcut", root / "one")
-    catalog = RunCatalog(root)
-    scans = []
-    scan = RunCatalog._scan
-    monkeypatch.setattr(RunCatalog, "_scan", lambda self: scans.append(1) or scan(self))
-    monkeypatch.setattr(catalog_module, "_RACY_NS", 0)  # the copies were made just now
-    assert list(catalog.run_dirs()) == ["one"] and len(scans) == 1
+    catalog = RunCatalog(root, racy_seconds=0)  # the copies were made just now
+    assert list(catalog.run_dirs()) == ["one"] and catalog.scans == 1
     for _ in range(20):  # page loads, callbacks and thumbnails: no rescan
         catalog.run_dirs()
         assert catalog.safe_file("one", "images/0.jpg") is not None
-    assert len(scans) == 1
+    assert catalog.scans == 1
     # a run committed two levels down, then one removed: both seen at the next call
     shutil.copytree(runs_root / "shortcut", root / "team" / ".two.tmp")
     os.rename(root / "team" / ".two.tmp", root / "team" / "two")
@@ -472,7 +468,12 @@ def test_app022_catalog_rescans_only_when_the_folder_changed(runs_root, tmp_path
     shutil.rmtree(root / "one")
     assert list(catalog.run_dirs()) == ["team/two"]
     assert catalog.safe_file("one", "images/0.jpg") is None
-    assert len(scans) == 3
+    assert catalog.scans == 3
+    # a folder changed within the racy window is listed again on every call
+    fresh = RunCatalog(root, racy_seconds=3600)
+    for _ in range(3):
+        fresh.run_dirs()
+    assert fresh.scans == 3
 
 
 def test_app023_analysis_package_never_imports_the_dashboard() -> None:
@@ -528,11 +529,142 @@ def test_app024_removed_rendering_shows_exactly_what_was_removed(client, shortcu
     assert diff[outside].max() <= 3  # the rest of the image is untouched
     # inside: the run's fill (road) of the image at the model's size, with its noise seed
     x = shown["image"][::scale, ::scale].transpose(2, 0, 1)[None] / 255.0
-    seed = fill_seed(shortcut_run.manifest["settings"]["seed"], "cluster", top, image_id, False)
+    seed = fill_seed(shortcut_run.settings.seed, "cluster", top, image_id, False)
     want = fill(x.astype(np.float32), removed[None], "road", seeds=[seed])[0] * 255
     want = want.transpose(1, 2, 0).repeat(scale, 0).repeat(scale, 1)
-    assert shortcut_run.manifest["settings"]["whatif"]["removal"] == "road"
+    assert shortcut_run.settings.whatif.removal == "road"
     assert np.abs(shown["removed"] - want)[inner].mean() < 6
     # the red mark B reads is gone from the removed picture
     red = lambda im: (im[..., 0] > 180) & (im[..., 1] < 80) & (im[..., 2] < 80)  # noqa: E731
     assert red(shown["image"]).sum() >= 16 and red(shown["removed"]).sum() == 0
+
+
+def test_app025_every_id_is_declared_by_the_component_that_renders_it() -> None:
+    """No module retypes an id: ``id=``, Input, Output and State take constants or
+    constructors from a component's ``ids``; and no two components declare one id."""
+    import ast
+
+    import imacs_app
+    from imacs_app.components import COMPONENTS, common, evidence
+
+    offenders = []
+    for path in Path(imacs_app.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call):
+                continue
+            named = [k.value for k in node.keywords if k.arg == "id"]
+            callee = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if callee in ("Input", "Output", "State") and node.args:
+                named.append(node.args[0])
+            offenders += [
+                f"{path.name}:{v.lineno}"
+                for v in named
+                if isinstance(v, ast.Dict) or (isinstance(v, ast.Constant) and v.value)
+            ]
+    assert offenders == []
+    declared: dict[str, str] = {}
+    for module in (*COMPONENTS, common, evidence):
+        for name, value in vars(module.ids).items():
+            if isinstance(value, staticmethod):
+                value = value.__func__(*["x"] * value.__func__.__code__.co_argcount)["type"]
+            if isinstance(value, str) and not name.startswith("_"):
+                assert value not in declared, (value, module.__name__, declared.get(value))
+                declared[value] = module.__name__
+    assert len(declared) == 41  # 35 plain ids, 6 kinds of pattern-matching ids
+
+
+def _output(router, target: str) -> int:
+    """The index of ``target`` ("rank-level.value") among the state callback's outputs."""
+    return [str(o) for o in router.outputs].index(target)
+
+
+def test_app026_the_state_callback_follows_every_components_clicks(runs_root) -> None:
+    from dash import no_update
+    from dash.exceptions import PreventUpdate
+
+    from imacs_app.components import COMPONENTS, cluster, common, filters, overview
+    from imacs_app.components.navigation import Router, ids
+
+    router = Router(COMPONENTS, RunCatalog(runs_root))
+    assert len(router.inputs) == 16 and len(router.outputs) == 12  # as the hand-written one
+    level = _output(router, f"{overview.ids.LEVEL}.value")
+    out = router.route("?run=shortcut&level=cluster", overview.ids.strip(5), "n_clicks", 1)
+    assert out[0] == "?run=shortcut&cluster=5"
+    assert out[level] == "cluster" and out.count(no_update) == 9 and out[-1] is None
+    opened = "?run=shortcut&cluster=5&image=3&color=diff"
+    with pytest.raises(PreventUpdate):  # a strip just rendered, not clicked
+        router.route(opened, overview.ids.strip(6), "n_clicks", 0)
+    assert router.route(opened, common.ids.close("image"), "n_clicks", 1)[0] == (
+        "?run=shortcut&cluster=5&color=diff"
+    )
+    assert router.route(opened, common.ids.close("cluster"), "n_clicks", 1)[0] == (
+        "?run=shortcut&level=cluster&image=3&color=diff"
+    )
+    concept = router.route(opened, cluster.ids.open("concept", 2), "n_clicks", 1)
+    assert concept[0] == "?run=shortcut&concept=2&color=diff" and concept[level] == "concept"
+    picked = {filters.ids.CLASS: ["vertical"], filters.ids.OUTCOME: "only_b", filters.ids.META: []}
+    assert router.route(opened, filters.ids.OUTCOME, "value", "only_b", picked)[0] == (
+        "?run=shortcut&cluster=5&class=vertical&outcome=only_b&color=diff"
+    )
+    # another run keeps the display choices and drops the selection, and fills its controls
+    other = router.route(opened + "&class=vertical", ids.RUN_PICKER, "value", "team/copy")
+    assert other[0] == "?run=team%2Fcopy&level=cluster&color=diff"
+    assert other[_output(router, f"{filters.ids.CLASS}.value")] == []
+    classes = other[_output(router, f"{filters.ids.CLASS}.options")]
+    assert [c["value"] for c in classes] == ["horizontal", "vertical"]
+    # a run that is gone: the newest is shown instead, and the notice says so
+    gone = router.route("?run=nope&concept=1&measure=relative", ids.URL)
+    assert gone[0].startswith("?run=") and gone[0].endswith("&measure=relative")
+    notice = gone[-1].children
+    assert "no run named 'nope'" in notice and "Showing the newest run" in notice
+
+
+def test_app027_a_new_clickable_view_is_one_component(runs_root) -> None:
+    """A tiny extra component (a button and a URL key) needs no change anywhere else: the
+    page shows its button, the state callback listens to it, follows its click and keeps
+    its key in the URL through other clicks and a reload."""
+    from types import SimpleNamespace
+
+    from dash import Dash, html, no_update
+
+    from imacs_app import components
+    from imacs_app.components import COMPONENTS, overview
+    from imacs_app.components.navigation import ids
+    from imacs_app.declare import Click, Mirror, UrlFormat, integer_key
+    from imacs_app.layout import layout
+
+    zoom = SimpleNamespace(
+        URL_KEYS=(integer_key("zoom", position=95, scope="map"),),
+        CLICKS=(Click("zoom-in", lambda s, hit: s.with_(zoom=2 * (s.zoom or 1))),),
+        MIRRORS=(Mirror("zoom-level", "children", lambda s, view, catalog: f"×{s.zoom or 1}"),),
+        layout=lambda: {"details": [html.Button("+", id="zoom-in"), html.Span(id="zoom-level")]},
+    )
+    page = (*COMPONENTS, zoom)
+    app = Dash(__name__, suppress_callback_exceptions=True)
+    app.layout = layout(page)
+    router = components.register(app, RunCatalog(runs_root), page)
+    assert [c.id for c in app.layout.children[-2:]] == ["zoom-in", "zoom-level"]
+    state = next(c for c in app._callback_list if "url.search" in c["output"])
+    assert "zoom-in.n_clicks" in [f"{i['id']}.{i['property']}" for i in state["inputs"]]
+    assert "zoom-level.children" in state["output"]
+
+    shown = _output(router, "zoom-level.children")
+    once = router.route("?run=shortcut&concept=1&color=diff", "zoom-in", "n_clicks", 1)
+    assert once[0] == "?run=shortcut&concept=1&color=diff&zoom=2"
+    twice = router.route(once[0], "zoom-in", "n_clicks", 2)
+    assert twice[0] == "?run=shortcut&concept=1&color=diff&zoom=4"
+    strip = router.route(twice[0], overview.ids.strip(3), "n_clicks", 1)
+    assert strip[0] == "?run=shortcut&concept=3&color=diff&zoom=4"
+    reload = router.route("?run=shortcut&zoom=4", ids.URL)
+    assert reload[shown] == "×4" and reload[0] is no_update  # canonical: not rewritten
+    assert UrlFormat.of(page).parse(strip[0]).zoom == 4
+    # its key is in the map's scope: the map's derived key changes with it, the data's not
+    s = UrlFormat.of(page).parse(strip[0])
+    assert s.scoped(["data", "map"]).zoom == 4 and s.scoped(["data"]).zoom is None
+    # a key another component owns, or a region the page lacks, is refused at once
+    clash = SimpleNamespace(URL_KEYS=(integer_key("image", position=1),), layout=dict)
+    with pytest.raises(ValueError, match="same URL key"):
+        UrlFormat.of((*COMPONENTS, clash))
+    lost = SimpleNamespace(layout=lambda: {"sidebar": [html.Div()]})
+    with pytest.raises(ValueError, match="no page region 'sidebar'"):
+        layout((*COMPONENTS, lost))

@@ -38,6 +38,7 @@ def test_pat003_overlap_is_bounded() -> None:
     m = rng.random((64, 64)) ** 8
     s = PatchSettings(per_image=6, max_overlap=0.25, min_saliency=0.0)
     boxes, *_ = image_patches(m, m, s)
+    assert len(boxes) == 6  # every pair of the six is checked below
     for i in range(len(boxes)):
         for j in range(i):
             x0 = max(boxes[i][0], boxes[j][0])

@@ -108,6 +108,7 @@ def test_wif005_a_run_from_before_whatif_still_loads(shortcut_run, tmp_path: Pat
     for name in ("whatif", "whatif_images", "concepts", "concept_whatif", "concept_whatif_images"):
         (old / m["files"].pop(name)).unlink()  # what-if came before concepts
     del m["whatif"], m["timings"]["whatif"]
+    m["format_version"] = 1  # runs made before this stage were format 1
     (old / "run.json").write_text(json.dumps(m))
     run = imacs.load_run(old)
     assert run.whatif.empty and list(run.whatif.columns) == list(COLUMNS)

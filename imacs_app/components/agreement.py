@@ -4,15 +4,38 @@ before map agreement was computed show a sentence instead)."""
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, dcc, html
+from typing import Any
+
+from dash import ALL, Dash, Input, Output, dcc, html
 
 from .. import figures
 from ..catalog import RunCatalog
-from ..state import parse_search
+from ..declare import Click, UrlFormat
+from . import navigation
 from .common import NO_MATCH, aspect, guarded, render_url, view_of
 
 #: images in the disagreement gallery
 SHOWN = 12
+
+
+class ids:
+    """The ids the section renders (Dash's namespace convention for a component's ids)."""
+
+    AGREEMENT = "agreement"
+    GALLERY = "disagreement-gallery"
+
+    @staticmethod
+    def image(image: Any) -> dict:
+        """A gallery image, which opens the image (``ALL``: every one)."""
+        return {"type": "agree-image", "image": image}
+
+
+CLICKS = (Click(ids.image(ALL), lambda s, hit: s.with_(image=int(hit.id["image"]))),)
+
+
+def layout() -> dict[str, list]:
+    """The section, last among the details."""
+    return {"details": [section()]}
 
 
 def section() -> html.Section:
@@ -20,18 +43,18 @@ def section() -> html.Section:
         className="card",
         children=[
             html.H2("Where do the models look most differently?"),
-            html.Div(id="agreement"),
+            html.Div(id=ids.AGREEMENT),
         ],
     )
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
+def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """Fill the section from the filtered images."""
 
-    @app.callback(Output("agreement", "children"), Input("key-data", "data"))
+    @app.callback(Output(ids.AGREEMENT, "children"), Input(navigation.ids.KEY_DATA, "data"))
     @guarded(1)
     def agreement_view(key):
-        s = parse_search(key)
+        s = fmt.parse(key)
         view = view_of(catalog, s)
         img = view.images
         if "map_spearman" not in img.columns:
@@ -61,10 +84,10 @@ def register(app: Dash, catalog: RunCatalog) -> None:
             ),
             html.Div(
                 className="agree-gallery",  # not .gallery: that is a cluster's
-                id="disagreement-gallery",
+                id=ids.GALLERY,
                 children=[
                     html.Button(
-                        id={"type": "agree-image", "image": int(i)},
+                        id=ids.image(int(i)),
                         className="patch",
                         n_clicks=0,
                         title=f"image {int(i)}: {r['image']}",

@@ -1,18 +1,24 @@
 """What every component shares: the run of a view state, file and rendering URLs, the one
-wording for a run that cannot be shown, and small page elements."""
+wording for a run that cannot be shown, the cluster a clicked ranking bar or map point
+stands for, and small page elements."""
 
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 from dash import html, no_update
+from dash.exceptions import PreventUpdate
 
 from imacs.errors import InputError
 
 from ..catalog import RunCatalog
+from ..declare import Hit, ViewState
 from ..reader import RunView
-from ..state import ViewState
 
 #: what every view says when the filters leave nothing
 NO_MATCH = "No patches match these filters."
@@ -76,10 +82,19 @@ def stat(label: str, value: str) -> html.Div:
     )
 
 
+class ids:
+    """The ids of the shared elements (Dash's namespace convention for a component's ids)."""
+
+    @staticmethod
+    def close(what: Any) -> dict:
+        """A detail's close button; ``what`` is the part of the view state it clears."""
+        return {"type": "close", "what": what}
+
+
 def close_button(what: str) -> html.Button:
-    return html.Button(
-        "×", id={"type": "close", "what": what}, n_clicks=0, className="close", title="close"
-    )
+    """The × that closes a detail (a click declared by the detail's component clears
+    ``what`` from the view state)."""
+    return html.Button("×", id=ids.close(what), n_clicks=0, className="close", title="close")
 
 
 def colorbar(stops: tuple[str, ...], ticks: list[str]) -> html.Div:
@@ -94,3 +109,84 @@ def colorbar(stops: tuple[str, ...], ticks: list[str]) -> html.Div:
             html.Div(className="ticks", children=[html.Span(t) for t in ticks]),
         ],
     )
+
+
+def open_clicked(source: str) -> Callable[[ViewState, Hit], ViewState]:
+    """What a click on a ranking bar (``source`` "ranking") or a map point ("map") does:
+    open its cluster (see :func:`clicked_cluster`)."""
+
+    def apply(s: ViewState, hit: Hit) -> ViewState:
+        return s.with_(cluster=clicked_cluster(hit.value, source, s, hit.catalog), image=None)
+
+    return apply
+
+
+_RANK_LABEL = re.compile(r"c(-?\d+)$")
+
+
+def clicked_cluster(click: dict | None, source: str, s: ViewState, catalog: RunCatalog) -> int:
+    """The cluster of a clicked ranking bar (``source`` "ranking") or map point ("map").
+
+    Reads the point's ``customdata`` when the click carries it. Dash leaves it out when
+    the figure sent it as a typed array (plotly does so for numpy arrays, as for the map's
+    100k points), so the fallbacks use what every click carries: the bar's category label
+    ("#2 · c5"), or the map point's index in the filtered patch table, checked against
+    its coordinates (the nearest patch wins if the map was redrawn in between).
+
+    Raises:
+        PreventUpdate: the click names no cluster.
+    """
+    points = (click or {}).get("points") or []
+    if not points:
+        raise PreventUpdate
+    pt = points[0]
+    custom = _customdata(pt)
+    if custom is not None:
+        return custom
+    if source == "ranking":
+        found = _RANK_LABEL.search(str(pt.get("y", pt.get("label", ""))))
+        if found:
+            return int(found.group(1))
+        raise PreventUpdate
+    if pt.get("curveNumber", 0) == 1 and s.cluster is not None:
+        return s.cluster  # the outline of the selected cluster's points
+    return _map_point(pt, s, catalog)
+
+
+def _customdata(pt: dict) -> int | None:
+    custom = pt.get("customdata")
+    if isinstance(custom, list):
+        custom = custom[0] if custom else None
+    try:
+        return None if custom is None else int(custom)
+    except (TypeError, ValueError):
+        return None
+
+
+def _map_point(pt: dict, s: ViewState, catalog: RunCatalog) -> int:
+    """A map point's cluster: the patch at its index if the coordinates agree, else the
+    nearest patch."""
+    try:
+        patches = view_of(catalog, s).filtered_patches(s.filters)
+    except InputError:
+        raise PreventUpdate from None
+    x, y = pt.get("x"), pt.get("y")
+    at_index = _at_index(pt.get("pointIndex", pt.get("pointNumber")), x, y, patches)
+    if at_index is not None:
+        return at_index
+    if x is None or y is None or patches.empty:
+        raise PreventUpdate
+    near = (patches["proj_x"] - x) ** 2 + (patches["proj_y"] - y) ** 2
+    return int(patches["cluster"].to_numpy()[int(np.argmin(near.to_numpy()))])
+
+
+def _at_index(index: object, x: float | None, y: float | None, patches) -> int | None:
+    """The cluster of the patch at a map point's index, if the point's coordinates (when
+    the click has them) are that patch's; else None."""
+    if not isinstance(index, int) or not 0 <= index < len(patches):
+        return None
+    row = patches.iloc[index]
+    if x is None or y is None:
+        return int(row["cluster"])
+    same = abs(round(row["proj_x"], 3) - x) < 1e-6 and abs(round(row["proj_y"], 3) - y) < 1e-6
+    return int(row["cluster"]) if same else None

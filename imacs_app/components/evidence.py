@@ -15,6 +15,13 @@ from dash import html
 from ..reader import RunView
 from .common import render_url
 
+
+class ids:
+    """The ids the what-if panel renders (Dash's namespace convention for a component's ids)."""
+
+    WHATIF = "whatif"
+
+
 #: images shown before and after removal
 PAIRS = 4
 #: CSS class of each verdict
@@ -93,7 +100,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
     random regions of the same area) and a few images before and after removal."""
     if not _tested(row):
         return html.Div(
-            id="whatif",
+            id=ids.WHATIF,
             children=html.P(
                 f"What-if removal was not run for this {view.unit} (it runs for the top "
                 f"{view.unit}s by |B − A| and every significant one; see --whatif-top).",
@@ -139,7 +146,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
     fill = FILL_TEXT.get(str(settings.get("removal", "baseline")), "the IG baseline")
     limit = float(settings.get("inconclusive", 0.25))
     return html.Div(
-        id="whatif",
+        id=ids.WHATIF,
         children=[
             html.H3("What if this content were removed?"),
             html.P(

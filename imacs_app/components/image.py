@@ -3,26 +3,58 @@ B's attribution overlays on one shared scale with colour bars, B − A, and its 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from dash import Dash, Input, Output, html
+import pandas as pd
+from dash import ALL, Dash, Input, Output, html
 
 from ..catalog import RunCatalog
+from ..declare import Click, Opens, UrlFormat, integer_key
+from ..reader import RunView
 from ..render import DIVERGING_CSS, INFERNO_CSS, overlay_scale
-from ..state import parse_search
+from . import common, navigation
 from .common import aspect, close_button, colorbar, files_url, guarded, render_url, view_of
 
 
+class ids:
+    """The ids the image detail renders (Dash's namespace convention for a component's ids)."""
+
+    DETAIL = "image-detail"
+
+    @staticmethod
+    def pick_cluster(cluster: Any) -> dict:
+        """One of the image's patches, which opens its group (``ALL``: every one)."""
+        return {"type": "pick-cluster", "cluster": cluster}
+
+
+#: ``image=N`` opens image N; only this detail depends on it
+URL_KEYS = (integer_key("image", position=40, scope="image"),)
+CLICKS = (
+    Click(
+        ids.pick_cluster(ALL), lambda s, hit: s.with_(cluster=int(hit.id["cluster"]), image=None)
+    ),
+    Click(common.ids.close("image"), lambda s, hit: s.with_(image=None)),
+)
+OPENS = (Opens(ids.DETAIL, "image"),)
+
+
+def layout() -> dict[str, list]:
+    """The detail, below the cluster's."""
+    return {"details": [section()]}
+
+
 def section() -> html.Section:
-    return html.Section(id="image-detail", className="card detail")
+    return html.Section(id=ids.DETAIL, className="card detail")
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
+def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """Render the selected image."""
 
-    @app.callback(Output("image-detail", "children"), Input("key-image", "data"))
+    @app.callback(Output(ids.DETAIL, "children"), Input(navigation.ids.KEY_IMAGE, "data"))
     @guarded(1)
     def image_view(key):
-        s = parse_search(key)
+        s = fmt.parse(key)
         if s.image is None:
             return html.P(
                 "Click a patch to see its image with both models' attribution.", className="hint"
@@ -52,19 +84,6 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 ],
             )
 
-        panels = [
-            ("image", "image, patches outlined"),
-            ("a", f"A: {names['a']}"),
-            ("b", f"B: {names['b']}"),
-            ("diff", "B − A (red: B more, blue: A more)"),
-        ]
-        scale = overlay_scale(view, s.image)
-        top, lim = scale.share_vs_average, scale.diff_vs_average
-        bars = {
-            "a": colorbar(INFERNO_CSS, ["0", f"{top / 2:.3g}×", f"≥ {top:.3g}×"]),
-            "b": colorbar(INFERNO_CSS, ["0", f"{top / 2:.3g}×", f"≥ {top:.3g}×"]),
-            "diff": colorbar(DIVERGING_CSS, [f"≤ −{lim:.3g}×", "0", f"≥ +{lim:.3g}×"]),
-        }
         return [
             close_button("image"),
             html.H2(f"Image {s.image}: {row['image']}"),
@@ -80,45 +99,69 @@ def register(app: Dash, catalog: RunCatalog) -> None:
                 "are clipped.",
                 className="hint",
             ),
-            html.Div(
-                className="panels",
-                children=[
-                    html.Figure(
-                        [
-                            html.Img(
-                                src=render_url(view, s.image, kind),
-                                alt=label,
-                                className=f"panel-{kind}",
-                                style=aspect(view, s.image),
-                            ),
-                            html.Figcaption(label),
-                            bars.get(kind),
-                        ]
-                    )
-                    for kind, label in panels
-                ],
-            ),
+            _panels(view, s.image),
             html.H3("Its patches"),
-            html.Div(
-                className="image-patches",
-                children=[
-                    html.Button(
-                        id={"type": "pick-cluster", "cluster": int(p.cluster)},
-                        n_clicks=0,
-                        className="patch",
-                        children=[
-                            html.Img(
-                                src=files_url(view, f"patches/{int(p.patch_id)}.jpg"),
-                                alt=f"patch {int(p.patch_id)}",
-                            ),
-                            html.Span(
-                                f"{view.unit} {int(p.cluster)} · A {p.attr_a:.2f} · "
-                                f"B {p.attr_b:.2f}",
-                                className="patch-caption",
-                            ),
-                        ],
-                    )
-                    for p in patches.itertuples()
-                ],
-            ),
+            _patches(view, patches),
         ]
+
+
+def _panels(view: RunView, image: int) -> html.Div:
+    """The image with its patches outlined, A's and B's overlays on one shared scale and
+    B − A, each with its colour bar."""
+    names = view.run.names
+    panels = [
+        ("image", "image, patches outlined"),
+        ("a", f"A: {names['a']}"),
+        ("b", f"B: {names['b']}"),
+        ("diff", "B − A (red: B more, blue: A more)"),
+    ]
+    scale = overlay_scale(view, image)
+    top, lim = scale.share_vs_average, scale.diff_vs_average
+    bars = {
+        "a": colorbar(INFERNO_CSS, ["0", f"{top / 2:.3g}×", f"≥ {top:.3g}×"]),
+        "b": colorbar(INFERNO_CSS, ["0", f"{top / 2:.3g}×", f"≥ {top:.3g}×"]),
+        "diff": colorbar(DIVERGING_CSS, [f"≤ −{lim:.3g}×", "0", f"≥ +{lim:.3g}×"]),
+    }
+    return html.Div(
+        className="panels",
+        children=[
+            html.Figure(
+                [
+                    html.Img(
+                        src=render_url(view, image, kind),
+                        alt=label,
+                        className=f"panel-{kind}",
+                        style=aspect(view, image),
+                    ),
+                    html.Figcaption(label),
+                    bars.get(kind),
+                ]
+            )
+            for kind, label in panels
+        ],
+    )
+
+
+def _patches(view: RunView, patches: pd.DataFrame) -> html.Div:
+    """The image's patches, each of which opens its group."""
+    return html.Div(
+        className="image-patches",
+        children=[
+            html.Button(
+                id=ids.pick_cluster(int(p.cluster)),
+                n_clicks=0,
+                className="patch",
+                children=[
+                    html.Img(
+                        src=files_url(view, f"patches/{int(p.patch_id)}.jpg"),
+                        alt=f"patch {int(p.patch_id)}",
+                    ),
+                    html.Span(
+                        f"{view.unit} {int(p.cluster)} · A {p.attr_a:.2f} · B {p.attr_b:.2f}",
+                        className="patch-caption",
+                    ),
+                ],
+            )
+            for p in patches.itertuples()
+        ],
+    )

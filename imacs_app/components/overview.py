@@ -3,6 +3,7 @@ concepts (or clusters) with one strip of representative patches each."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
@@ -13,23 +14,74 @@ from imacs.run import Run
 
 from .. import figures
 from ..catalog import RunCatalog
-from ..state import parse_search
-from .common import NO_MATCH, files_url, guarded, pct, stat, view_of
+from ..declare import Click, Hit, Mirror, UrlFormat, ViewState, choice_key
+from ..reader import Filters, RunView
+from . import filters, navigation
+from .common import NO_MATCH, files_url, guarded, open_clicked, pct, stat, view_of
 from .evidence import verdict_line
 
 
+class ids:
+    """The ids the overview renders (Dash's namespace convention for a component's ids)."""
+
+    SUMMARY = "summary"
+    MAP_AGREEMENT = "map-agreement"
+    RUN_WARNINGS = "run-warnings"
+    RANKING_TITLE = "ranking-title"
+    RANKING_HINT = "ranking-hint"
+    LEVEL = "rank-level"
+    MEASURE = "rank-measure"
+    RANKING = "ranking"
+    STRIPS = "strips"
+
+    @staticmethod
+    def strip(cluster: Any) -> dict:
+        """A ranking strip, which opens its group (``ALL``: every strip)."""
+        return {"type": "strip", "cluster": cluster}
+
+
+#: ``measure=relative`` ranks by relative reliance: shares renormalised over each image's
+#: patches; a display choice, kept when another run is opened
+URL_KEYS = (choice_key("measure", ("share", "relative"), position=90, per_run=False),)
+
+
+def _level(s: ViewState, hit: Hit) -> ViewState:
+    """The level toggle: concepts or clusters; nothing stays selected."""
+    if (hit.value or "concept") == s.level:
+        raise PreventUpdate
+    return s.with_(level=hit.value or "concept", cluster=None, image=None)
+
+
+CLICKS = (
+    Click(ids.MEASURE, lambda s, hit: s.with_(measure=hit.value or "share"), prop="value"),
+    Click(ids.LEVEL, _level, prop="value"),
+    Click(ids.RANKING, open_clicked("ranking"), prop="clickData"),
+    Click(ids.strip(ALL), lambda s, hit: s.with_(cluster=int(hit.id["cluster"]), image=None)),
+)
+MIRRORS = (
+    Mirror(ids.MEASURE, "value", lambda s, view, catalog: s.measure),
+    # the level toggle follows a click that changed the level (a concept's cluster)
+    Mirror(ids.LEVEL, "value", lambda s, view, catalog: s.level, follows_clicks=True),
+)
+
+
+def layout() -> dict[str, list]:
+    """The summary (above the filters) and the ranking card (first in the grid)."""
+    return {"top": [summary()], "grid": [ranking_card()]}
+
+
 def summary() -> html.Section:
-    return html.Section(id="summary", className="summary")
+    return html.Section(id=ids.SUMMARY, className="summary")
 
 
 def ranking_card() -> html.Section:
     return html.Section(
         className="card",
         children=[
-            html.H2("Concepts, ranked by |B − A|", id="ranking-title"),
-            html.P(id="ranking-hint", className="hint"),
+            html.H2("Concepts, ranked by |B − A|", id=ids.RANKING_TITLE),
+            html.P(id=ids.RANKING_HINT, className="hint"),
             dcc.RadioItems(
-                id="rank-level",
+                id=ids.LEVEL,
                 options=[
                     {"label": "concepts", "value": "concept"},
                     {"label": "clusters", "value": "cluster"},
@@ -44,7 +96,7 @@ def ranking_card() -> html.Section:
                     "cluster to the other"
                 ),
                 children=dcc.RadioItems(
-                    id="rank-measure",
+                    id=ids.MEASURE,
                     options=[
                         {"label": "share of attribution", "value": "share"},
                         {"label": "relative reliance", "value": "relative"},
@@ -53,8 +105,8 @@ def ranking_card() -> html.Section:
                     inline=True,
                 ),
             ),
-            dcc.Loading(dcc.Graph(id="ranking", config={"displayModeBar": False})),
-            html.Div(id="strips", className="strips"),
+            dcc.Loading(dcc.Graph(id=ids.RANKING, config={"displayModeBar": False})),
+            html.Div(id=ids.STRIPS, className="strips"),
         ],
     )
 
@@ -63,7 +115,7 @@ def _evidence(run: Run) -> list:
     """How far the maps can be trusted and how much the two models' maps agree (runs made
     before these were computed show nothing), and the run's warnings."""
     out = []
-    summary = run.manifest["summary"]
+    summary = run.info.summary
     spearman = summary.get("map_spearman_median")
     if spearman is not None:
         iou = summary.get("map_iou_top10_median")
@@ -73,7 +125,7 @@ def _evidence(run: Run) -> list:
                 + ("" if iou is None else f", top-10 % IoU {iou:.2f}")
                 + " (1 = both models look at the same pixels).",
                 className="trust",
-                id="map-agreement",
+                id=ids.MAP_AGREEMENT,
             )
         )
     trust = run.trust
@@ -89,7 +141,7 @@ def _evidence(run: Run) -> list:
             )
     if run.warnings:
         out.append(
-            html.Div(className="warning", id="run-warnings", children=[
+            html.Div(className="warning", id=ids.RUN_WARNINGS, children=[
                 html.Div(f"Warning: {w}") for w in run.warnings
             ])
         )  # fmt: skip
@@ -142,174 +194,173 @@ def trait(column: str, value: str) -> str:
     return f"{column} = {value}"
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
+def _summary(view: RunView, f: Filters) -> list:
+    """The models, their accuracies and agreement, the counts and the run's settings."""
+    names = view.run.names
+    summ = view.summary(f)
+    settings = view.run.settings
+    ig = settings.attribution
+    h, w = settings.preprocess.input_size
+
+    def count(kept: str, total: str) -> str:
+        return f"{summ[kept]} / {summ[total]}" if f.active else str(summ[total])
+
+    tag = " · filtered" if f.active else ""
+    return [
+        html.Div(
+            className="models",
+            children=[
+                html.Span([html.B("A "), names["a"]], className="model-a"),
+                html.Span(" vs ", className="vs"),
+                html.Span([html.B("B "), names["b"]], className="model-b"),
+            ],
+        ),
+        html.Div(
+            className="stats",
+            children=[
+                stat(f"accuracy A{tag}", pct(summ["accuracy_a"])),
+                stat(f"accuracy B{tag}", pct(summ["accuracy_b"])),
+                stat(f"agreement{tag}", pct(summ["agreement"])),
+                stat("images", count("n_images", "n_images_total")),
+                stat("skipped", str(summ["n_skipped"])),
+                stat("patches", count("n_patches", "n_patches_total")),
+                stat(f"{view.unit}s", count("n_clusters", "n_clusters_total")),
+            ],
+        ),
+        html.Div(
+            f"IG {ig.steps} steps, {ig.baseline} baseline, target {ig.target}; "
+            f"input {h}x{w}; {len(view.run.classes)} classes; "
+            f"seed {settings.seed}; made {view.run.info.created}",
+            className="settings",
+        ),
+    ]
+
+
+def _problems(catalog: RunCatalog) -> list:
+    """The runs in the folder that cannot be read, if any."""
+    problems = catalog.problems()
+    if not problems:
+        return []
+    return [
+        html.Div(
+            className="warning",
+            children=[f"{len(problems)} run(s) here cannot be read and are not listed: "]
+            + [html.Div(f"{k}: {why}") for k, why in sorted(problems.items())],
+        )
+    ]
+
+
+def _title(unit: str) -> tuple[str, str]:
+    """The ranking's title and hint at a level."""
+    title = f"{unit.title()}s, ranked by |B − A|"
+    if unit == "concept":
+        return title, (
+            "A concept groups clusters of salient patches that the models answer alike "
+            "when shown a patch alone (one logo on different backgrounds, one shortcut "
+            "in several colours). Bars show the mean share of each model's attribution "
+            "inside them; click a bar or a row to open the concept and its clusters."
+        )
+    return title, (
+        "Each cluster groups similar salient patches (by the run's embedding). Bars "
+        "show the mean share of each model's attribution inside them; click a bar "
+        "or a row to open the cluster."
+    )
+
+
+def _strips(view: RunView, clusters: pd.DataFrame, f: Filters, relative: bool) -> list:
+    """One strip per group, in the ranking's order: its numbers, what stands out in its
+    images, and representative patches."""
+    unit = view.unit
+    reps = view.representatives(f)
+    traits = view.cluster_traits(f)
+    strips = []
+    for pos, r in enumerate(clusters.itertuples(), start=1):
+        c = int(r.cluster)
+        shown = float(r.diff_rel if relative else r.diff)
+        if c in traits.index:
+            t = traits.loc[c]
+            stands_out = f"{trait(t['column'], t['value'])} in {t['share']:.0%} of images"
+        else:
+            stands_out = f"mostly {r.top_class}"
+        members = int(getattr(r, "n_clusters", 1) or 1) if unit == "concept" else 0
+        grouped = f" · {members} clusters" if members > 1 else ""
+        strips.append(
+            html.Button(
+                id=ids.strip(c),
+                className="strip",
+                n_clicks=0,
+                children=[
+                    html.Div(
+                        className="strip-head",
+                        children=[
+                            html.Span(
+                                f"#{pos if relative else int(r.rank)} {unit} {c}{grouped}",
+                                className="strip-title",
+                            ),
+                            html.Span(
+                                f"B − A {shown:+.3f}" + (" relative" if relative else ""),
+                                className="pos" if shown >= 0 else "neg",
+                            ),
+                            html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
+                            html.Span(stands_out, className="strip-trait"),
+                            alone_line(r._asdict()),
+                            verdict_line(r._asdict()),
+                        ],
+                    ),
+                    html.Div(
+                        className="thumbs",
+                        children=[
+                            html.Img(src=files_url(view, f"patches/{pid}.jpg"), alt=f"patch {pid}")
+                            for pid in reps.get(c, [])
+                        ],
+                    ),
+                ],
+            )
+        )
+    return strips
+
+
+def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """The summary and ranking, and marking the selected cluster in them."""
 
     @app.callback(
-        Output("summary", "children"),
-        Output("ranking-title", "children"),
-        Output("ranking-hint", "children"),
-        Output("dl-concepts", "href"),
-        Output("dl-clusters", "href"),
-        Output("dl-patches", "href"),
-        Output("ranking", "figure"),
-        Output("strips", "children"),
-        Input("key-data", "data"),
+        Output(ids.SUMMARY, "children"),
+        Output(ids.RANKING_TITLE, "children"),
+        Output(ids.RANKING_HINT, "children"),
+        Output(filters.ids.DL_CONCEPTS, "href"),
+        Output(filters.ids.DL_CLUSTERS, "href"),
+        Output(filters.ids.DL_PATCHES, "href"),
+        Output(ids.RANKING, "figure"),
+        Output(ids.STRIPS, "children"),
+        Input(navigation.ids.KEY_DATA, "data"),
     )
     @guarded(8, blank=("", "", "", "", "", figures.empty("See the message above."), []))
     def data_views(key):
-        s = parse_search(key)
+        s = fmt.parse(key)
         view = view_of(catalog, s)
-        m = view.run.manifest
-        names = view.run.names
         f = s.filters
         clusters = view.clusters(f)
-        summ = view.summary(f)
-        settings = m["settings"]
-        ig = settings["attribution"]
-
-        def count(kept: str, total: str) -> str:
-            return f"{summ[kept]} / {summ[total]}" if f.active else str(summ[total])
-
-        tag = " · filtered" if f.active else ""
-        summary = [
-            html.Div(
-                className="models",
-                children=[
-                    html.Span([html.B("A "), names["a"]], className="model-a"),
-                    html.Span(" vs ", className="vs"),
-                    html.Span([html.B("B "), names["b"]], className="model-b"),
-                ],
-            ),
-            html.Div(
-                className="stats",
-                children=[
-                    stat(f"accuracy A{tag}", pct(summ["accuracy_a"])),
-                    stat(f"accuracy B{tag}", pct(summ["accuracy_b"])),
-                    stat(f"agreement{tag}", pct(summ["agreement"])),
-                    stat("images", count("n_images", "n_images_total")),
-                    stat("skipped", str(summ["n_skipped"])),
-                    stat("patches", count("n_patches", "n_patches_total")),
-                    stat(f"{view.unit}s", count("n_clusters", "n_clusters_total")),
-                ],
-            ),
-            html.Div(
-                f"IG {ig['steps']} steps, {ig['baseline']} baseline, target {ig['target']}; "
-                f"input {settings['preprocess']['image_size'][0]}"
-                f"x{settings['preprocess']['image_size'][1]}; {len(view.run.classes)} classes; "
-                f"seed {settings['seed']}; made {m['created']}",
-                className="settings",
-            ),
-        ]
-        summary += _evidence(view.run)
-        problems = catalog.problems()
-        if problems:
-            summary.append(
-                html.Div(
-                    className="warning",
-                    children=[f"{len(problems)} run(s) here cannot be read and are not listed: "]
-                    + [html.Div(f"{k}: {why}") for k, why in sorted(problems.items())],
-                )
-            )
+        summary = [*_summary(view, f), *_evidence(view.run), *_problems(catalog)]
         qs = s.with_(run=None).to_search()
-        dl_k = f"/download/{quote(view.run_id)}/concepts.csv{qs}"
-        dl_c = f"/download/{quote(view.run_id)}/clusters.csv{qs}"
-        dl_p = f"/download/{quote(view.run_id)}/patches.csv{qs}"
-        unit = view.unit
-        title = f"{unit.title()}s, ranked by |B − A|"
-        if unit == "concept":
-            hint = (
-                "A concept groups clusters of salient patches that the models answer alike "
-                "when shown a patch alone (one logo on different backgrounds, one shortcut "
-                "in several colours). Bars show the mean share of each model's attribution "
-                "inside them; click a bar or a row to open the concept and its clusters."
-            )
-        else:
-            hint = (
-                "Each cluster groups similar salient patches (by the run's embedding). Bars "
-                "show the mean share of each model's attribution inside them; click a bar "
-                "or a row to open the cluster."
-            )
+        downloads = [
+            f"/download/{quote(view.run_id)}/{table}.csv{qs}"
+            for table in ("concepts", "clusters", "patches")
+        ]
+        title, hint = _title(view.unit)
         if clusters.empty:
-            return (
-                summary,
-                title,
-                hint,
-                dl_k,
-                dl_c,
-                dl_p,
-                figures.empty(NO_MATCH, height=200),
-                [],
-            )
+            return (summary, title, hint, *downloads, figures.empty(NO_MATCH, height=200), [])
         relative = s.measure == "relative" and "diff_rel" in clusters.columns
         if relative:  # ranked by |diff_rel|; the figure and the strips show this order
             clusters = clusters.reindex(
                 clusters["diff_rel"].abs().sort_values(ascending=False, kind="stable").index
             )
-        reps = view.representatives(f)
-        traits = view.cluster_traits(f)
-        strips = []
-        for pos, r in enumerate(clusters.itertuples(), start=1):
-            c = int(r.cluster)
-            shown = float(r.diff_rel if relative else r.diff)
-            if c in traits.index:
-                t = traits.loc[c]
-                stands_out = f"{trait(t['column'], t['value'])} in {t['share']:.0%} of images"
-            else:
-                stands_out = f"mostly {r.top_class}"
-            members = int(getattr(r, "n_clusters", 1) or 1) if unit == "concept" else 0
-            grouped = f" · {members} clusters" if members > 1 else ""
-            strips.append(
-                html.Button(
-                    id={"type": "strip", "cluster": c},
-                    className="strip",
-                    n_clicks=0,
-                    children=[
-                        html.Div(
-                            className="strip-head",
-                            children=[
-                                html.Span(
-                                    f"#{pos if relative else int(r.rank)} {unit} {c}{grouped}",
-                                    className="strip-title",
-                                ),
-                                html.Span(
-                                    f"B − A {shown:+.3f}" + (" relative" if relative else ""),
-                                    className="pos" if shown >= 0 else "neg",
-                                ),
-                                html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
-                                html.Span(stands_out, className="strip-trait"),
-                                alone_line(r._asdict()),
-                                verdict_line(r._asdict()),
-                            ],
-                        ),
-                        html.Div(
-                            className="thumbs",
-                            children=[
-                                html.Img(
-                                    src=files_url(view, f"patches/{pid}.jpg"),
-                                    alt=f"patch {pid}",
-                                )
-                                for pid in reps.get(c, [])
-                            ],
-                        ),
-                    ],
-                )
-            )
-        return (
-            summary,
-            title,
-            hint,
-            dl_k,
-            dl_c,
-            dl_p,
-            figures.ranking(clusters, names, None, relative),
-            strips,
-        )
+        figure = figures.ranking(clusters, view.run.names, None, relative)
+        return (summary, title, hint, *downloads, figure, _strips(view, clusters, f, relative))
 
     @app.callback(
-        Output("ranking", "figure", allow_duplicate=True),
-        Input("key-cluster", "data"),
-        Input("ranking", "figure"),
+        Output(ids.RANKING, "figure", allow_duplicate=True),
+        Input(navigation.ids.KEY_CLUSTER, "data"),
+        Input(ids.RANKING, "figure"),
         prevent_initial_call=True,
     )
     def ranking_highlight(key, fig):
@@ -317,7 +368,7 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         if not fig or not fig.get("data"):
             raise PreventUpdate
         shapes = figures.ranking_marks(
-            fig["data"][0].get("customdata") or [], parse_search(key).cluster
+            fig["data"][0].get("customdata") or [], fmt.parse(key).cluster
         )
         if (fig.get("layout") or {}).get("shapes", []) == shapes:
             raise PreventUpdate
@@ -326,11 +377,11 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         return patch
 
     @app.callback(
-        Output({"type": "strip", "cluster": ALL}, "className"),
-        Input("key-cluster", "data"),
-        Input({"type": "strip", "cluster": ALL}, "id"),
+        Output(ids.strip(ALL), "className"),
+        Input(navigation.ids.KEY_CLUSTER, "data"),
+        Input(ids.strip(ALL), "id"),
     )
     def strip_highlight(key, ids):
         """Mark the selected cluster's strip."""
-        selected = parse_search(key).cluster
+        selected = fmt.parse(key).cluster
         return ["strip selected" if i["cluster"] == selected else "strip" for i in ids]

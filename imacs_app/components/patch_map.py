@@ -11,8 +11,31 @@ from imacs.errors import InputError
 
 from .. import figures
 from ..catalog import RunCatalog
-from ..state import parse_search
-from .common import NO_MATCH, problem, view_of
+from ..declare import Click, Mirror, UrlFormat, choice_key
+from . import navigation
+from .common import NO_MATCH, open_clicked, problem, view_of
+
+
+class ids:
+    """The ids the map renders (Dash's namespace convention for a component's ids)."""
+
+    COLOR = "map-color"
+    MAP = "map"
+
+
+#: ``color=diff`` colours the map by B − A; a display choice, kept when another run is
+#: opened, that only the map depends on
+URL_KEYS = (choice_key("color", ("cluster", "diff"), position=80, scope="map", per_run=False),)
+CLICKS = (
+    Click(ids.COLOR, lambda s, hit: s.with_(color=hit.value or "cluster"), prop="value"),
+    Click(ids.MAP, open_clicked("map"), prop="clickData"),
+)
+MIRRORS = (Mirror(ids.COLOR, "value", lambda s, view, catalog: s.color),)
+
+
+def layout() -> dict[str, list]:
+    """The map card, beside the ranking."""
+    return {"grid": [map_card()]}
 
 
 def map_card() -> html.Section:
@@ -21,7 +44,7 @@ def map_card() -> html.Section:
         children=[
             html.H2("Patch map"),
             dcc.RadioItems(
-                id="map-color",
+                id=ids.COLOR,
                 options=[
                     {"label": "colour by concept / cluster (as ranked)", "value": "cluster"},
                     {"label": "colour by B − A", "value": "diff"},
@@ -31,7 +54,7 @@ def map_card() -> html.Section:
             ),
             dcc.Loading(
                 dcc.Graph(
-                    id="map",
+                    id=ids.MAP,
                     className="map-graph",
                     config={"displaylogo": False},
                     responsive=True,
@@ -42,12 +65,12 @@ def map_card() -> html.Section:
     )
 
 
-def register(app: Dash, catalog: RunCatalog) -> None:
+def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """Draw the map; outline the selected cluster."""
 
-    @app.callback(Output("map", "figure"), Input("key-map", "data"))
+    @app.callback(Output(ids.MAP, "figure"), Input(navigation.ids.KEY_MAP, "data"))
     def map_view(key):
-        s = parse_search(key)
+        s = fmt.parse(key)
         try:
             view = view_of(catalog, s)
             p = view.filtered_patches(s.filters)
@@ -58,15 +81,15 @@ def register(app: Dash, catalog: RunCatalog) -> None:
         return figures.embedding_map(p, s.color, len(view.groups), view.unit)
 
     @app.callback(
-        Output("map", "figure", allow_duplicate=True),
-        Input("key-cluster", "data"),
-        Input("map", "figure"),
+        Output(ids.MAP, "figure", allow_duplicate=True),
+        Input(navigation.ids.KEY_CLUSTER, "data"),
+        Input(ids.MAP, "figure"),
         prevent_initial_call=True,
     )
     def map_highlight(key, fig):
         if fig is not None and len(fig.get("data") or []) < 2:
             raise PreventUpdate  # a map that says why it is empty
-        s = parse_search(key)
+        s = fmt.parse(key)
         try:
             p = view_of(catalog, s).filtered_patches(s.filters)
         except InputError:
