@@ -163,3 +163,7 @@ def kind_run(kind_set, tmp_path_factory: pytest.TempPathFactory):
         return made[kind, identical]
 
     return get
+
+
+#: the shortcut sets of every kind train models too
+HEAVY_FIXTURES = HEAVY_FIXTURES | {"kind_set", "kind_run"}
