@@ -160,7 +160,7 @@ def crosscheck(steps: int = 16) -> dict:
             # channel values at a time: every 3rd of its points is one of ours
             metric = quantus.PixelFlipping(
                 features_in_step=h * w // steps, normalise=False, abs=False,
-                perturb_baseline="black", disable_warnings=True,
+                perturb_baseline=0.0, disable_warnings=True,  # "black" is the min
             )  # fmt: skip
             a = np.broadcast_to(d["maps"][r][:, None], x.shape).copy()
             theirs = np.asarray(

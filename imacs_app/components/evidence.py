@@ -142,9 +142,6 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
         for i in images
     ]
     effect = str(row.get("whatif_effect", ""))
-    settings = view.run.manifest.get("whatif") or {}
-    fill = FILL_TEXT.get(str(settings.get("removal", "baseline")), "the IG baseline")
-    limit = float(settings.get("inconclusive", 0.25))
     return html.Div(
         id=ids.WHATIF,
         children=[
@@ -173,22 +170,28 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                     html.Tbody(rows),
                 ],
             ),
-            html.P(
-                f"Left: the image; right: the same image with this {view.unit}'s "
-                + (
-                    f"content removed wherever it is (outlined: {_area(row)})"
-                    if settings.get("regions") == "tiles"
-                    else "patches removed (outlined)"
-                )
-                + f", filled with {fill}, as "
-                "both models were shown it; under each, both models' predictions before → "
-                "after. A model whose random regions alone flip it on more than "
-                f"{limit:.0%} of the images gets no verdict (inconclusive, greyed). Computed "
-                "on all images of the run, whatever the filters.",
-                className="hint",
-            ),
+            html.P(_pairs_hint(view, row), className="hint"),
             html.Div(className="pairs", children=pairs),
         ],
+    )
+
+
+def _pairs_hint(view: RunView, row: pd.Series) -> str:
+    """What the before/after pictures show: what was removed, and how it was filled."""
+    settings = view.run.info.whatif or {}
+    fill = FILL_TEXT.get(str(settings.get("removal", "baseline")), "the IG baseline")
+    limit = float(settings.get("inconclusive", 0.25))
+    removed = (
+        f"content removed wherever it is (outlined: {_area(row)})"
+        if settings.get("regions") == "tiles"
+        else "patches removed (outlined)"
+    )
+    return (
+        f"Left: the image; right: the same image with this {view.unit}'s {removed}, filled "
+        f"with {fill}, as both models were shown it; under each, both models' predictions "
+        f"before → after. A model whose random regions alone flip it on more than {limit:.0%} "
+        "of the images gets no verdict (inconclusive, greyed). Computed on all images of the "
+        "run, whatever the filters."
     )
 
 
