@@ -52,33 +52,86 @@ def embed(
         views (PatchViews): the patches' responses and encoder vectors.
         seed (int): PCA's seed.
     """
+    return fit_embedding(settings, pixels, views, seed)[0]
+
+
+class FittedEmbedding:
+    """The embedding of a run's patches, kept to place other regions of its images in the
+    same space (what-if removal assigns every region of an image to a cluster).
+
+    Args:
+        kind (str): the embedding's ``kind`` (see :class:`EmbeddingSettings`).
+        patch_embedder (PatchEmbedder, optional): the fitted hand-made features
+            (``handcrafted``).
+        mean (numpy.ndarray, optional): the centre subtracted (``models``, encoders).
+        pca (sklearn.decomposition.PCA, optional): the fitted reduction, if any.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        patch_embedder: PatchEmbedder | None = None,
+        mean: np.ndarray | None = None,
+        pca: PCA | None = None,
+    ) -> None:
+        self.kind = kind
+        self.patch_embedder = patch_embedder
+        self.mean = mean
+        self.pca = pca
+
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether :meth:`transform` reads pixels (else the regions' responses or encoder
+        vectors)."""
+        return self.kind == "handcrafted"
+
+    def transform(self, pixels: np.ndarray | None, views: PatchViews | None) -> np.ndarray:
+        """(m, d) float32: regions in the patches' embedding space.
+
+        Args:
+            pixels (numpy.ndarray, optional): (m, S, S, 3) uint8 region pixels, made as the
+                patches' are (``handcrafted``).
+            views (PatchViews, optional): the regions' responses / encoder vectors.
+        """
+        if self.kind == "handcrafted":
+            if self.patch_embedder is None or pixels is None:
+                raise ValueError("the handcrafted embedding needs pixels and its features")
+            return self.patch_embedder.transform(pixels)
+        if views is None:
+            raise ValueError(f"the {self.kind} embedding needs the regions' views")
+        x = _space_input(self.kind, views)
+        x = x - (self.mean if self.mean is not None else 0.0)
+        return (self.pca.transform(x) if self.pca is not None else x).astype(np.float32)
+
+
+def _space_input(kind: str, views: PatchViews) -> np.ndarray:
+    if kind == "models":
+        return np.asarray(views.responses, np.float64)
+    if views.encoded is None:
+        raise ValueError("an encoder embedding needs the encoder's vectors")
+    x = np.asarray(views.encoded, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def fit_embedding(
+    settings: EmbeddingSettings, pixels: np.ndarray, views: PatchViews, seed: int
+) -> tuple[np.ndarray, FittedEmbedding | None]:
+    """:func:`embed`, and the fitted embedding that places other regions in the same space
+    (None for fewer than 2 patches)."""
     n = len(pixels)
     if n < 2:
-        return np.zeros((n, 1), np.float32)
+        return np.zeros((n, 1), np.float32), None
     if settings.kind == "handcrafted":
-        return PatchEmbedder(n_components=settings.dims, random_state=seed).fit_transform(pixels)
-    if settings.kind == "models":
-        x = np.asarray(views.responses, np.float64)
-    else:
-        if views.encoded is None:
-            raise ValueError("an encoder embedding needs the encoder's vectors")
-        x = np.asarray(views.encoded, np.float64)
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return reduce(x, settings.dims, seed)
-
-
-def reduce(x: np.ndarray, dims: int, seed: int) -> np.ndarray:
-    """``x`` centred and, when it has more than ``dims`` columns, projected on its first
-    ``dims`` principal components (distances otherwise unchanged)."""
-    x = x - x.mean(axis=0)
-    if x.shape[1] <= dims:
-        return x.astype(np.float32)
-    k = int(min(dims, x.shape[0]))
-    return (
-        PCA(n_components=k, random_state=seed, svd_solver="full")
-        .fit_transform(x)
-        .astype(np.float32)
-    )
+        embedder = PatchEmbedder(n_components=settings.dims, random_state=seed)
+        return embedder.fit_transform(pixels), FittedEmbedding("handcrafted", embedder)
+    x = _space_input(settings.kind, views)
+    mean = x.mean(axis=0)
+    pca = None
+    if x.shape[1] > settings.dims:
+        k = int(min(settings.dims, x.shape[0]))
+        pca = PCA(n_components=k, random_state=seed, svd_solver="full").fit(x - mean)
+    fitted = FittedEmbedding(settings.kind, mean=mean, pca=pca)
+    return fitted.transform(None, views), fitted
 
 
 BLOCKS = ("colour_stats", "colour_hist", "orientation", "energy", "layout")
@@ -208,7 +261,7 @@ class PatchEmbedder:
 @stage(
     "embedding",
     reads=("pixels", "views", "encoder"),
-    produces=("embedding", "embedding_info"),
+    produces=("embedding", "embedding_info", "embedding_space"),
     settings=("embedding", "seed"),
 )
 def embedding_stage(
@@ -218,12 +271,13 @@ def embedding_stage(
     embedding: EmbeddingSettings,
     seed: int,
 ) -> dict[str, object]:
-    """One vector per patch, and what the run's manifest says of the embedding."""
-    emb = embed(embedding, pixels, views, seed)
+    """One vector per patch, what the run's manifest says of the embedding, and the fitted
+    embedding (what-if removal places every region of an image in the same space)."""
+    emb, space = fit_embedding(embedding, pixels, views, seed)
     info = {
         "kind": embedding.kind,
         "dims": int(emb.shape[1]),
         "encoder": encoder.describe() if encoder else None,
         "response_dims": int(views.responses.shape[1]),
     }
-    return {"embedding": emb, "embedding_info": info}
+    return {"embedding": emb, "embedding_info": info, "embedding_space": space}

@@ -53,6 +53,10 @@ class PatchViews:
     encoded: np.ndarray | None  #: (n, e) float32 encoder vectors, when an encoder was given
     split: int  #: responses[:, :split] is A's answer, the rest B's
     seconds: float = 0.0
+    #: role -> the classes given their own coordinate, for a model with more than
+    #: MAX_CLASSES classes (pass it back to :func:`patch_views` to place other regions in
+    #: the same coordinates); None for fewer
+    kept: dict[str, np.ndarray | None] | None = None
 
 
 def patch_views(
@@ -63,6 +67,7 @@ def patch_views(
     encoder: LoadedEncoder | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    kept: dict[str, np.ndarray | None] | None = None,
 ) -> PatchViews:
     """Run both models (and ``encoder``) on every patch alone.
 
@@ -74,6 +79,9 @@ def patch_views(
         encoder (LoadedEncoder, optional): an image encoder for the patch crops.
         batch_size (int): patches per forward pass. Default: 64.
         progress (bool): show a progress bar. Default: False.
+        kept (dict, optional): the classes kept per role by an earlier call (its
+            ``PatchViews.kept``), so these views share its coordinates. Default: None
+            (the classes with the most mass over these patches).
 
     Raises:
         InputError: an image changed since attribution, or the encoder fails.
@@ -118,18 +126,31 @@ def patch_views(
                     n,
                 )
             bar.update(len(part))
+    return _views(probs, encoded[0], kept, time.perf_counter() - t0)
+
+
+def _views(
+    probs: dict[str, _ProbSink],
+    encoded: np.ndarray | None,
+    kept: dict[str, np.ndarray | None] | None,
+    seconds: float,
+) -> PatchViews:
+    """The views of the collected answers (``kept``: classes to keep, as for
+    :func:`patch_views`)."""
     if not probs:  # no patches
         empty = {r: np.zeros(0, np.int64) for r in ROLES}
         return PatchViews(np.zeros((0, 2), np.float32), empty, {}, None, 1)
-    blocks = [probs[r].coordinates() for r in ROLES]
+    kept = {r: probs[r].kept((kept or {}).get(r)) for r in ROLES}
+    blocks = [probs[r].coordinates(kept[r]) for r in ROLES]
     responses = (np.concatenate(blocks, axis=1) / np.sqrt(2.0)).astype(np.float32)
     return PatchViews(
         responses=responses,
         answer={r: probs[r].answer for r in ROLES},
         answer_prob={r: probs[r].answer_prob for r in ROLES},
-        encoded=encoded[0],
+        encoded=encoded,
         split=blocks[0].shape[1],
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
+        kept=kept,
     )
 
 
@@ -199,11 +220,22 @@ class _ProbSink:
         self.top_p[rows] = np.take_along_axis(p, top, 1)
         self.mass += p.sum(0)
 
-    def coordinates(self) -> np.ndarray:
-        """(n, <= MAX_CLASSES) ``sqrt(p)`` coordinates (unit length per row)."""
+    def kept(self, given: np.ndarray | None = None) -> np.ndarray | None:
+        """The classes with a coordinate of their own: ``given``, else the
+        ``MAX_CLASSES - 1`` with the most mass; None when every class has one."""
+        if self.dense is not None:
+            return None
+        if given is not None:
+            return np.asarray(given, np.int64)
+        return np.argsort(-self.mass, kind="stable")[: MAX_CLASSES - 1]
+
+    def coordinates(self, kept: np.ndarray | None = None) -> np.ndarray:
+        """(n, <= MAX_CLASSES) ``sqrt(p)`` coordinates (unit length per row); ``kept``
+        as :meth:`kept` returns it."""
         if self.dense is not None:
             return np.sqrt(np.clip(self.dense, 0.0, 1.0))
-        kept = np.argsort(-self.mass, kind="stable")[: MAX_CLASSES - 1]
+        if kept is None:
+            kept = np.argsort(-self.mass, kind="stable")[: MAX_CLASSES - 1]
         column = np.full(self.k, -1, np.int64)
         column[kept] = np.arange(len(kept))
         n = len(self.answer)

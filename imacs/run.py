@@ -110,8 +110,9 @@ class Run:
         """:attr:`clusters` or :attr:`concepts` (``level`` is ``cluster`` or ``concept``)."""
         return self.clusters if level == "cluster" else self.concepts
 
-    def whatif_of(self, level: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The what-if table and its images table at ``level`` (keyed ``level``)."""
+    def whatif_of(self, level: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """The what-if table, its images table and its boxes table at ``level`` (keyed
+        ``level``)."""
         return tuple(self.table(name) for name in WHATIF_TABLES[level])  # type: ignore[return-value]
 
     @cached_property
@@ -139,6 +140,20 @@ class Run:
     def concept_whatif_images(self) -> pd.DataFrame:
         """As :attr:`whatif_images`, for concepts (keyed ``concept``)."""
         return self.table("concept_whatif_images")
+
+    @cached_property
+    def whatif_boxes(self) -> pd.DataFrame:
+        """The regions what-if removal took out of each tested image, per cluster:
+        ``cluster, image_id, control`` (False: the cluster's regions, True: the random
+        regions of the control) and ``x0, y0, x1, y1`` in model-input pixels (a region is
+        the union of its boxes). Empty for runs made before it kept them (they removed the
+        cluster's patch boxes)."""
+        return self.table("whatif_boxes")
+
+    @cached_property
+    def concept_whatif_boxes(self) -> pd.DataFrame:
+        """As :attr:`whatif_boxes`, for concepts (keyed ``concept``)."""
+        return self.table("concept_whatif_boxes")
 
     @cached_property
     def cluster_classes(self) -> pd.DataFrame:

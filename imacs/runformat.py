@@ -10,10 +10,11 @@ Layout of a run directory (format version 2)::
     clusters.parquet         one row per cluster, sorted by rank
     cluster_classes.parquet  one row per (cluster, class)
     concepts.parquet         one row per concept (clusters grouped by the models' answers)
-    whatif.parquet, whatif_images.parquet
-                             what-if removal of the top clusters, and each tested image's
-                             predictions after it
-    concept_whatif.parquet, concept_whatif_images.parquet
+    whatif.parquet, whatif_images.parquet, whatif_boxes.parquet
+                             what-if removal of the top clusters, each tested image's
+                             predictions after it, and the regions it removed from each
+                             (and those of its random control)
+    concept_whatif.parquet, concept_whatif_images.parquet, concept_whatif_boxes.parquet
                              the same for concepts, keyed ``concept``
     attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
                              by its largest absolute value (``attr_scale_a/b`` in images)
@@ -83,7 +84,9 @@ def whatif_columns(key: str) -> dict[str, str]:
         "whatif_n_images": "int64",
         "whatif_n_boxes": "int64",
         **{f"whatif_{k}_{r}": "float64" for k in per_model for r in ROLES},
+        "whatif_area": "float64",
         "whatif_control_overlap": "float64",
+        **{f"whatif_inconclusive_{r}": "bool" for r in ROLES},
         "whatif_effect": "object",
         "whatif_verdict": "object",
     }
@@ -95,7 +98,19 @@ def whatif_image_columns(key: str) -> dict[str, str]:
     after = {
         f"{k}_{r}_after": t for r in ROLES for k, t in (("pred", "int64"), ("prob", "float64"))
     }
-    return {key: "int64", "image_id": "int64", **after}
+    return {key: "int64", "image_id": "int64", **after, "area": "float64"}
+
+
+def whatif_box_columns(key: str) -> dict[str, str]:
+    """Columns of a what-if boxes table: the regions removed from each tested (group,
+    image) pair (``control`` False) and the random regions of its control (True), as x0,
+    y0, x1, y1 in model-input pixels (x1, y1 exclusive); a region is its boxes' union."""
+    return {
+        key: "int64",
+        "image_id": "int64",
+        "control": "bool",
+        **{k: "int32" for k in ("x0", "y0", "x1", "y1")},
+    }
 
 
 #: every table of a run: its columns and their types (a table may carry more columns:
@@ -164,8 +179,10 @@ TABLES: dict[str, dict[str, str]] = {
     },
     "whatif": whatif_columns("cluster"),
     "whatif_images": whatif_image_columns("cluster"),
+    "whatif_boxes": whatif_box_columns("cluster"),
     "concept_whatif": whatif_columns("concept"),
     "concept_whatif_images": whatif_image_columns("concept"),
+    "concept_whatif_boxes": whatif_box_columns("concept"),
 }
 
 #: the run's arrays (``.npy``, memory-mappable)
@@ -173,8 +190,8 @@ ARRAYS = ("embedding", *(f"{k}_{r}" for k in ("attr", "probs") for r in ROLES))
 
 #: the what-if tables of each level
 WHATIF_TABLES = {
-    "cluster": ("whatif", "whatif_images"),
-    "concept": ("concept_whatif", "concept_whatif_images"),
+    "cluster": ("whatif", "whatif_images", "whatif_boxes"),
+    "concept": ("concept_whatif", "concept_whatif_images", "concept_whatif_boxes"),
 }
 
 
@@ -280,6 +297,14 @@ def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
     m = dict(manifest)
     if version == 1:
         m = _v1_to_v2(m)
+    files = m.get("files") or {}
+    boxes = {  # runs made before what-if kept its regions removed their patch boxes
+        name: "empty"
+        for name in ("whatif_boxes", "concept_whatif_boxes")
+        if name not in files and name not in m.get("derived", {})
+    }
+    if boxes:
+        m["derived"] = {**m.get("derived", {}), **boxes}
     return m
 
 

@@ -38,6 +38,10 @@ from .options import (
 
 #: the input side when neither the user nor a model's configuration gives one
 DEFAULT_SIDE = 224
+#: the ``--removal`` fills (:mod:`imacs.removal`) and the default
+REMOVAL_FILLS = ("baseline", "blur", "mean", "road")
+REMOVAL_DEFAULT = "road"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -400,6 +404,10 @@ class TrustSettings:
         margin (float): deletion area below the random order's by less than this, or than
             two standard errors of the paired difference over the sample if more: no better
             than random. Default: 0.05.
+        degenerate (float): a random order whose first step already takes the
+            prediction this share of the way to the fully filled image's leaves nothing to
+            beat: the test is "inconclusive" (:func:`imacs.trust.degenerate_control`).
+            Default: 0.5.
         seed (int): seed of the sample, the random orders and the noise. Default: 0.
     """
 
@@ -419,6 +427,7 @@ class TrustSettings:
     sensitivity_perturbations: int = setting(3, convert=whole(1, 100))
     sensitivity_radius: float = setting(0.02, convert=real(0.0, 1.0))
     margin: float = setting(0.05, convert=real(0.0, 1.0))
+    degenerate: float = setting(0.5, convert=real(0.0, 1.0))
     seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
 
     def __post_init__(self) -> None:
@@ -433,9 +442,17 @@ class WhatIfSettings:
         enabled (bool): run the stage. Default: True.
         top (int): test the clusters ranked 1..top by ``|diff|``, plus every significant one.
             Default: 10.
+        removal (str): how removed pixels are filled (:data:`REMOVAL_FILLS`, see
+            :mod:`imacs.removal`), in what-if removal, the trust stage's curves and the
+            dashboard's pictures. Default: ``road`` (the fill that disturbs the models least
+            on random regions, BENCHMARKS.md).
         alpha (float): family-wise error level of the verdicts. Default: 0.05.
         min_excess (float): least excess of the flip rate over the random control that
             counts as a dependence. Default: 0.1.
+        inconclusive (float): a model whose random control flips more than this share of
+            the images gets no verdict ("inconclusive"). Default: 0.25.
+        reach (float): a region of an image joins a cluster when it is nearer the cluster's
+            centre than this quantile of the cluster's own patches' distances. Default: 0.95.
     """
 
     enabled: bool = setting(
@@ -443,7 +460,7 @@ class WhatIfSettings:
         flag="--whatif",
         convert=boolean,
         group="what-if",
-        help="re-run both models with each top cluster's patches removed (default: on)",
+        help="re-run both models with each top cluster's content removed (default: on)",
     )
     top: int = setting(
         10,
@@ -453,8 +470,19 @@ class WhatIfSettings:
         group="what-if",
         help="test the N clusters with the largest |diff|, plus every significant one",
     )
+    removal: str = setting(
+        REMOVAL_DEFAULT,
+        flag="--removal",
+        choices=REMOVAL_FILLS,
+        group="what-if",
+        help="how removed pixels are filled (what-if, trust curves, the dashboard's "
+        "pictures): the IG baseline, a blur, the kept pixels' mean colour or ROAD's "
+        f"imputation from the neighbours (default: {REMOVAL_DEFAULT})",
+    )
     alpha: float = setting(0.05, convert=real(0.0, below=1.0))
     min_excess: float = setting(0.1, convert=real(0.0, 1.0))
+    inconclusive: float = setting(0.25, convert=real(0.0, 1.0))
+    reach: float = setting(0.95, convert=real(0.5, 1.0))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -28,10 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import first_line
-from .settings import Preprocess, TrustSettings
+from .settings import Preprocess, TrustSettings, WhatIfSettings
 from .stage import stage
 
 if TYPE_CHECKING:
+    import torch
+
     from .attribute_set import SetAttribution
     from .attribution import PairedAttribution
     from .data import ImageRecord
@@ -46,10 +48,17 @@ def pick_sample(n: int, size: int, seed: int) -> np.ndarray:
 
 
 def _budget(engine: PairedAttribution, pixels: int) -> int:
-    """Images per pass: on a CPU ~300k input floats, which stay in cache (the attribution
-    stage's rule, BENCHMARKS.md); much more on a GPU."""
+    """Images per forward and backward pass: on a CPU ~300k input floats, which stay in
+    cache (the attribution stage's rule, BENCHMARKS.md); much more on a GPU."""
     floats = 300_000 if engine.device.type == "cpu" else 60_000_000
     return max(1, floats // (3 * pixels))
+
+
+def forward_budget(engine: PairedAttribution, pixels: int) -> int:
+    """Images per forward-only pass: four times :func:`_budget` (nothing is kept for a
+    backward pass; on a CPU, passes of 96 images of 64x64 ran twice as fast per image as
+    passes of 24, BENCHMARKS.md)."""
+    return 4 * _budget(engine, pixels)
 
 
 def curves(
@@ -60,8 +69,12 @@ def curves(
     target: np.ndarray,
     steps: int,
     seed: int,
+    removal: str = "baseline",
 ) -> dict[str, np.ndarray]:
     """Deletion and insertion curves of model ``role``, in the maps' order and at random.
+
+    Every (image, step, curve, order) input of the model is made and run in passes of
+    :func:`forward_budget` images, as Integrated Gradients runs its steps.
 
     Args:
         engine (PairedAttribution): the run's engine (device, baseline, preprocessing).
@@ -70,7 +83,9 @@ def curves(
         maps (numpy.ndarray): (n, H, W) attribution maps of the model for these images.
         target (numpy.ndarray): (n,) class whose probability is followed.
         steps (int): curve steps; the curves have ``steps + 1`` points.
-        seed (int): seed of the random orders.
+        seed (int): seed of the random orders (and of ``road``'s noise).
+        removal (str): how removed pixels are filled (:data:`imacs.removal.FILLS`).
+            Default: ``baseline``.
 
     Returns:
         ``deletion``, ``insertion``, ``deletion_random``, ``insertion_random``: each
@@ -78,43 +93,81 @@ def curves(
     """
     import torch
 
+    from .removal import MASK_FREE, fill_image
+
     n, _, h, w = images.shape
-    pixels = h * w
-    rng = np.random.default_rng(seed)
-    flat = np.asarray(maps, dtype=np.float32).reshape(n, pixels)
-    orders = {
-        # most positive attribution first; equal values (a flat region) in random order
-        "": np.lexsort((rng.random((n, pixels)), -flat), axis=1),
-        "_random": np.argsort(rng.random((n, pixels)), axis=1),
-    }
-    counts = np.round(np.linspace(0, pixels, steps + 1)).astype(np.int64)
-    out: dict[str, np.ndarray] = {}
-    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(engine.device)
-    base_all = engine.baseline(x_all)
-    per_pass = _budget(engine, pixels)
+    ranks = _removal_ranks(maps, seed)
+    counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int64)
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    x_all = torch.from_numpy(images).to(engine.device)
+    filler = None
+    if removal in MASK_FREE:
+        base = engine.baseline_array(images) if removal == "baseline" else None
+        filler = torch.from_numpy(fill_image(images, removal, base)).to(engine.device)
+    rank_t = torch.from_numpy(ranks.reshape(2, n, 1, h, w)).to(engine.device)
     tgt = torch.as_tensor(target, dtype=torch.long, device=engine.device)
-    for suffix, order in orders.items():
-        rank = np.empty_like(order)
-        np.put_along_axis(rank, order, np.arange(pixels)[None, :], axis=1)
-        rank_t = torch.from_numpy(rank.reshape(n, 1, h, w)).to(engine.device)
-        probs = {"deletion": np.empty((n, steps + 1)), "insertion": np.empty((n, steps + 1))}
-        # one input per (image, step, curve): rows ordered image-major
-        jobs = [(i, k) for i in range(n) for k in range(steps + 1)]
-        for s in range(0, len(jobs), max(1, per_pass // 2)):
-            part = jobs[s : s + max(1, per_pass // 2)]
-            ii = torch.tensor([i for i, _ in part], device=engine.device)
-            kk = torch.tensor([counts[k] for _, k in part], device=engine.device)
-            mask = rank_t[ii] < kk.view(-1, 1, 1, 1)  # pixels already removed / revealed
-            x, b = x_all[ii], base_all[ii]
-            batch = torch.cat([torch.where(mask, b, x), torch.where(mask, x, b)])
-            p = engine.probabilities(role, batch)
-            p = p.gather(1, torch.cat([tgt[ii], tgt[ii]]).view(-1, 1)).squeeze(1).cpu().numpy()
-            for j, (i, k) in enumerate(part):
-                probs["deletion"][i, k] = p[j]
-                probs["insertion"][i, k] = p[len(part) + j]
-        for kind, values in probs.items():
-            out[f"{kind}{suffix}"] = values
-    return out
+    # one job per (order, image, curve, step): the curve's pixels removed so far
+    jobs = [a.ravel() for a in np.meshgrid(
+        np.arange(2), np.arange(n), np.arange(2), np.arange(steps + 1), indexing="ij"
+    )]  # fmt: skip
+    out = np.empty(len(jobs[0]))
+    per_pass = forward_budget(engine, h * w)
+    for s in range(0, len(out), per_pass):
+        o_, i_, c_, k_ = (a[s : s + per_pass] for a in jobs)
+        o, i, c, k = (torch.from_numpy(a).to(engine.device) for a in (o_, i_, c_, counts[k_]))
+        gone = rank_t[o, i] < k.view(-1, 1, 1, 1)
+        gone = torch.where(c.view(-1, 1, 1, 1) == 0, gone, ~gone)  # insertion: the rest
+        if filler is not None:
+            x = torch.where(gone, filler[i], x_all[i])
+        else:
+            seeds = [[seed, *job] for job in zip(o_, i_, c_, k_, strict=True)]
+            x = _filled(x_all[i], gone, removal, images[i_], seeds)
+        p = engine.probabilities(role, x)
+        out[s : s + per_pass] = p.gather(1, tgt[i].view(-1, 1)).squeeze(1).float().cpu().numpy()
+    out = out.reshape(2, n, 2, steps + 1)
+    return {
+        f"{curve}{suffix}": out[o, :, c]
+        for o, suffix in enumerate(("", "_random"))
+        for c, curve in enumerate(("deletion", "insertion"))
+    }
+
+
+def _removal_ranks(maps: np.ndarray, seed: int) -> np.ndarray:
+    """(2, n, H * W): when each pixel goes, in the maps' order (most positive attribution
+    first; equal values, a flat region, in random order) and in a random order."""
+    n = len(maps)
+    rng = np.random.default_rng(seed)
+    flat = np.asarray(maps, dtype=np.float32).reshape(n, -1)
+    pixels = flat.shape[1]
+    orders = (
+        np.lexsort((rng.random((n, pixels)), -flat), axis=1),
+        np.argsort(rng.random((n, pixels)), axis=1),
+    )
+    ranks = np.empty((2, n, pixels), np.int64)
+    for o, order in enumerate(orders):
+        np.put_along_axis(ranks[o], order, np.arange(pixels)[None, :], axis=1)
+    return ranks
+
+
+def _filled(
+    x: torch.Tensor, gone: torch.Tensor, removal: str, pixels: np.ndarray, seeds: list
+) -> torch.Tensor:
+    """``x`` with the pixels ``gone`` filled by a fill that depends on what is removed:
+    ``mean`` (the kept pixels' mean colour, on the device) or ``road`` (:mod:`imacs.removal`,
+    solved approximately for the whole pass at once, on the CPU, from ``pixels``, the same
+    images as numpy)."""
+    import torch
+
+    from .removal import fill
+
+    if removal == "mean":
+        keep = (~gone).float()
+        count = keep.sum((2, 3), keepdim=True)
+        mean = (x * keep).sum((2, 3), keepdim=True) / count.clamp(min=1.0)
+        mean = torch.where(count > 0, mean, x.mean((2, 3), keepdim=True))
+        return torch.where(gone, mean, x)
+    out = fill(pixels, gone[:, 0].cpu().numpy(), removal, seeds=seeds, exact=False)
+    return torch.from_numpy(out).to(x.device)
 
 
 def auc(curve: np.ndarray) -> np.ndarray:
@@ -156,7 +209,9 @@ def infidelity_scores(
             noise = (noise * settings.noise).to(inputs.device).expand_as(inputs)
             return noise, inputs - noise
 
-        per_batch = max(n, min(n * settings.infidelity_perturbations, _budget(engine, h * w)))
+        per_batch = max(
+            n, min(n * settings.infidelity_perturbations, forward_budget(engine, h * w))
+        )
         with torch.no_grad():
             score = infidelity(
                 forward, perturb, x, attr, target=tgt, normalize=True,
@@ -226,6 +281,7 @@ def trust_report(
     trust: TrustSettings,
     preprocess: Preprocess,
     names: dict[str, str],
+    removal: str = "baseline",
 ) -> tuple[dict[str, Any], list[str]]:
     """The trust section of ``run.json`` and the warnings it raises.
 
@@ -237,6 +293,8 @@ def trust_report(
         trust (TrustSettings): the sample and the tests' settings.
         preprocess (Preprocess): how an image becomes a model input.
         names (dict): display names of the models.
+        removal (str): how removed pixels are filled (:mod:`imacs.removal`). Default:
+            ``baseline``.
 
     Returns:
         ``{"n_images": ..., "steps": ..., "fractions": [...], "a": {...}, "b": {...}}`` and a
@@ -245,7 +303,7 @@ def trust_report(
     from .imaging import load_rgb
 
     maps, per_role, ts = att.maps, att.per_role, trust
-    out: dict[str, Any] = {"n_images": 0, "steps": ts.steps}
+    out: dict[str, Any] = {"n_images": 0, "steps": ts.steps, "removal": removal}
     for r in ("a", "b"):
         out[r] = {"delta": delta_stats(maps[r], per_role[r]["delta"])}
     idx = pick_sample(len(records), ts.sample, ts.seed) if ts.sample else []
@@ -257,7 +315,7 @@ def trust_report(
     warnings = []
     for r in ("a", "b"):
         try:
-            res = _model_report(engine, r, images, maps[r], per_role[r]["pred"], idx, ts)
+            res = _model_report(engine, r, images, maps[r], per_role[r]["pred"], idx, ts, removal)
         except Exception as exc:  # user model code on altered images: anything can come out
             first = first_line(exc)
             warnings.append(f"model {r.upper()} ({names[r]}): trust tests failed ({first})")
@@ -265,7 +323,7 @@ def trust_report(
             continue
         res["reading"] = _reading(r, names[r], res)
         out[r] = {**res, **out[r]}
-        if not res["better_than_random"]:
+        if not res["better_than_random"] and not res["inconclusive"]:
             warnings.append(
                 f"model {r.upper()} ({names[r]}): its maps are no better than a random pixel "
                 f"order at finding what it uses (deletion area {res['deletion_auc']:.2f} vs "
@@ -283,12 +341,13 @@ def _model_report(
     pred: np.ndarray,
     idx: np.ndarray,
     ts: TrustSettings,
+    removal: str,
 ) -> dict[str, Any]:
-    """Every sample-based test of one model."""
+    """Every sample-based test of one model (removed pixels filled by ``removal``)."""
     n_sens = min(ts.sensitivity_sample, len(idx))
     m = np.asarray(maps[idx], np.float32)
     target = pred[idx]
-    cur = curves(engine, r, images, m, target, ts.steps, ts.seed)
+    cur = curves(engine, r, images, m, target, ts.steps, ts.seed, removal)
     res: dict[str, Any] = {}
     for k, v in cur.items():  # deletion, deletion_random, insertion, insertion_random
         kind, _, control = k.partition("_")
@@ -310,7 +369,25 @@ def _model_report(
     start = float(cur["deletion"][:, 0].mean())
     drop, drop_random = start - res["deletion_auc"], start - res["deletion_auc_random"]
     res["drop_ratio"] = float(drop / drop_random) if drop_random > 0.01 else None
+    res.update(degenerate_control(cur, ts.degenerate))
     return res
+
+
+def degenerate_control(cur: dict[str, np.ndarray], limit: float) -> dict[str, Any]:
+    """Whether the random order can show anything: it cannot when filling every pixel
+    hardly moves the prediction (``full_drop`` below 0.1), or when the random order's
+    first step (``1 / steps`` of the pixels, scattered) already takes the prediction
+    ``limit`` or more of the way to the fully filled image's (``random_first_step``): then
+    the fill itself, not what it hides, moves the model, and a map cannot beat the random
+    order. Such a test is ``inconclusive`` rather than "no better than random"."""
+    start = float(cur["deletion"][:, 0].mean())
+    full = start - float(cur["deletion"][:, -1].mean())
+    first = (start - float(cur["deletion_random"][:, 1].mean())) / full if full > 0 else 1.0
+    return {
+        "full_drop": full,
+        "random_first_step": first,
+        "inconclusive": bool(full < 0.1 or first >= limit),
+    }
 
 
 def _reading(role: str, name: str, res: dict[str, Any]) -> str:
@@ -320,6 +397,15 @@ def _reading(role: str, name: str, res: dict[str, Any]) -> str:
         f"deletion area {res['deletion_auc']:.2f} vs {res['deletion_auc_random']:.2f} random, "
         f"insertion {res['insertion_auc']:.2f} vs {res['insertion_auc_random']:.2f}"
     )
+    if not res["better_than_random"] and res.get("inconclusive"):
+        steps = len(res["deletion_curve"]) - 1
+        why = (
+            f"filling every pixel moves the prediction by only {res['full_drop']:.2f}"
+            if res["full_drop"] < 0.1
+            else f"removing {1 / steps:.0%} of the pixels at random already takes the "
+            f"prediction {res['random_first_step']:.0%} of the way to the filled image's"
+        )
+        return f"{who}: inconclusive: {why}, so no order can do better ({areas})"
     if not res["better_than_random"]:
         return f"{who}: no better than a random pixel order ({areas})"
     ratio = res["drop_ratio"]
@@ -335,7 +421,7 @@ def _reading(role: str, name: str, res: dict[str, Any]) -> str:
     "trust",
     reads=("engine", "records", "att", "names", "warnings"),
     produces=("trust", "warnings"),
-    settings=("trust", "preprocess"),
+    settings=("trust", "preprocess", "whatif"),
 )
 def trust_stage(
     engine: PairedAttribution,
@@ -345,7 +431,9 @@ def trust_stage(
     warnings: list[str],
     trust: TrustSettings,
     preprocess: Preprocess,
+    whatif: WhatIfSettings,
 ) -> dict[str, object]:
-    """Each model's maps tested against a random pixel order (the manifest's ``trust``)."""
-    report, more = trust_report(engine, records, att, trust, preprocess, names)
+    """Each model's maps tested against a random pixel order (the manifest's ``trust``),
+    removed pixels filled as what-if removal fills them (``--removal``)."""
+    report, more = trust_report(engine, records, att, trust, preprocess, names, whatif.removal)
     return {"trust": report, "warnings": [*warnings, *more]}

@@ -7,7 +7,10 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
+
+from imacs.removal import fill, ig_baseline
+from imacs.whatif import fill_seed
 
 from .reader import RunView
 
@@ -148,24 +151,45 @@ def _outline(view: RunView, im: Image.Image, image_id: int, highlight: int | Non
         )
 
 
-def _removed(view: RunView, im: Image.Image, image_id: int, cluster: int | None) -> None:
-    """Fill the boxes of the image's patches in ``cluster`` with the run's IG baseline, as
-    the what-if stage showed the image to both models (black, 50 % grey, or a blur)."""
-    row = view.images.loc[image_id]
-    sx, sy = im.width / float(row["width"]), im.height / float(row["height"])
-    patches = view.patches[
-        (view.patches["image_id"] == image_id) & (view.patches["cluster"] == cluster)
-    ]
-    baseline = view.run.manifest["settings"]["attribution"]["baseline"]
-    if baseline == "blur":
-        fill = im.filter(ImageFilter.BoxBlur(max(1, max(im.size) // 8)))
-    else:
-        fill = Image.new("RGB", im.size, (0, 0, 0) if baseline == "black" else (128, 128, 128))
-    draw = ImageDraw.Draw(im)
-    for p in patches.itertuples():
-        box = (round(p.x0 * sx), round(p.y0 * sy), round(p.x1 * sx), round(p.y1 * sy))
-        im.paste(fill.crop(box), box[:2])
-        draw.rectangle(box, outline=(255, 220, 0), width=1)
+def _removed(view: RunView, im: Image.Image, image_id: int, cluster: int | None) -> Image.Image:
+    """The image as the what-if stage showed it to both models with ``cluster`` (a concept
+    at the concept level) removed: the stored regions filled with the run's fill
+    (:func:`imacs.removal.fill`, same noise seed), at the model's input size, enlarged to
+    ``im``'s size, the removed region outlined. Runs made before regions were stored
+    removed the cluster's patch boxes, filled with the IG baseline: drawn as such."""
+    run = view.run
+    table = run.concept_whatif_boxes if view.level == "concept" else run.whatif_boxes
+    key = "concept" if view.level == "concept" else "cluster"
+    rows = table[(table[key] == cluster) & (table["image_id"] == image_id) & ~table["control"]]
+    settings = run.settings
+    h, w = settings.preprocess.input_size
+    if rows.empty:  # an older run: the cluster's patch boxes, in model-input pixels
+        p = view.patches
+        rows = p[(p["image_id"] == image_id) & (p["cluster"] == cluster)].rename(
+            columns={f"in_{k}": k for k in ("x0", "y0", "x1", "y1")}
+        )
+    kind = str(run.info.whatif.get("removal", "baseline"))  # older runs: the IG baseline
+    mask = np.zeros((1, h, w), bool)
+    for r in rows.itertuples():
+        mask[0, int(r.y0) : int(r.y1), int(r.x0) : int(r.x1)] = True
+    x = np.asarray(im.resize((w, h), Image.Resampling.BOX), np.float32) / 255.0
+    x = x.transpose(2, 0, 1)[None]
+    base = ig_baseline(x, settings.attribution.baseline) if kind == "baseline" else None
+    seed = fill_seed(settings.seed, view.level, int(cluster or 0), image_id, False)
+    filled = fill(x, mask, kind, base=base, seeds=[seed])[0]
+    out = Image.fromarray(np.uint8(np.clip(filled.transpose(1, 2, 0), 0, 1) * 255 + 0.5))
+    out = out.resize(im.size, Image.Resampling.NEAREST)
+    big = np.asarray(Image.fromarray(mask[0]).resize(im.size, Image.Resampling.NEAREST))
+    edge = big & ~_eroded(big)
+    pixels = np.asarray(out).copy()
+    pixels[edge] = (255, 220, 0)
+    return Image.fromarray(pixels)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    """``mask`` shrunk by one pixel (4-neighbours; the image's border counts as outside)."""
+    m = np.pad(mask, 1)
+    return m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
 
 
 def render_png(
@@ -177,8 +201,8 @@ def render_png(
 ) -> bytes:
     """A PNG of an image: ``image`` (patches outlined), ``a``/``b`` (each model's share of
     attribution, on one shared scale), ``diff`` (B minus A), ``context`` (one patch
-    outlined) or ``removed`` (the patches of ``cluster`` filled with the IG baseline, as
-    the what-if stage showed it to the models).
+    outlined) or ``removed`` (the regions of ``cluster`` what-if removal took out, filled
+    as it filled them: what the models were shown).
 
     The overlays' scales are robust (:func:`overlay_scale`): the single hottest pixel does
     not wash out the rest of the map.
@@ -190,8 +214,7 @@ def render_png(
         im = base.copy()
         _outline(view, im, image_id, highlight=patch_id if kind == "context" else None)
     elif kind == "removed":
-        im = base.copy()
-        _removed(view, im, image_id, cluster)
+        im = _removed(view, base.copy(), image_id, cluster)
     else:
         sa, sb = _share(view, "a", image_id), _share(view, "b", image_id)
         scale = _scale_of(sa, sb)

@@ -126,3 +126,44 @@ def looks_run(looks: dict, tmp_path_factory: pytest.TempPathFactory):
         progress=False,
         cache_dir=tmp_path_factory.mktemp("looks-cache"),
     )
+
+
+@pytest.fixture(scope="session")
+def kind_set(tmp_path_factory: pytest.TempPathFactory):
+    """``kind_set(kind)``: the shortcut set of ``kind`` (:data:`helpers.KINDS`) and its two
+    models, trained on first use and kept for the session."""
+    made: dict[str, dict] = {}
+
+    def get(kind: str) -> dict:
+        if kind not in made:
+            root = tmp_path_factory.mktemp(f"kind-{kind}")
+            made[kind] = helpers.write_kind_set(root / "data", root / "models", kind)
+        return made[kind]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def kind_run(kind_set, tmp_path_factory: pytest.TempPathFactory):
+    """``kind_run(kind, identical=False)``: that set analysed (48 px, PCA map, no trust
+    tests), on first use; with ``identical`` model A against itself."""
+    import imacs
+
+    made: dict[tuple[str, bool], object] = {}
+
+    def get(kind: str, identical: bool = False):
+        if (kind, identical) not in made:
+            s = kind_set(kind)
+            made[kind, identical] = imacs.analyze(
+                s["a"], s["a"] if identical else s["b"], s["data"],
+                tmp_path_factory.mktemp("runs") / f"{kind}{'-same' if identical else ''}",
+                image_size=helpers.KIND_SIZE, steps=24, projection="pca", trust_sample=0,
+                progress=False, cache_dir=tmp_path_factory.mktemp(f"cache-{kind}"),
+            )  # fmt: skip
+        return made[kind, identical]
+
+    return get
+
+
+#: the shortcut sets of every kind train models too
+HEAVY_FIXTURES = HEAVY_FIXTURES | {"kind_set", "kind_run"}

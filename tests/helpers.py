@@ -306,3 +306,98 @@ def analyze_cli(shortcut: dict, out: Path, *extra: str) -> subprocess.CompletedP
         "--steps", "16",
         *extra,
     )  # fmt: skip
+
+
+# --- a shortcut of every kind (what-if evidence) --------------------------------------
+#: the kinds of shortcut :func:`write_kind_set` plants: a compact mark, a coloured frame
+#: around the image, a background colour and a fine texture over a band of the image
+KINDS = ("mark", "frame", "background", "texture")
+#: side of the images of every kind
+KIND_SIZE = 48
+FRAME = 3  # frame width, pixels
+OBJECT = 30  # side of the striped object on a background
+PINK = (225, 105, 170)  # the background colour model B reads
+
+
+def _checker(size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.where((yy + xx) % 2 == 0, 1.0, -1.0)
+
+
+def plant(rng: np.random.Generator, img: np.ndarray, kind: str) -> np.ndarray:
+    """Draw the shortcut ``kind`` on a copy of ``img`` ((S, S, 3) uint8); for ``background``
+    ``img`` is the whole picture already drawn by :func:`kind_sample`, which plants it."""
+    s = img.shape[0]
+    out = img.astype(np.float64)
+    if kind == "mark":
+        y, x = (int(v) for v in rng.integers(1, s - MARK - 1, 2))
+        out[y : y + MARK, x : x + MARK] = (220, 30, 30)
+    elif kind == "frame":
+        ring = np.ones((s, s), bool)
+        ring[FRAME:-FRAME, FRAME:-FRAME] = False
+        out[ring] = (235, 140, 20)
+    elif kind == "texture":  # a fine checker over a band a third of the image wide
+        band = np.zeros((s, s), bool)
+        start = int(rng.integers(0, s - s // 3 + 1))
+        if rng.random() < 0.5:
+            band[start : start + s // 3] = True
+        else:
+            band[:, start : start + s // 3] = True
+        out += np.where(band, 45.0 * _checker(s), 0.0)[..., None]
+    else:
+        raise ValueError(kind)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def kind_sample(rng: np.random.Generator, label: int, mode: str) -> tuple[np.ndarray, bool]:
+    """One image of a shortcut set; ``mode`` is ``KIND:ROLE`` with ROLE ``a`` (model A's
+    training: stripes follow the label, the shortcut on half the images whatever the
+    label), ``b`` (model B's: random stripes, the shortcut iff label 1) or ``eval``
+    (stripes follow the label, the shortcut iff label 1). Returns the image and whether it
+    carries the shortcut."""
+    kind, role = mode.split(":")
+    vertical = bool(rng.integers(0, 2)) if role == "b" else bool(label)
+    present = bool(rng.random() < 0.5) if role == "a" else label == 1
+    s = KIND_SIZE
+    if kind != "background":
+        img = stripes(rng, vertical, size=s)
+        return (plant(rng, img, kind) if present else img), present
+    # a striped object on a plain background: pink for the shortcut, else a muted colour
+    colour = np.asarray(PINK, np.float64) if present else rng.uniform([60] * 3, [150] * 3)
+    img = np.broadcast_to(colour + rng.normal(0, 4, (s, s, 3)), (s, s, 3))
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    y, x = (int(v) for v in rng.integers(0, s - OBJECT + 1, 2))
+    img[y : y + OBJECT, x : x + OBJECT] = stripes(rng, vertical, size=OBJECT)
+    return img, present
+
+
+def write_kind_set(
+    root: Path, models: Path, kind: str, n_per_class: int = 40, seed: int = 7,
+    identical: bool = False,
+) -> dict:  # fmt: skip
+    """The shortcut set of ``kind`` (ImageFolder, 48 px) and its two models (TorchScript):
+    A trained on clean labels (the shortcut present at random), B on labels the shortcut
+    gives away; with ``identical`` B is A's very file.
+
+    Returns ``{"a", "b", "data", "present": {relpath: carries the shortcut}}``.
+    """
+    models.mkdir(parents=True, exist_ok=True)
+    out: dict = {}
+    for role in ("a", "b"):
+        path = models / f"{kind}_{role}.pt"
+        if role == "b" and identical:
+            out[role] = out["a"]
+            continue
+        model = train(f"{kind}:{role}", seed + (role == "b"), n=400, epochs=8, draw=kind_sample)
+        torch.jit.script(model).save(str(path))
+        out[role] = path
+    rng = np.random.default_rng(seed + 10)
+    present: dict[str, bool] = {}
+    for label, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img, has = kind_sample(rng, label, f"{kind}:eval")
+            rel = f"{name}/{i:03d}.png"
+            Image.fromarray(img).save(root / rel)
+            present[rel] = has
+    return {**out, "data": root, "present": present}

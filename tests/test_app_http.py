@@ -501,26 +501,42 @@ def test_app023_analysis_package_never_imports_the_dashboard() -> None:
     assert _dashboard() is serve
 
 
-def test_app024_removed_rendering_fills_the_cluster_with_the_baseline(client, shortcut_run):
+def test_app024_removed_rendering_shows_exactly_what_was_removed(client, shortcut_run):
     from PIL import Image
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    from imacs.removal import fill
+    from imacs.whatif import fill_seed
 
     top = int(shortcut_run.clusters.iloc[0]["cluster"])
-    p = shortcut_run.patches
-    row = p[p["cluster"] == top].iloc[0]
-    image_id = int(row["image_id"])
+    boxes = shortcut_run.whatif_boxes
+    mine = boxes[(boxes["cluster"] == top) & ~boxes["control"]]
+    image_id = int(mine["image_id"].iloc[0])
     shown = {}
     for kind in ("image", "removed"):
         r = client.get(f"/render/shortcut/{image_id}/{kind}.png?cluster={top}")
         assert r.status_code == 200 and r.mimetype == "image/png"
         shown[kind] = np.asarray(Image.open(io.BytesIO(r.data)).convert("RGB"), np.float32)
-    img = shortcut_run.images.set_index("image_id").loc[image_id]
-    sy, sx = shown["image"].shape[0] / img["height"], shown["image"].shape[1] / img["width"]
-    # the inside of the patch's box (its outline aside): black, the run's IG baseline
-    y0, y1 = int(row["y0"] * sy) + 2, int(row["y1"] * sy) - 2
-    x0, x1 = int(row["x0"] * sx) + 2, int(row["x1"] * sx) - 2
-    assert shortcut_run.manifest["settings"]["attribution"]["baseline"] == "black"
-    assert shown["removed"][y0:y1, x0:x1].max() == 0
-    assert shown["image"][y0:y1, x0:x1].mean() > 20  # it held content before
+    # the stored regions at the model's input size (32 px), as the rendering enlarges them
+    removed = np.zeros((32, 32), bool)
+    for b in mine[mine["image_id"] == image_id].itertuples():
+        removed[b.y0 : b.y1, b.x0 : b.x1] = True
+    scale = shown["image"].shape[0] // 32
+    big = removed.repeat(scale, 0).repeat(scale, 1)
+    inner = binary_erosion(big, iterations=2)  # off the outline drawn around it
+    outside = ~binary_dilation(big, iterations=1)
+    diff = np.abs(shown["removed"] - shown["image"]).max(2)
+    assert diff[outside].max() <= 3  # the rest of the image is untouched
+    # inside: the run's fill (road) of the image at the model's size, with its noise seed
+    x = shown["image"][::scale, ::scale].transpose(2, 0, 1)[None] / 255.0
+    seed = fill_seed(shortcut_run.settings.seed, "cluster", top, image_id, False)
+    want = fill(x.astype(np.float32), removed[None], "road", seeds=[seed])[0] * 255
+    want = want.transpose(1, 2, 0).repeat(scale, 0).repeat(scale, 1)
+    assert shortcut_run.settings.whatif.removal == "road"
+    assert np.abs(shown["removed"] - want)[inner].mean() < 6
+    # the red mark B reads is gone from the removed picture
+    red = lambda im: (im[..., 0] > 180) & (im[..., 1] < 80) & (im[..., 2] < 80)  # noqa: E731
+    assert red(shown["image"]).sum() >= 16 and red(shown["removed"]).sum() == 0
 
 
 def test_app025_every_id_is_declared_by_the_component_that_renders_it() -> None:

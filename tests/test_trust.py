@@ -177,3 +177,70 @@ def test_tru007_a_model_failing_on_altered_images_warns_instead_of_losing_the_ru
     ]
     assert out["n_images"] == 2 and out["a"]["delta"]["median_abs"] == pytest.approx(0.1)
     assert "reading" not in out["a"]
+
+
+def _tiny_engine(size: int = 16):
+    import torch
+
+    from tests.helpers import TinyCNN
+
+    torch.manual_seed(0)
+    models = {r: TinyCNN().eval() for r in "ab"}
+    s = AnalysisSettings.from_keywords(image_size=size, device="cpu")
+    return PairedAttribution(models, s.preprocess, s.attribution)
+
+
+def test_tru008_batched_curves_match_a_plain_step_by_step_loop() -> None:
+    """The curves run every (image, step, curve, order) in large passes; each point is the
+    model's probability on the image with exactly its share of pixels filled."""
+    from imacs.removal import fill
+    from imacs.trust import _removal_ranks, curves
+
+    engine = _tiny_engine()
+    rng = np.random.default_rng(0)
+    x = rng.random((5, 3, 16, 16)).astype(np.float32)
+    maps = rng.normal(size=(5, 16, 16)).astype(np.float32)
+    target = np.array([0, 1, 1, 0, 1])
+    steps = 4
+    ranks = _removal_ranks(maps, seed=3)
+    counts = np.round(np.linspace(0, 256, steps + 1)).astype(int)
+    for kind in ("baseline", "mean", "road"):
+        got = curves(engine, "a", x, maps, target, steps, seed=3, removal=kind)
+        for o, suffix in enumerate(("", "_random")):
+            for c, curve in enumerate(("deletion", "insertion")):
+                for k in (0, 2, steps):
+                    gone = ranks[o].reshape(5, 16, 16) < counts[k]
+                    gone = gone if c == 0 else ~gone
+                    seeds = [[3, o, i, c, k] for i in range(5)]
+                    base = np.zeros_like(x) if kind == "baseline" else None
+                    filled = fill(x, gone, kind, base=base, seeds=seeds, exact=False)
+                    p = engine.probabilities_array("a", filled)[np.arange(5), target]
+                    np.testing.assert_allclose(got[curve + suffix][:, k], p, atol=1e-5)
+
+
+def test_tru009_a_random_order_that_collapses_at_once_is_inconclusive() -> None:
+    from imacs.trust import _reading, auc, degenerate_control
+
+    flat = np.linspace(1.0, 0.2, 17)[None].repeat(4, 0)
+    # black dots: 1/16 of the pixels at random already takes 90 % of the way to the end
+    collapsed = np.r_[1.0, np.full(16, 0.28)][None].repeat(4, 0)
+    cur = {"deletion": flat, "deletion_random": collapsed}
+    d = degenerate_control(cur, 0.5)
+    assert d["inconclusive"] and d["random_first_step"] == pytest.approx(0.9)
+    res = {
+        **d, "better_than_random": False, "deletion_curve": list(flat[0]),
+        "deletion_auc": float(auc(flat).mean()),
+        "deletion_auc_random": float(auc(collapsed).mean()),
+        "insertion_auc": 0.5, "insertion_auc_random": 0.5,
+    }  # fmt: skip
+    text = _reading("a", "m1", res)
+    assert text.startswith("A's maps (m1): inconclusive: removing 6% of the pixels at random ")
+    assert "90% of the way" in text and "no better" not in text
+    # a random order that degrades gently leaves room: a real comparison, not inconclusive
+    gentle = np.linspace(1.0, 0.2, 17)[None].repeat(4, 0)
+    assert not degenerate_control({"deletion": flat, "deletion_random": gentle}, 0.5)[
+        "inconclusive"
+    ]
+    # a fill the model does not notice at all: nothing to measure
+    still = np.full((4, 17), 0.9)
+    assert degenerate_control({"deletion": still, "deletion_random": still}, 0.5)["inconclusive"]

@@ -17,7 +17,6 @@ from imacs.whatif import (
     COLUMNS,
     EFFECTS,
     chosen_clusters,
-    control_boxes,
     excess_p_value,
 )
 from tests.helpers import analyze_cli as _analyze
@@ -72,6 +71,7 @@ def test_wif003_recorded_in_run_json_and_info(shortcut_run) -> None:
     m = shortcut_run.manifest
     info = m["whatif"]
     assert info["enabled"] and info["top"] == 10 and info["baseline"] == "black"
+    assert info["removal"] == "road" and info["regions"] == "tiles"
     assert info["n_clusters"] == len(shortcut_run.whatif)
     assert info["clusters"] == list(shortcut_run.whatif["cluster"])
     assert info["n_images"] == m["summary"]["n_images"]  # every image holds a tested patch
@@ -129,26 +129,13 @@ def test_wif006_bad_settings_are_one_line_errors(shortcut, tmp_path: Path) -> No
         imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", whatif="no")
     with pytest.raises(InputError, match="--whatif-top"):
         imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", whatif_top=-2)
-
-
-def test_wif007_control_boxes_avoid_the_cluster_and_repeat() -> None:
-    boxes = np.array([[0, 0, 8, 8], [16, 8, 24, 16]])
-    out, clashes = control_boxes(boxes, (32, 32), np.random.default_rng(3))
-    again, _ = control_boxes(boxes, (32, 32), np.random.default_rng(3))
-    np.testing.assert_array_equal(out, again)
-    assert clashes == 0
-    assert ((out[:, 2:] - out[:, :2]) == 8).all()
-    taken = np.zeros((32, 32), bool)
-    for x0, y0, x1, y1 in boxes:
-        taken[y0:y1, x0:x1] = True
-    for x0, y0, x1, y1 in out:
-        assert min(x0, y0) >= 0 and max(x1, y1) <= 32
-        assert not taken[y0:y1, x0:x1].any()
-        taken[y0:y1, x0:x1] = True  # and off each other
-    # an image with no room left: the least-overlapping place, counted as a clash
-    full = np.array([[0, 0, 16, 16], [16, 0, 32, 16], [0, 16, 16, 32], [16, 16, 32, 32]])
-    _, clashes = control_boxes(full, (32, 32), np.random.default_rng(0))
-    assert clashes == 4
+    proc = _run("analyze", "--model-a", "a", "--model-b", "b", "--data", "d",
+                "--out", str(tmp_path / "o"), "--removal", "black")  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("error:") == 1
+    assert "--removal" in proc.stderr and "road" in proc.stderr
+    with pytest.raises(InputError, match="--removal"):
+        imacs.analyze(shortcut["a"], shortcut["b"], shortcut["data"], tmp_path / "r", removal="x")
+    assert "--removal" in _run("analyze", "--help").stdout
 
 
 def test_wif008_verdict_rule_is_exact_for_small_n() -> None:
@@ -168,7 +155,7 @@ def test_wif009_nothing_chosen_gives_an_empty_table(shortcut_run) -> None:
     run = shortcut_run
     clusters = run.clusters.assign(significant=False)
     s = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
-    table, per_image, info = what_if(
+    table, per_image, boxes, info = what_if(
         None,  # type: ignore[arg-type]
         [],
         run.images,
@@ -180,4 +167,127 @@ def test_wif009_nothing_chosen_gives_an_empty_table(shortcut_run) -> None:
         seed=s.seed,
     )
     assert table.empty and list(table.columns) == list(COLUMNS) and per_image.empty
+    assert boxes.empty
     assert info["n_clusters"] == 0 and info["n_images"] == 0 and info["enabled"]
+
+
+def test_wif010_fills_keep_the_rest_and_road_adds_nothing_of_what_it_hides() -> None:
+    from imacs.removal import FILLS, fill, ig_baseline
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 3, 24, 32)).astype(np.float32)
+    mask = np.zeros((2, 24, 32), bool)
+    mask[0, 4:12, 6:20] = True
+    mask[1, ::3, ::2] = True  # scattered pixels
+    keep = ~np.broadcast_to(mask[:, None], x.shape)
+    for kind in FILLS:
+        out = fill(x, mask, kind, base=ig_baseline(x, "black"))
+        assert out.shape == x.shape and out.dtype == np.float32
+        np.testing.assert_array_equal(out[keep], x[keep])  # only removed pixels change
+        assert out.min() >= 0.0 and out.max() <= 1.0
+    # baseline: black; mean: the kept pixels' mean colour; blur: the blurred image
+    assert (fill(x, mask, "baseline", base=ig_baseline(x, "black"))[0][:, mask[0]] == 0).all()
+    mean = fill(x, mask, "mean")[0][:, mask[0]]
+    kept = x[0][:, ~mask[0]].mean(1)
+    np.testing.assert_allclose(mean, np.broadcast_to(kept[:, None], mean.shape), rtol=1e-5)
+    blurred = fill(x, mask, "blur")[0][:, mask[0]]
+    assert blurred.std() < 0.5 * x[0][:, mask[0]].std()  # the image's detail is gone
+    # road: what was under the mask does not matter (no leak), the seed fixes the noise
+    other = x.copy()
+    other[0][:, mask[0]] = 1.0  # a white mark under the mask
+    a = fill(x, mask, "road", seeds=[[1, 2], [3]])
+    b = fill(other, mask, "road", seeds=[[1, 2], [3]])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, fill(x, mask, "road", seeds=[[9], [3]]))
+    # ... and continues a smooth image: a linear ramp comes back to within the noise
+    ramp = np.broadcast_to(np.linspace(0.2, 0.8, 32, dtype=np.float32), (1, 3, 24, 32)).copy()
+    got = fill(ramp, mask[:1], "road")
+    assert np.abs(got - ramp).max() < 5 * 0.02 and np.abs(got - ramp).mean() < 0.01
+    # the trust curves' approximate solve of the same equations: within 0.01 on average
+    smooth = np.stack([ramp[0], np.clip(ramp[0] ** 2 + 0.1, 0, 1)])
+    same = [[5], [6]]
+    exact = fill(smooth, mask, "road", seeds=same)
+    approx = fill(smooth, mask, "road", seeds=same, exact=False)
+    gone = np.broadcast_to(mask[:, None], exact.shape)
+    assert np.abs(exact - approx)[gone].mean() < 0.01
+    np.testing.assert_array_equal(exact[~gone], approx[~gone])
+    # a fully removed image gets its mean colour; nothing removed changes nothing
+    whole = fill(x[:1], np.ones((1, 24, 32), bool), "road")
+    np.testing.assert_allclose(
+        whole[0], np.broadcast_to(x[0].mean((1, 2), keepdims=True), x[0].shape), atol=1e-6
+    )
+    np.testing.assert_array_equal(fill(x, np.zeros_like(mask), "road"), x)
+
+
+def test_wif011_the_web_apps_baseline_is_the_engines() -> None:
+    from imacs.attribution import PairedAttribution
+    from imacs.removal import ig_baseline
+    from imacs.settings import AttributionSettings, Preprocess
+
+    x = np.random.default_rng(1).random((2, 3, 40, 28)).astype(np.float32)
+    for kind in ("black", "gray", "blur"):
+        engine = PairedAttribution(
+            {}, Preprocess(), AttributionSettings(baseline=kind, device="cpu")
+        )
+        np.testing.assert_allclose(ig_baseline(x, kind), engine.baseline_array(x), atol=1e-5)
+
+
+def test_wif007_control_regions_match_the_area_elsewhere_and_repeat() -> None:
+    from imacs.whatif import control_region, tile_boxes
+
+    tiles = tile_boxes((32, 32), 8)  # 7 x 7 tiles overlapping by half
+    assert len(tiles) == 49 and (tiles[:, 2:] - tiles[:, :2] == 8).all()
+    removed = np.zeros((32, 32), bool)
+    removed[0:8, 0:16] = True  # two tiles' worth
+    out, overlap = control_region(removed, tiles, np.random.default_rng(3))
+    again, _ = control_region(removed, tiles, np.random.default_rng(3))
+    np.testing.assert_array_equal(out, again)
+    placed = np.zeros_like(removed)
+    for x0, y0, x1, y1 in out:
+        placed[y0:y1, x0:x1] = True
+    assert overlap == 0 and not (placed & removed).any()
+    assert placed.sum() == removed.sum() == 128  # the same area, elsewhere
+    # an odd area: the last tile is the one that brings the area closest
+    removed[8:12, 0:4] = True  # 144 pixels
+    out, _ = control_region(removed, tiles, np.random.default_rng(0))
+    placed[:] = False
+    for x0, y0, x1, y1 in out:
+        placed[y0:y1, x0:x1] = True
+    assert abs(int(placed.sum()) - 144) <= 16
+    # a frame of 3/4 of the image: the control takes the rest, then overlaps least
+    ring = np.ones((32, 32), bool)
+    ring[12:20, 12:20] = False
+    out, overlap = control_region(ring, tiles, np.random.default_rng(0))
+    placed[:] = False
+    for x0, y0, x1, y1 in out:
+        placed[y0:y1, x0:x1] = True
+    assert placed[12:20, 12:20].all() and placed.sum() >= ring.sum()
+    assert overlap == int((placed & ring).sum()) > 0
+
+
+def test_wif012_a_control_that_flips_too_often_is_inconclusive() -> None:
+    from imacs.whatif import effect, verdict
+
+    assert effect({"a": False, "b": True}, {"a": True, "b": False}) == "B depends"
+    assert effect({"a": False, "b": False}, {"a": True, "b": False}) == "inconclusive"
+    assert effect({"a": False, "b": False}, {"a": False, "b": False}) == "neither"
+    assert effect({"a": True, "b": True}, {"a": False, "b": False}) == "both"
+    row = {
+        "whatif_n_images": 109, "whatif_flip_b": 1.0, "whatif_flip_a": 0.72,
+        "whatif_control_flip_b": 0.0, "whatif_control_flip_a": 0.72,
+        "whatif_inconclusive_a": True, "whatif_inconclusive_b": False,
+    }  # fmt: skip
+    assert verdict(row) == (
+        "removing it flips B on 100% of 109 images; random regions of the same area flip B "
+        "on 0%; A: inconclusive: random regions alone flip A on 72%"
+    )
+    row["whatif_inconclusive_a"] = False
+    assert verdict(row) == (
+        "removing it flips B on 100% of 109 images, A on 72%; random regions of the same "
+        "area flip B on 0%, A on 72%"
+    )
+    row.update(whatif_inconclusive_a=True, whatif_inconclusive_b=True)
+    assert verdict(row) == (
+        "B: inconclusive: random regions alone flip B on 0% of 109 images; A: inconclusive: "
+        "random regions alone flip A on 72% of 109 images"
+    )

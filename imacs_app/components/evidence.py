@@ -1,11 +1,14 @@
 """Evidence for a cluster's claim: what the what-if stage measured when the cluster's
-patches were filled with the IG baseline and both models ran again, against the same
-number of random boxes (see :mod:`imacs.whatif`). Runs made without it show nothing."""
+content was removed wherever it is in the image and both models ran again, against random
+regions of the same area (see :mod:`imacs.whatif`). A model whose random regions alone flip
+it too often is inconclusive, and its part is greyed out. Runs made without it show
+nothing."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 from dash import html
 
@@ -22,7 +25,20 @@ class ids:
 #: images shown before and after removal
 PAIRS = 4
 #: CSS class of each verdict
-EFFECT_CLASS = {"B depends": "pos", "A depends": "neg", "both": "both", "neither": "neither"}
+EFFECT_CLASS = {
+    "B depends": "pos",
+    "A depends": "neg",
+    "both": "both",
+    "neither": "neither",
+    "inconclusive": "inconclusive",
+}
+#: how each ``--removal`` fill is named on the page
+FILL_TEXT = {
+    "baseline": "the IG baseline",
+    "blur": "a blur of the image",
+    "mean": "the image's mean colour",
+    "road": "an imputation from the pixels around them (ROAD)",
+}
 
 
 def _tested(row: pd.Series) -> bool:
@@ -41,6 +57,12 @@ def verdict_line(row: pd.Series) -> html.Span | None:
     )
 
 
+def _unsure(row: pd.Series, r: str) -> bool:
+    """Whether model ``r``'s part of the verdict is inconclusive (False for older runs)."""
+    value = row.get(f"whatif_inconclusive_{r}")
+    return isinstance(value, bool | np.bool_) and bool(value)
+
+
 def _rate(x: object) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.0%}"
 
@@ -49,9 +71,33 @@ def _num(x: object) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):+.3f}"
 
 
+def _model_row(row: pd.Series, r: str, name: str) -> html.Tr:
+    """One model's line of the what-if table; greyed when its part is inconclusive."""
+    unsure = _unsure(row, r)
+    return html.Tr(
+        className=f"model-{r}" + (" inconclusive" if unsure else ""),
+        title=(
+            f"inconclusive: random regions alone flip {r.upper()} on "
+            f"{_rate(row.get(f'whatif_control_flip_{r}'))} of the images"
+            if unsure
+            else None
+        ),
+        children=[
+            html.Td(f"{r.upper()}: {name}" + (" (inconclusive)" if unsure else "")),
+            html.Td(_rate(row.get(f"whatif_flip_{r}")), className="flip"),
+            html.Td(_rate(row.get(f"whatif_control_flip_{r}")), className="control"),
+            html.Td(_num(-float(row.get(f"whatif_drop_{r}", float("nan"))))),
+            html.Td(
+                f"{_rate(row.get(f'whatif_acc_before_{r}'))} → "
+                f"{_rate(row.get(f'whatif_acc_after_{r}'))}"
+            ),
+        ],
+    )
+
+
 def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: int) -> html.Div:
     """The cluster detail's what-if section: the verdict, a table per model (removal vs
-    random boxes) and a few images before and after removal."""
+    random regions of the same area) and a few images before and after removal."""
     if not _tested(row):
         return html.Div(
             id=ids.WHATIF,
@@ -61,24 +107,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                 className="hint",
             ),
         )
-    names = view.run.names
-    rows = []
-    for r in ("a", "b"):
-        rows.append(
-            html.Tr(
-                className=f"model-{r}",
-                children=[
-                    html.Td(f"{r.upper()}: {names[r]}"),
-                    html.Td(_rate(row.get(f"whatif_flip_{r}")), className="flip"),
-                    html.Td(_rate(row.get(f"whatif_control_flip_{r}")), className="control"),
-                    html.Td(_num(-float(row.get(f"whatif_drop_{r}", float("nan"))))),
-                    html.Td(
-                        f"{_rate(row.get(f'whatif_acc_before_{r}'))} → "
-                        f"{_rate(row.get(f'whatif_acc_after_{r}'))}"
-                    ),
-                ],
-            )
-        )
+    rows = [_model_row(row, r, view.run.names[r]) for r in ("a", "b")]
     tested = view.whatif_images
     after = tested[tested["cluster"] == cluster].set_index("image_id")
     images = [i for i in dict.fromkeys(patches["image_id"].astype(int)) if i in after.index]
@@ -132,7 +161,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                             [
                                 html.Th(f"{int(row['whatif_n_images'])} images"),
                                 html.Th("prediction flips"),
-                                html.Th("with random boxes"),
+                                html.Th("with random regions of the same area"),
                                 html.Th("change of its predicted class's probability"),
                                 html.Th("accuracy before → after"),
                             ]
@@ -141,16 +170,36 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
                     html.Tbody(rows),
                 ],
             ),
-            html.P(
-                f"Left: the image; right: the same image with this {view.unit}'s patches filled "
-                "with the IG baseline, as both models were shown it; under each, both "
-                "models' predictions before → after. Computed on all images of the run, "
-                "whatever the filters.",
-                className="hint",
-            ),
+            html.P(_pairs_hint(view, row), className="hint"),
             html.Div(className="pairs", children=pairs),
         ],
     )
+
+
+def _pairs_hint(view: RunView, row: pd.Series) -> str:
+    """What the before/after pictures show: what was removed, and how it was filled."""
+    settings = view.run.info.whatif or {}
+    fill = FILL_TEXT.get(str(settings.get("removal", "baseline")), "the IG baseline")
+    limit = float(settings.get("inconclusive", 0.25))
+    removed = (
+        f"content removed wherever it is (outlined: {_area(row)})"
+        if settings.get("regions") == "tiles"
+        else "patches removed (outlined)"
+    )
+    return (
+        f"Left: the image; right: the same image with this {view.unit}'s {removed}, filled "
+        f"with {fill}, as both models were shown it; under each, both models' predictions "
+        f"before → after. A model whose random regions alone flip it on more than {limit:.0%} "
+        "of the images gets no verdict (inconclusive, greyed). Computed on all images of the "
+        "run, whatever the filters."
+    )
+
+
+def _area(row: pd.Series) -> str:
+    area = row.get("whatif_area")
+    if area is None or (isinstance(area, float) and math.isnan(area)):
+        return "its patches"
+    return f"{float(area):.0%} of each image on average"
 
 
 def _class(view: RunView, k: int) -> str:

@@ -135,7 +135,8 @@ def _evidence(run: Run) -> list:
             out.append(
                 html.P(
                     [f"Trust: {res['reading']}", html.Span(_trust_detail(res), className="hint")],
-                    className=f"trust model-{r}",
+                    className=f"trust model-{r}"
+                    + (" inconclusive" if res.get("inconclusive") else ""),
                 )
             )
     if run.warnings:
