@@ -36,11 +36,12 @@ from .formats.common import (
     read_state_dict,
 )
 from .runner import in_halves
+from .settings import DEFAULT_SIDE
 
 if TYPE_CHECKING:
     from .attribution import PairedAttribution
 
-DEFAULT_SIZE = 224
+DEFAULT_SIZE = DEFAULT_SIDE
 
 
 @dataclass

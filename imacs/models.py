@@ -22,7 +22,7 @@ from torch import nn
 from . import formats
 from .errors import InputError
 from .formats.common import ModelDefaults, Normalized, file_sha256
-from .settings import Preprocess
+from .settings import DEFAULT_SIDE, Preprocess
 
 __all__ = [
     "LoadedModel",
@@ -166,7 +166,7 @@ def model_preprocess(pre: Preprocess, models: dict[str, LoadedModel]) -> Preproc
                 f"model A is made for {a} images and model B for {b}; pass --image-size to "
                 "attribute both at one size"
             )
-        size = next(iter(stated.values()), (224, 224))
+        size = next(iter(stated.values()), (DEFAULT_SIDE, DEFAULT_SIDE))
     if pre.mean is None:
         for m in models.values():
             d = m.defaults
