@@ -209,6 +209,7 @@ def _start(job: _Job, settings: AnalysisSettings) -> tuple[dict[str, Any], Analy
         settings.preprocess,
         settings.attribution,
         names={r: f"model {r.upper()} ({m.spec.source})" for r, m in models.items()},
+        eager={r: m.eager for r, m in models.items()},
     )
     board = {
         "models": models,
