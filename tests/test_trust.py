@@ -45,7 +45,6 @@ def test_tru002_noise_maps_are_no_better_than_random_real_ones_are(
     )  # fmt: skip
     trust = run.manifest["trust"]
     a, b = trust["a"], trust["b"]
-    print({r: {k: v for k, v in trust[r].items() if not k.endswith("curve")} for r in "ab"})
     assert trust["n_images"] == 32 and len(trust["fractions"]) == 17
     # noise: deletion in the map's order is no faster than at random
     assert not a["better_than_random"]
@@ -61,8 +60,11 @@ def test_tru002_noise_maps_are_no_better_than_random_real_ones_are(
     assert b["deletion_curve"][0] == pytest.approx(b["insertion_curve"][-1], abs=1e-5)
     assert b["deletion_curve"][-1] == pytest.approx(b["insertion_curve"][0], abs=1e-5)
     for r in "ab":
-        assert trust[r]["sensitivity_max"] >= 0 and trust[r]["n_sensitivity"] == 8
-        assert np.isfinite(trust[r]["infidelity"]) and trust[r]["delta"]["max_abs"] >= 0
+        # maps move under a 0.02 perturbation, and IG's completeness error is measured
+        assert 0 < trust[r]["sensitivity_max"] < np.inf and trust[r]["n_sensitivity"] == 8
+        d = trust[r]["delta"]
+        assert np.isfinite(trust[r]["infidelity"])
+        assert 0 < d["median_abs"] <= d["p90_abs"] <= d["max_abs"] < np.inf
     assert b["infidelity"] < b["infidelity_shuffled"]
     assert "trust" in run.manifest["timings"] and "agreement" in run.manifest["timings"]
     assert run.trust == trust and run.warnings == run.manifest["warnings"]

@@ -150,10 +150,17 @@ def test_wif008_verdict_rule_is_exact_for_small_n() -> None:
 
 def test_wif009_nothing_chosen_gives_an_empty_table(shortcut_run) -> None:
     from imacs.settings import AnalysisSettings
-    from imacs.whatif import what_if
+    from imacs.whatif import chosen_clusters, what_if
 
     run = shortcut_run
+    # --whatif-top 0 still tests every significant cluster, in rank order ...
+    significant = run.clusters.loc[run.clusters["significant"]].sort_values("rank")
+    assert len(significant) >= 1 and run.clusters.iloc[0]["significant"]
+    assert chosen_clusters(run.clusters, 0) == list(significant["cluster"])
+    assert chosen_clusters(run.clusters, 2)[:2] == list(run.clusters["cluster"][:2])
+    # ... and with nothing significant nothing is chosen: the stage returns typed empties
     clusters = run.clusters.assign(significant=False)
+    assert chosen_clusters(clusters, 0) == []
     s = AnalysisSettings.from_keywords(whatif_top=0, image_size=32)
     table, per_image, boxes, info = what_if(
         None,  # type: ignore[arg-type]
