@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.decomposition import PCA
 
-from .settings import EmbeddingSettings
+from .settings import ConceptSettings, EmbeddingSettings
 from .stage import stage
 
 if TYPE_CHECKING:
@@ -262,7 +262,7 @@ class PatchEmbedder:
     "embedding",
     reads=("pixels", "views", "encoder"),
     produces=("embedding", "embedding_info", "embedding_space"),
-    settings=("embedding", "seed"),
+    settings=("embedding", "seed", "concepts"),
 )
 def embedding_stage(
     pixels: np.ndarray,
@@ -270,6 +270,7 @@ def embedding_stage(
     encoder: LoadedEncoder | None,
     embedding: EmbeddingSettings,
     seed: int,
+    concepts: ConceptSettings,
 ) -> dict[str, object]:
     """One vector per patch, what the run's manifest says of the embedding, and the fitted
     embedding (what-if removal places every region of an image in the same space)."""
@@ -279,5 +280,6 @@ def embedding_stage(
         "dims": int(emb.shape[1]),
         "encoder": encoder.describe() if encoder else None,
         "response_dims": int(views.responses.shape[1]),
+        "concept_distance": concepts.distance,  # the space concepts are grouped in
     }
     return {"embedding": emb, "embedding_info": info, "embedding_space": space}
