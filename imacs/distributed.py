@@ -21,7 +21,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 #: how long a rank waits at a barrier for the slowest rank's share of the attribution
 BARRIER_TIMEOUT = timedelta(hours=48)
@@ -85,9 +85,8 @@ def from_environment(device: str) -> Ranks | None:
         try:
             dist.init_process_group(backend="nccl" if use_gpu else "gloo", timeout=BARRIER_TIMEOUT)
         except (RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             raise InputError(
-                f"rank {rank} of {world} cannot join the torchrun group ({first}); check "
+                f"rank {rank} of {world} cannot join the torchrun group ({first_line(exc)}); check "
                 "MASTER_ADDR/MASTER_PORT or --rdzv-endpoint"
             ) from None
     return ranks

@@ -18,19 +18,30 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from .attribution import in_halves
-from .errors import InputError
+from .errors import InputError, first_line
+from .formats import export, torchscript
+from .formats import timm as timm_format
+from .formats.common import (
+    Normalized,
+    apply_state_dict,
+    file_sha256,
+    freeze,
+    read_state_dict,
+)
+from .runner import in_halves
+from .settings import DEFAULT_SIDE
 
 if TYPE_CHECKING:
     from .attribution import PairedAttribution
 
-DEFAULT_SIZE = 224
+DEFAULT_SIZE = DEFAULT_SIDE
 
 
 @dataclass
@@ -64,11 +75,10 @@ class LoadedEncoder:
             except torch.OutOfMemoryError:
                 raise  # in_halves retries smaller batches
             except Exception as exc:  # user code: anything can come out
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
                 raise InputError(
                     f"{self.source}: the encoder fails on a batch of {tuple(x.shape)} crops "
-                    f"({first}); it must map (n, 3, H, W) [0, 1] pixels to (n, d) vectors "
-                    "(--encoder-size sets H and W)"
+                    f"({first_line(exc)}); it must map (n, 3, H, W) [0, 1] pixels to (n, d) "
+                    "vectors (--encoder-size sets H and W)"
                 ) from None
             return self._vectors(out, len(x))
 
@@ -125,72 +135,62 @@ def load_encoder(kind: str, weights: str | None, size: int | None) -> LoadedEnco
 
 
 def _load_file(kind: str, size_override: int | None) -> LoadedEncoder:
-    from .model_formats import is_exported_program, load_exported
-    from .models import _load_torchscript, file_sha256
-
     path = Path(kind.split(":", 1)[1]).expanduser().absolute()
     if not path.is_file():
         raise InputError(f"{path}: encoder file not found (--embedding encoder:FILE)")
-    if is_exported_program(path):
-        module, defaults = load_exported(path, "--embedding")
-        size = defaults.image_size
-    else:
-        module = _load_torchscript(path, "--embedding")
-        module.eval()
-        size = None
-    for p in module.parameters():
-        p.requires_grad_(False)
+    fmt = export if export.recognises(str(path)) else torchscript
+    loaded = fmt.load(str(path), None, "--embedding")
+    own = loaded.defaults.image_size
     return LoadedEncoder(
-        module=module,
+        module=loaded.module,
         source=f"encoder:{path}",
-        size=(size_override, size_override) if size_override else size or (DEFAULT_SIZE,) * 2,
-        sha256=file_sha256(path),
+        size=(size_override, size_override)
+        if size_override
+        else own or (DEFAULT_SIZE, DEFAULT_SIZE),
+        sha256=loaded.sha256,
     )
 
 
 def _load_timm(kind: str, weights: str | None, size: int | None) -> LoadedEncoder:
-    from .model_formats import _import_timm, _triple, classifier_heads, timm_architecture
-    from .models import Normalized, _apply_state_dict, _read_state_dict, file_sha256
-
-    timm = _import_timm(kind)
-    name = timm_architecture(timm, kind, f"--embedding {kind}")
+    timm = timm_format.import_timm(kind)
+    name = timm_format.architecture(timm, kind, f"--embedding {kind}")
     digest = hashlib.sha256(kind.encode())
     if weights:
         wpath = Path(weights).expanduser()
-        state = _read_state_dict(wpath)
+        state = read_state_dict(wpath)
         model = timm.create_model(name, pretrained=False, num_classes=0)
-        heads = classifier_heads(model)
+        heads = timm_format.classifier_heads(model)
         state = {k: v for k, v in state.items() if not any(k.startswith(f"{h}.") for h in heads)}
-        _apply_state_dict(model, state, wpath, kind)
+        apply_state_dict(model, state, wpath, kind)
         digest.update(file_sha256(wpath).encode())
     else:
-        offline = os.environ.get("HF_HUB_OFFLINE")
-        os.environ["HF_HUB_OFFLINE"] = "1"  # the user's cache, never the network
-        try:
-            model = timm.create_model(name, pretrained=True, num_classes=0)
-        except Exception:
-            raise InputError(
-                f"--embedding {kind}: no weights at hand; give --encoder-weights FILE "
-                "(.safetensors or a state_dict), or put the model in your Hugging Face cache "
-                "first (imacs downloads nothing)"
-            ) from None
-        finally:
-            if offline is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = offline
+        model = _timm_from_cache(timm, name, kind)
         digest.update(b"hf-cache")
-    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    mean, std = _triple(cfg.get("mean")), _triple(cfg.get("std"))
-    module: nn.Module = Normalized(model, mean, std) if mean and std else model
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    in_size = cfg.get("input_size")
-    own = (int(in_size[1]), int(in_size[2])) if in_size and len(in_size) == 3 else None
+    own = timm_format.pretrained_defaults(model)
+    mean, std = own.mean, own.std
+    module = freeze(Normalized(model, mean, std) if mean and std else model)
     return LoadedEncoder(
         module=module,
         source=kind,
-        size=(size, size) if size else own or (DEFAULT_SIZE, DEFAULT_SIZE),
+        size=(size, size) if size else own.image_size or (DEFAULT_SIZE, DEFAULT_SIZE),
         sha256=digest.hexdigest(),
     )
+
+
+def _timm_from_cache(timm: ModuleType, name: str, kind: str) -> nn.Module:
+    """timm's pretrained ``name`` from the user's Hugging Face cache only (offline)."""
+    offline = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the user's cache, never the network
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception:
+        raise InputError(
+            f"--embedding {kind}: no weights at hand; give --encoder-weights FILE "
+            "(.safetensors or a state_dict), or put the model in your Hugging Face cache "
+            "first (imacs downloads nothing)"
+        ) from None
+    finally:
+        if offline is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = offline

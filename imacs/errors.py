@@ -30,6 +30,18 @@ class ModelFailure(InputError):
     error the user sees."""
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to
+    ``limit`` characters: what a one-line error quotes of a library's long message.
+
+    Args:
+        exc (BaseException): the exception raised by torch, a user's model or a library.
+        limit (int, optional): most characters kept. Default: 160.
+    """
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:limit]
+
+
 class ImageDecodeError(ImacsError):
     """One image could not be decoded; the pipeline skips it (or stops under --strict)."""
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import first_line
 from .settings import Preprocess, TrustSettings, WhatIfSettings
 from .stage import stage
 
@@ -316,7 +317,7 @@ def trust_report(
         try:
             res = _model_report(engine, r, images, maps[r], per_role[r]["pred"], idx, ts, removal)
         except Exception as exc:  # user model code on altered images: anything can come out
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc)
             warnings.append(f"model {r.upper()} ({names[r]}): trust tests failed ({first})")
             out[r]["error"] = first
             continue

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
-from captum.attr import IntegratedGradients
+from captum.attr import InputXGradient, IntegratedGradients, LayerAttribution, LayerGradCam
 from torch import nn
 
+from imacs import methods
 from imacs.attribution import AttributionSettings, PairedAttribution, Preprocess
 from imacs.errors import InputError
+from imacs.models import ModelSpec, load_model
 from imacs.settings import AnalysisSettings
 from tests.helpers import TinyCNN
 
@@ -160,3 +164,88 @@ def test_att009_memory_layout_is_chosen_per_model_without_changing_results(model
     ref = plain.attribute(x, target=torch.from_numpy(res_a.pred), n_steps=8).sum(1).numpy()
     assert np.allclose(res_a.maps, ref, atol=1e-5)
     assert res_b.maps.shape == (5, 16, 16)
+
+
+class _InputTimesGradient:
+    """A method as a test would add one: captum's InputXGradient (no completeness)."""
+
+    name = "ixg"
+    title = "Input x Gradient"
+    needs_hooks = False
+    completeness = False
+    calls: ClassVar[list[dict]] = []
+
+    def __init__(self, forward_func, model, settings) -> None:
+        self.forward_func = forward_func
+
+    def attribute(self, inputs, baselines, target, internal_batch_size=None):
+        self.calls.append({"target": target.tolist(), "internal_batch_size": internal_batch_size})
+        x = inputs.detach().clone().requires_grad_()
+        return InputXGradient(self.forward_func).attribute(x, target=target)
+
+
+class _GradCam:
+    """A hook-based method: captum's LayerGradCam on TinyCNN's last conv, upsampled."""
+
+    name = "gradcam"
+    title = "Grad-CAM"
+    needs_hooks = True
+    completeness = False
+
+    def __init__(self, forward_func, model, settings) -> None:
+        self.cam = LayerGradCam(forward_func, model.features[4])
+
+    def attribute(self, inputs, baselines, target, internal_batch_size=None):
+        cam = self.cam.attribute(inputs, target=target)
+        return LayerAttribution.interpolate(cam, tuple(inputs.shape[-2:]), "bilinear")
+
+
+def test_att010_a_registered_method_is_used_by_the_engine(models, images, monkeypatch) -> None:
+    with pytest.raises(InputError, match="attribution method 'ixg': unknown; choose one of ig"):
+        PairedAttribution(models, Preprocess(), AttributionSettings(device="cpu"), method="ixg")
+    monkeypatch.setattr(methods, "METHODS", (*methods.METHODS, _InputTimesGradient))
+    pre = Preprocess(image_size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    eng = PairedAttribution(models, pre, AttributionSettings(device="cpu"), method="ixg")
+    res = eng.attribute("b", images)
+    x = torch.from_numpy(images)
+    target = models["b"](pre.normalize(x)).argmax(1)
+    ixg = InputXGradient(lambda t: models["b"](pre.normalize(t)))
+    ref = ixg.attribute(x.clone().requires_grad_(), target=target).detach()
+    assert np.allclose(res.maps, ref.sum(1).numpy(), atol=1e-6)
+    assert (res.pred == target.numpy()).all()
+    assert np.isnan(res.delta).all()  # no completeness: no convergence delta to report
+    assert _InputTimesGradient.calls[-1]["target"] == target.tolist()
+    assert _InputTimesGradient.calls[-1]["internal_batch_size"] >= len(images)
+    # Integrated Gradients is still the default, with its completeness
+    assert np.abs(_engine(models, steps=128).attribute("b", images).delta).max() < 5e-3
+
+
+def test_att011_a_hook_method_needs_an_eager_model(models, images, monkeypatch, tmp_path) -> None:
+    x = torch.from_numpy(images)
+    program = tmp_path / "a.pt2"  # exported before the engine's layout probe touches it
+    dim = ({0: torch.export.Dim("batch")},)
+    torch.export.save(torch.export.export(models["a"], (x,), dynamic_shapes=dim), str(program))
+    monkeypatch.setattr(methods, "METHODS", (*methods.METHODS, _GradCam))
+    pre = Preprocess(image_size=(16, 16))
+    settings = AttributionSettings(device="cpu")
+    res = PairedAttribution(models, pre, settings, method="gradcam").attribute("a", images)
+    cam = LayerGradCam(models["a"], models["a"].features[4])
+    want = LayerAttribution.interpolate(
+        cam.attribute(x, target=torch.from_numpy(res.pred)), (16, 16), "bilinear"
+    )
+    assert np.allclose(res.maps, want[:, 0].detach().numpy(), atol=1e-6)
+    for a, eager in (
+        (torch.jit.script(models["a"]), None),
+        (load_model(ModelSpec(str(program))).module, None),
+        (models["a"], {"a": False, "b": True}),  # as LoadedModel.eager says
+    ):
+        with pytest.raises(InputError) as err:
+            PairedAttribution(
+                {"a": a, "b": models["b"]}, pre, settings, method="gradcam", eager=eager
+            )
+        message = str(err.value)
+        assert message.startswith("model A is a TorchScript or torch.export program")
+        assert "Grad-CAM attributes through layer hooks" in message and "\n" not in message
+    # Integrated Gradients takes the same TorchScript model
+    scripted = PairedAttribution({"a": torch.jit.script(models["a"])}, pre, settings)
+    assert scripted.attribute("a", images).maps.shape == (5, 16, 16)

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 import imacs
 from imacs.errors import InputError
-from imacs.models import ModelSpec, load_model
+from imacs.models import ModelSpec, load_model, model_preprocess
+from imacs.settings import Preprocess
 from tests import helpers
 
 
@@ -169,16 +174,135 @@ def test_mf004_hugging_face_errors_are_one_line(shortcut: dict, tmp_path: Path) 
         assert expect in res.stderr and res.stderr.count("\n") == 1
 
 
-def test_mf005_timm_names_need_timm_and_weights(tmp_path: Path) -> None:
-    try:
-        import timm  # noqa: F401
-    except Exception:  # timm needs torchvision, which has no CPU build here
-        with pytest.raises(
-            InputError, match=r"timm:resnet18: timm is not installed.*imacs\[timm\]"
-        ):
-            load_model(ModelSpec("timm:resnet18"), "--model-a")
-        return
-    with pytest.raises(InputError, match="give its weights"):
+class _TimmNet(nn.Module):
+    """Shaped like a timm classifier: a ``num_classes`` attribute and an ``fc`` head
+    (Identity when ``num_classes`` is 0), as timm's ResNet has."""
+
+    def __init__(self, num_classes: int = 1000, in_chans: int = 3) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.conv = nn.Conv2d(in_chans, 8, 3, stride=2)
+        self.fc = nn.Linear(8, num_classes) if num_classes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+#: a pretrained_cfg as timm's PretrainedCfg.to_dict() gives it (input_size is C, H, W)
+_TIMM_CFG = {
+    "architecture": "tiny_fake",
+    "num_classes": 1000,
+    "input_size": (3, 40, 40),
+    "mean": (0.5, 0.4, 0.3),
+    "std": (0.2, 0.25, 0.3),
+    "classifier": "fc",
+}
+
+
+@pytest.fixture
+def stand_in_timm(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """A ``timm`` module in ``sys.modules`` with timm's signatures (timm needs torchvision,
+    which has no build for this CPU torch): ``is_model`` and ``list_models`` (fnmatch
+    filter) from timm/models/_registry.py; ``create_model`` from timm/models/_factory.py,
+    which builds as ``build_model_with_cfg`` does: ``num_classes`` defaults to the
+    pretrained_cfg's, the model gets ``pretrained_cfg`` (and its ``default_cfg`` alias) as a
+    dict. Returns the create_model calls; a pretrained=True call fails (no network)."""
+    calls: list[dict] = []
+    registry = {"tiny_fake": _TimmNet}
+
+    def is_model(model_name: str) -> bool:
+        return model_name.split(".", 1)[0] in registry
+
+    def list_models(
+        filter: str = "",
+        module: str = "",
+        pretrained: bool = False,
+        exclude_filters: str = "",
+        name_matches_cfg: bool = False,
+        include_tags: bool | None = None,
+    ) -> list[str]:
+        return sorted(n for n in registry if not filter or fnmatch.fnmatch(n, filter))
+
+    def create_model(
+        model_name: str,
+        pretrained: bool = False,
+        pretrained_cfg: dict | None = None,
+        pretrained_cfg_overlay: dict | None = None,
+        checkpoint_path: str = "",
+        scriptable: bool | None = None,
+        exportable: bool | None = None,
+        no_jit: bool | None = None,
+        **kwargs,
+    ) -> nn.Module:
+        calls.append({"name": model_name, "pretrained": pretrained, **kwargs})
+        arch = model_name.split(".", 1)[0]
+        if arch not in registry:
+            raise RuntimeError(f"Unknown model ({arch})")
+        if pretrained:
+            raise RuntimeError("the stand-in downloads nothing")
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        cfg = dict(_TIMM_CFG)
+        kwargs.setdefault("num_classes", cfg["num_classes"])
+        model = registry[arch](**kwargs)
+        model.pretrained_cfg = cfg
+        model.default_cfg = model.pretrained_cfg
+        return model
+
+    fake = types.ModuleType("timm")
+    fake.is_model, fake.list_models, fake.create_model = is_model, list_models, create_model
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    return calls
+
+
+def test_mf005_timm_models_load_with_their_weights_head_and_configuration(
+    stand_in_timm: list[dict], tmp_path: Path
+) -> None:
+    torch.manual_seed(4)
+    trained = _TimmNet(num_classes=3)  # fine-tuned: 3 classes, not timm's 1000
+    weights = tmp_path / "tiny.safetensors"
+    save_file(trained.state_dict(), str(weights))
+    m = load_model(ModelSpec("timm:tiny_fake", str(weights)), "--model-a")
+    assert all(not c["pretrained"] for c in stand_in_timm)  # nothing downloaded
+    assert stand_in_timm[-1]["num_classes"] == 3  # the head sized from the weights
+    assert torch.equal(m.module.fc.weight, trained.fc.weight)  # weights applied, head kept
+    x = torch.rand(4, 3, 40, 40)
+    with torch.no_grad():
+        np.testing.assert_allclose(m.module(x).numpy(), trained(x).numpy(), atol=1e-6)
+    assert not m.module.training and not any(p.requires_grad for p in m.module.parameters())
+    assert m.defaults.image_size == (40, 40)
+    assert m.defaults.mean == (0.5, 0.4, 0.3) and m.defaults.std == (0.2, 0.25, 0.3)
+    assert m.kind == "timm" and m.eager and m.name == "tiny_fake"
+    file_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert m.sha256 == hashlib.sha256(f"timm:tiny_fake:{file_hash}".encode()).hexdigest()
+    assert m.describe()["weights"] == str(weights.resolve())
+    # no size or normalisation given: the model's own configuration is used
+    pre = model_preprocess(Preprocess(), {"a": m})
+    assert pre.image_size == (40, 40)
+    assert m.describe()["normalisation"]["mean"] == [0.5, 0.4, 0.3]
+    mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
+    with torch.no_grad():
+        want = trained((x - mean[:, None, None]) / std[:, None, None])
+        np.testing.assert_allclose(m.module(x).numpy(), want.numpy(), atol=1e-5)
+
+
+def test_mf006_timm_names_need_weights_and_a_known_architecture(
+    stand_in_timm: list[dict], tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="timm:tiny_fake: give its weights"):
+        load_model(ModelSpec("timm:tiny_fake"), "--model-a")
+    absent = str(tmp_path / "w.safetensors")  # the name is checked before the file is read
+    with pytest.raises(InputError, match=r"no architecture 'not_a_net'$"):
+        load_model(ModelSpec("timm:not_a_net", absent), "--model-a")
+    with pytest.raises(InputError, match=r"no architecture 'tiny' \(close: tiny_fake\)"):
+        load_model(ModelSpec("timm:tiny", absent), "--model-a")
+    wrong = tmp_path / "other.safetensors"
+    save_file({"conv.weight": torch.zeros(8, 3, 3, 3)}, str(wrong))
+    with pytest.raises(InputError, match=r"weights do not fit .* \(missing conv\.bias, fc\.b"):
+        load_model(ModelSpec("timm:tiny_fake", str(wrong)), "--model-a")
+    assert stand_in_timm and all(not c["pretrained"] for c in stand_in_timm)
+
+
+def test_mf007_timm_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
+    with pytest.raises(InputError, match=r"timm:resnet18: timm is not installed.*imacs\[timm\]"):
         load_model(ModelSpec("timm:resnet18"), "--model-a")
-    with pytest.raises(InputError, match="no architecture"):
-        load_model(ModelSpec("timm:not_a_net", str(tmp_path / "w.safetensors")), "--model-a")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import pickle
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from imacs.errors import InputError
-from imacs.models import ModelSpec, load_model
+from imacs import formats
+from imacs.errors import InputError, first_line
+from imacs.formats.common import Loaded, freeze
+from imacs.models import ModelSpec, file_sha256, load_model
+from imacs.runner import is_eager
 from tests.helpers import TinyCNN
 
 
@@ -92,3 +97,87 @@ def test_mod007_unimportable_factory_and_missing_file(tmp_path: Path) -> None:
         load_model(ModelSpec("no_such_pkg.mod:make"))
     with pytest.raises(InputError, match="model file not found"):
         load_model(ModelSpec(str(tmp_path / "absent.pt")))
+
+
+def _npz_format() -> types.SimpleNamespace:
+    """A format as a test would add one: TinyCNN weights in a ``.tinynpz`` archive."""
+
+    def load(source: str, weights: str | None, flag: str) -> Loaded:
+        with np.load(source) as arrays:
+            state = {k: torch.from_numpy(arrays[k]) for k in arrays.files}
+        model = TinyCNN()
+        model.load_state_dict(state)
+        return Loaded(module=freeze(model), sha256=file_sha256(source))
+
+    return types.SimpleNamespace(
+        name="tinynpz",
+        eager=True,
+        recognises=lambda source: source.endswith(".tinynpz"),
+        load=load,
+        describe=lambda source, weights: {"name": Path(source).stem, "source": source},
+    )
+
+
+def test_mod008_a_registered_format_is_recognised_and_loaded(
+    tmp_path: Path, tiny: TinyCNN, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "net.tinynpz"
+    with open(path, "wb") as f:
+        np.savez(f, **{k: v.numpy() for k, v in tiny.state_dict().items()})
+    with pytest.raises(InputError, match=r"net\.tinynpz: cannot load as TorchScript"):
+        load_model(ModelSpec(str(path)))  # unknown until registered: TorchScript's error
+    monkeypatch.setattr(formats, "FORMATS", (_npz_format(), *formats.FORMATS))
+    m = load_model(ModelSpec(str(path)))
+    assert m.kind == "tinynpz" and m.name == "net" and m.sha256 == file_sha256(path)
+    assert m.describe() == {
+        "name": "net",
+        "kind": "tinynpz",
+        "eager": True,
+        "source": str(path),
+        "sha256": file_sha256(path),
+    }
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.allclose(m.module(x), tiny(x))
+    assert not m.module.training and not any(p.requires_grad for p in m.module.parameters())
+    # the formats after it still load what they recognise
+    scripted = tmp_path / "m.pt"
+    torch.jit.script(tiny).save(str(scripted))
+    assert load_model(ModelSpec(str(scripted))).kind == "torchscript"
+
+
+def test_mod009_eager_tells_modules_from_programs(tmp_path: Path, tiny: TinyCNN) -> None:
+    scripted = tmp_path / "m.pt"
+    torch.jit.script(tiny).save(str(scripted))
+    program = tmp_path / "m.pt2"
+    x = torch.rand(2, 3, 16, 16)
+    shapes = ({0: torch.export.Dim("batch")},)
+    torch.export.save(torch.export.export(tiny, (x,), dynamic_shapes=shapes), str(program))
+    loaded = {
+        "factory": load_model(ModelSpec("tests.helpers:make_tiny_cnn")),
+        "torchscript": load_model(ModelSpec(str(scripted))),
+        "export": load_model(ModelSpec(str(program))),
+    }
+    assert {k: m.eager for k, m in loaded.items()} == {
+        "factory": True,
+        "torchscript": False,
+        "export": False,
+    }
+    for kind, m in loaded.items():
+        assert m.kind == kind and m.describe()["eager"] is m.eager
+        assert is_eager(m.module) is m.eager  # the engine tells the same from the module
+    assert is_eager(torch.fx.symbolic_trace(tiny))  # an fx graph that calls its layers
+    # a layer hook fires on the factory's module only
+    seen: list[tuple] = []
+    layer = loaded["factory"].module.features[0]
+    layer.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape)))
+    loaded["factory"].module(x)
+    assert seen == [(2, 16, 16, 16)]
+
+
+def test_mod010_first_line_of_an_error() -> None:
+    long = RuntimeError("shapes cannot be multiplied (2x8 and 4x2)\n  File model.py, line 9\n")
+    assert first_line(long) == "shapes cannot be multiplied (2x8 and 4x2)"
+    assert first_line(RuntimeError("\n  x" * 3 + "y" * 300)) == "x"
+    assert first_line(ValueError("z" * 300)) == "z" * 160
+    assert first_line(ValueError("z" * 300), 200) == "z" * 200
+    assert first_line(KeyError()) == "KeyError"
