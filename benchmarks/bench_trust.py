@@ -153,7 +153,12 @@ def crosscheck(steps: int = 16) -> dict:
         quantus = None
         out["reference"] = "a plain loop written here (Quantus not installed)"
     for r in "ab":
-        ours = trust.curves(engine, r, x, d["maps"][r], d["pred"][r], steps, 0, "baseline")
+        # the same order for both: the maps' ranks, ties broken by pixel index (the IG maps
+        # of max-pooling CNNs hold many exact zeros, which each tool would order its own way)
+        flat = d["maps"][r].reshape(n, -1)
+        ranks = np.argsort(np.lexsort((-np.arange(h * w)[None].repeat(n, 0), flat)), axis=1)
+        maps = ranks.reshape(n, h, w).astype(np.float32)
+        ours = trust.curves(engine, r, x, maps, d["pred"][r], steps, 0, "baseline")
         ours_del = ours["deletion"]
         if quantus is not None:
             # Quantus steps over the map broadcast to the 3 channels, ``features_in_step``
@@ -162,13 +167,13 @@ def crosscheck(steps: int = 16) -> dict:
                 features_in_step=h * w // steps, normalise=False, abs=False,
                 perturb_baseline=0.0, disable_warnings=True,  # "black" is the min
             )  # fmt: skip
-            a = np.broadcast_to(d["maps"][r][:, None], x.shape).copy()
+            a = np.broadcast_to(maps[:, None], x.shape).copy()
             theirs = np.asarray(
                 metric(model=d["models"][r], x_batch=x, y_batch=d["pred"][r], a_batch=a,
                        device="cpu", softmax=True, batch_size=n)
             )[:, 2::3]  # fmt: skip
         else:
-            theirs = _plain_deletion(engine, r, x, d["maps"][r], d["pred"][r], steps)
+            theirs = _plain_deletion(engine, r, x, maps, d["pred"][r], steps)
         out[f"pixel_flipping_{r}"] = {
             "max_abs_diff_per_point": float(np.abs(ours_del[:, 1:] - theirs).max()),
             "deletion_auc_imacs": float(trust.auc(ours_del).mean()),
