@@ -163,6 +163,8 @@ def test_cli009_a_wrong_class_order_is_flagged(shortcut, tmp_path: Path) -> None
                 "--no-cache")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     warnings = json.loads((out / "run.json").read_text())["warnings"]
+    # (the trust tests may add their own warnings at 8 IG steps: not what this test is about)
+    warnings = [w for w in warnings if " is right on " in w]
     assert [w[:26] for w in warnings] == [
         "model A (model_a) is right",
         "model B (model_b) is right",
