@@ -68,9 +68,9 @@ def compare_clusters(
     """
     settings = settings or ComparisonSettings()
     p = patches.join(images[["label", "pred_a", "pred_b"]], on="image_id")
-    if not {"attr_a_rel", "attr_b_rel"} <= set(p.columns):  # runs before issue 10
-        p = p.assign(**relative_shares(p))
     rel = ["attr_a_rel", "attr_b_rel"]
+    if not set(rel) <= set(p.columns) or p[rel].isna().all().any():  # runs before issue 10
+        p = p.assign(**relative_shares(p))
     p = p.astype(dict.fromkeys(["attr_a", "attr_b", *rel], np.float64))  # means in float64
     stats, stats_rel = _family_stats(p, settings, extra=(("attr_a_rel", "attr_b_rel"),))
     rows = [

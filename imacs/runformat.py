@@ -342,11 +342,15 @@ def _v1_to_v2(m: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade_table(name: str, frame: pd.DataFrame) -> pd.DataFrame:
     """A table of an older run with the columns this version declares: the concept of a
-    patch or cluster of a run made before concepts is its cluster; other missing columns are
-    missing values."""
+    patch or cluster of a run made before concepts is its cluster, a patch's relative shares
+    are computed from its absolute ones; other missing columns are missing values."""
     spec = TABLES.get(name, {})
     if name in ("patches", "clusters") and "concept" not in frame.columns:
         frame = frame.assign(concept=frame["cluster"])
+    if name == "patches" and "attr_a_rel" not in frame.columns:  # runs before issue 10
+        from .comparison import relative_shares
+
+        frame = frame.assign(**relative_shares(frame))
     missing = [c for c in spec if c not in frame.columns]
     if missing:
         frame = frame.assign(**{c: pd.Series(pd.NA, index=frame.index) for c in missing})

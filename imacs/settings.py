@@ -408,6 +408,11 @@ class TrustSettings:
             prediction this share of the way to the fully filled image's leaves nothing to
             beat: the test is "inconclusive" (:func:`imacs.trust.degenerate_control`).
             Default: 0.5.
+        late (float): a random order that must remove this share of the pixels or more
+            before the prediction has gone half the way to the fully filled image's shows
+            that the fill restores what the model reads from the pixels kept (a texture
+            under ``road``): a map that does not beat it is "inconclusive" too. Default:
+            0.85.
         seed (int): seed of the sample, the random orders and the noise. Default: 0.
     """
 
@@ -428,6 +433,7 @@ class TrustSettings:
     sensitivity_radius: float = setting(0.02, convert=real(0.0, 1.0))
     margin: float = setting(0.05, convert=real(0.0, 1.0))
     degenerate: float = setting(0.5, convert=real(0.0, 1.0))
+    late: float = setting(0.85, convert=real(0.0, 1.0))
     seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
 
     def __post_init__(self) -> None:

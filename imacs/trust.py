@@ -369,24 +369,40 @@ def _model_report(
     start = float(cur["deletion"][:, 0].mean())
     drop, drop_random = start - res["deletion_auc"], start - res["deletion_auc_random"]
     res["drop_ratio"] = float(drop / drop_random) if drop_random > 0.01 else None
-    res.update(degenerate_control(cur, ts.degenerate))
+    res.update(degenerate_control(cur, ts.degenerate, ts.late))
     return res
 
 
-def degenerate_control(cur: dict[str, np.ndarray], limit: float) -> dict[str, Any]:
-    """Whether the random order can show anything: it cannot when filling every pixel
-    hardly moves the prediction (``full_drop`` below 0.1), or when the random order's
-    first step (``1 / steps`` of the pixels, scattered) already takes the prediction
-    ``limit`` or more of the way to the fully filled image's (``random_first_step``): then
-    the fill itself, not what it hides, moves the model, and a map cannot beat the random
-    order. Such a test is ``inconclusive`` rather than "no better than random"."""
+def degenerate_control(
+    cur: dict[str, np.ndarray], limit: float, late: float = 1.0
+) -> dict[str, Any]:
+    """Whether the random order can show anything. It cannot
+
+    * when filling every pixel hardly moves the prediction (``full_drop`` below 0.1);
+    * when the random order's first step (``1 / steps`` of the pixels, scattered) already
+      takes the prediction ``limit`` or more of the way to the fully filled image's
+      (``random_first_step``): the fill itself, not what it hides, moves the model;
+    * when the random order must remove ``late`` or more of the pixels before the
+      prediction has gone half that way (``random_half``): the fill rebuilds what the
+      model reads from the pixels kept (a stripe texture continues into ``road``'s
+      imputation), so removing pixels one by one hides nothing until almost none are left.
+
+    A map that does not beat such a control is ``inconclusive`` rather than "no better
+    than random"."""
     start = float(cur["deletion"][:, 0].mean())
     full = start - float(cur["deletion"][:, -1].mean())
-    first = (start - float(cur["deletion_random"][:, 1].mean())) / full if full > 0 else 1.0
+    random = cur["deletion_random"].mean(0)
+    first = (start - float(random[1])) / full if full > 0 else 1.0
+    steps = len(random) - 1
+    half = np.flatnonzero(start - random >= full / 2) if full > 0 else np.array([steps])
+    random_half = float((half[0] if len(half) else steps) / steps)
+    why = "still" if full < 0.1 else "first" if first >= limit else "late"
     return {
         "full_drop": full,
         "random_first_step": first,
-        "inconclusive": bool(full < 0.1 or first >= limit),
+        "random_half": random_half,
+        "inconclusive": bool(full < 0.1 or first >= limit or random_half >= late),
+        "inconclusive_why": why,
     }
 
 
@@ -399,13 +415,21 @@ def _reading(role: str, name: str, res: dict[str, Any]) -> str:
     )
     if not res["better_than_random"] and res.get("inconclusive"):
         steps = len(res["deletion_curve"]) - 1
-        why = (
-            f"filling every pixel moves the prediction by only {res['full_drop']:.2f}"
-            if res["full_drop"] < 0.1
-            else f"removing {1 / steps:.0%} of the pixels at random already takes the "
-            f"prediction {res['random_first_step']:.0%} of the way to the filled image's"
-        )
-        return f"{who}: inconclusive: {why}, so no order can do better ({areas})"
+        reason = res.get("inconclusive_why", "still" if res["full_drop"] < 0.1 else "first")
+        if reason == "still":
+            why = f"filling every pixel moves the prediction by only {res['full_drop']:.2f}"
+        elif reason == "late":
+            why = (
+                f"the model keeps its answer until {res['random_half']:.0%} of the pixels are "
+                "filled in a random order (the fill rebuilds what it reads from the pixels "
+                "kept; --removal baseline tests it with black)"
+            )
+        else:
+            why = (
+                f"removing {1 / steps:.0%} of the pixels at random already takes the "
+                f"prediction {res['random_first_step']:.0%} of the way to the filled image's"
+            )
+        return f"{who}: inconclusive: {why}, so the random order is no control ({areas})"
     if not res["better_than_random"]:
         return f"{who}: no better than a random pixel order ({areas})"
     ratio = res["drop_ratio"]
