@@ -2,11 +2,20 @@
 
 The layout is :mod:`imacs.runformat`'s; a run of an older format version is brought up to
 date as it is read (:func:`imacs.runformat.upgrade`), never rewritten.
+
+Every file a run reads is checked to lie inside the run directory *after* symbolic links
+are resolved (a manifest entry such as ``"../../x.parquet"`` or a ``thumbs`` folder that
+links elsewhere is refused). A run pins the identity of what it read (the directory's and
+the manifest's inode and modification time, :attr:`Run.identity`): :meth:`Run.snapshot`
+reads every table and opens every array at once and checks that nothing was replaced
+meanwhile, so a server never mixes two runs that were swapped under it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -17,6 +26,7 @@ from .errors import InputError, disk_error
 from .runformat import (
     MANIFEST,
     ROLES,
+    TABLES,
     WHATIF_TABLES,
     FormatError,
     Manifest,
@@ -28,10 +38,40 @@ from .runformat import (
 from .settings import AnalysisSettings, ComparisonSettings
 
 
+class RunReplaced(InputError):
+    """The run directory was replaced (or removed) on disk while it was being read."""
+
+
+def identity(path: Path) -> tuple[int, ...] | None:
+    """What changes when a run directory is replaced, by a new ``imacs analyze`` (which
+    renames a new folder into place) or by copying over it: the folder's device and inode,
+    and its manifest's inode, modification time (ns) and size. None if either is gone."""
+    try:
+        d = os.stat(path)
+        m = os.stat(path / MANIFEST)
+    except OSError:
+        return None
+    return (d.st_dev, d.st_ino, m.st_ino, m.st_mtime_ns, m.st_size)
+
+
+def _check_entries(manifest_path: Path, files: dict[str, str]) -> None:
+    """Every ``files`` entry is a plain relative path (no ``..``, not absolute, no NUL)."""
+    for name, rel in files.items():
+        bad = not isinstance(rel, str) or not rel or "\x00" in rel
+        if not bad:
+            parts = Path(rel).parts
+            bad = Path(rel).is_absolute() or ".." in parts
+        if bad:
+            raise InputError(
+                f"{manifest_path}: its {name} file ({rel!r}) is not a path inside the run; "
+                "re-run imacs analyze"
+            )
+
+
 class Run:
     """A finished analysis, read from its run directory.
 
-    Tables are pandas DataFrames read on first use; arrays are memory-mapped.
+    Tables are pandas DataFrames read on first use (and kept); arrays are memory-mapped.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -41,15 +81,77 @@ class Run:
             raise InputError(
                 f"{self.path}: not an imacs run (no {MANIFEST}); make one with imacs analyze"
             )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{manifest_path}: unreadable run manifest ({exc})") from None
+        for _ in range(3):  # a manifest replaced while it is read is read again
+            self.identity = identity(self.path)
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                if identity(self.path) != self.identity:
+                    continue
+                raise InputError(f"{manifest_path}: unreadable run manifest ({exc})") from None
+            if identity(self.path) == self.identity:
+                break
+        else:
+            raise RunReplaced(f"{self.path}: the run is being replaced; try again in a moment")
         try:
             self.manifest: dict = upgrade(manifest)
         except FormatError as exc:
             raise InputError(f"{manifest_path}: {exc}") from None
         self.info = Manifest.from_dict(self.manifest)
+        _check_entries(manifest_path, self.info.files)
+        self._tables: dict[str, pd.DataFrame] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+
+    @property
+    def token(self) -> str:
+        """A short id of the run as read (changes when the run is replaced); the web app
+        puts it in file URLs so a page of a replaced run never gets the new run's files."""
+        return hashlib.sha1(repr(self.identity).encode()).hexdigest()[:12]
+
+    def current(self) -> bool:
+        """Whether the directory still holds the run this object read."""
+        return self.identity is not None and identity(self.path) == self.identity
+
+    def inside(self, rel: str | Path) -> Path:
+        """``rel`` under the run directory, symbolic links resolved; InputError if it
+        leads outside the run (or names no path at all)."""
+        try:
+            target = (self.path / rel).resolve()
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a link loop
+            target = None
+        if target is None or not target.is_relative_to(self.path):
+            raise InputError(
+                f"{self.path}: {str(rel)!r} leads outside the run (a link?); re-run imacs analyze"
+            )
+        return target
+
+    def _file(self, name: str) -> Path:
+        if name not in self.info.files:
+            raise InputError(f"{self.path / MANIFEST}: lists no {name} file; re-run imacs analyze")
+        return self.inside(self.info.files[name])
+
+    def snapshot(self) -> Run:
+        """Read every table and open every array now, and check that the directory still
+        holds this run afterwards (RunReplaced if not): from then on the run answers from
+        what it read, even if its directory is replaced or removed (memory-mapped arrays
+        keep the files they opened). Returns the run itself."""
+        try:
+            for name in (*self.info.files, *self.info.derived):
+                if name in TABLES:
+                    self.table(name)
+                elif name in self.info.files:
+                    self._array(name)
+            for prop in ("images", "patches", "clusters", "concepts"):
+                getattr(self, prop)
+        except Exception:  # half of one run and half of another reads as damaged
+            if not self.current():
+                raise RunReplaced(
+                    f"{self.path}: the run was replaced while it was read; reload"
+                ) from None
+            raise
+        if not self.current():
+            raise RunReplaced(f"{self.path}: the run was replaced while it was read; reload")
+        return self
 
     def __repr__(self) -> str:
         s = self.info.summary
@@ -60,13 +162,19 @@ class Run:
 
     def table(self, name: str) -> pd.DataFrame:
         """Table ``name`` of the run format as stored (brought up to date), without the
-        what-if columns merged in."""
+        what-if columns merged in. Read once and kept: treat it as read-only."""
+        table = self._tables.get(name)
+        if table is None:
+            table = self._tables[name] = self._read_table(name)
+        return table
+
+    def _read_table(self, name: str) -> pd.DataFrame:
         recipe = self.info.derived.get(name)
         if recipe is not None:
             return derived(name, recipe, self.table)
         if name not in self.info.files:
             raise InputError(f"{self.path / MANIFEST}: lists no {name} table; re-run imacs analyze")
-        path = self.path / self.info.files[name]
+        path = self._file(name)
         try:
             return upgrade_table(name, pd.read_parquet(path))
         except FileNotFoundError:
@@ -193,7 +301,13 @@ class Run:
         return self.settings.comparison
 
     def _array(self, name: str) -> np.ndarray:
-        path = self.path / self.info.files[name]
+        arr = self._arrays.get(name)
+        if arr is None:
+            arr = self._arrays[name] = self._open_array(name)
+        return arr
+
+    def _open_array(self, name: str) -> np.ndarray:
+        path = self._file(name)
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
@@ -225,10 +339,12 @@ class Run:
         return Path(self.info.data["root"]) / rel
 
     def image_thumbnail(self, image_id: int) -> Path:
-        return self.path / "thumbs" / "images" / f"{int(image_id)}.jpg"
+        """The image's thumbnail (InputError if the ``thumbs`` folder leads outside)."""
+        return self.inside(f"thumbs/images/{int(image_id)}.jpg")
 
     def patch_thumbnail(self, patch_id: int) -> Path:
-        return self.path / "thumbs" / "patches" / f"{int(patch_id)}.jpg"
+        """The patch's thumbnail (InputError if the ``thumbs`` folder leads outside)."""
+        return self.inside(f"thumbs/patches/{int(patch_id)}.jpg")
 
     def patch_rows(self) -> pd.DataFrame:
         """Patches joined with their image's label, predictions, map agreement and
@@ -244,8 +360,11 @@ class Run:
         p = p.rename(columns={"label_name": "label"})
         for r in ROLES:  # what the model answers to the patch alone, by name
             col = f"alone_{r}"
-            if col in p.columns:
-                p[col] = classes[p[col].to_numpy()]
+            if col in p.columns:  # missing (NA) in runs made before it was computed
+                known = p[col].notna().to_numpy()
+                names = np.full(len(p), None, dtype=object)
+                names[known] = classes[p.loc[known, col].to_numpy(np.int64)]
+                p[col] = names
         front = ["patch_id", "image_id", "image", "label", "x0", "y0", "x1", "y1"]
         front += ["cluster", "concept", "attr_a", "attr_b", "diff"]
         return p[front + [c for c in p.columns if c not in front]]

@@ -13,13 +13,20 @@ from collections import OrderedDict
 from pathlib import Path
 
 from imacs.errors import InputError
-from imacs.run import Run
+from imacs.run import Run, RunReplaced, identity
 
 from .reader import RunView
 
 #: folders changed less than this many seconds ago are rescanned on every call (file
 #: system times are coarser than the changes they stamp; git calls this "racy")
 RACY_SECONDS = 2.0
+#: how long a request waits for a run that ``imacs analyze`` is swapping in (its two renames
+#: leave the folder missing for an instant) before it says the run is gone
+SWAP_WAIT_SECONDS = 2.0
+
+
+class NoSuchRun(InputError):
+    """No run of that id under the root (removed, or never made)."""
 
 
 class RunCatalog:
@@ -109,6 +116,8 @@ class RunCatalog:
         try:
             Run(path)
             problem = None
+        except RunReplaced:  # being swapped: judged on the next call, never cached
+            return None
         except InputError as exc:
             problem = str(exc)
         with self._lock:
@@ -142,44 +151,85 @@ class RunCatalog:
         return next(iter(self.run_dirs()), None)
 
     def get(self, run_id: str | None) -> RunView:
-        """The run with this id (or the newest one); raises InputError if there is none."""
-        dirs = self.run_dirs()
-        if run_id is None:
-            run_id = next(iter(dirs), None)
-            if run_id is None:
-                raise InputError(f"{self.root}: no imacs runs found; make one with imacs analyze")
-        elif run_id not in dirs:
-            raise InputError(
-                f"no run named {run_id!r} under {self.root} (removed, or never made); "
-                "pick one in the run list"
-            )
-        path = dirs[run_id]
-        try:
-            mtime = (path / "run.json").stat().st_mtime
-        except OSError:
-            raise InputError(
-                f"{path}: the run was removed while it was being read; pick one in the run list"
-            ) from None
-        with self._lock:
-            view = self._cache.get(run_id)
-            if view is not None and view.mtime == mtime:
-                self._cache.move_to_end(run_id)
-                return view
-        view = RunView(run_id=run_id, run=Run(path), mtime=mtime)
-        with self._lock:
-            self._cache[run_id] = view
-            self._cache.move_to_end(run_id)
-            while len(self._cache) > self.max_cached:
-                self._cache.popitem(last=False)
-        return view
+        """The run with this id (or the newest one); raises InputError if there is none.
 
-    def safe_file(self, run_id: str, subpath: str) -> Path | None:
-        """A thumbnail file inside the run's ``thumbs/`` folder, or None (never outside)."""
+        A view reads one consistent run: it is made from a :meth:`imacs.run.Run.snapshot`
+        and replaced by a fresh one as soon as the directory holds another run (its
+        :func:`imacs.run.identity` changed), never mixed with it. A run being swapped in by
+        ``imacs analyze`` is waited for (up to :data:`SWAP_WAIT_SECONDS`)."""
+        for _ in range(10):
+            dirs = self.run_dirs()
+            rid = run_id if run_id is not None else next(iter(dirs), None)
+            if rid is None:
+                raise NoSuchRun(f"{self.root}: no imacs runs found; make one with imacs analyze")
+            path = dirs.get(rid)
+            now = identity(path) if path is not None else None
+            if now is None:
+                if self._swapping(rid):
+                    continue
+                raise NoSuchRun(
+                    f"no run named {rid!r} under {self.root} (removed, or never made); "
+                    "pick one in the run list"
+                )
+            with self._lock:
+                view = self._cache.get(rid)
+                if view is not None and view.run.identity == now:
+                    self._cache.move_to_end(rid)
+                    return view
+            try:
+                run = Run(path).snapshot()
+            except RunReplaced:
+                continue
+            view = RunView(run_id=rid, run=run, mtime=run.identity[3] / 1e9)
+            with self._lock:
+                self._cache[rid] = view
+                self._cache.move_to_end(rid)
+                while len(self._cache) > self.max_cached:
+                    self._cache.popitem(last=False)
+            return view
+        raise RunReplaced(
+            f"{self.root / str(run_id)}: the run keeps being replaced; try again in a moment"
+        )
+
+    def _swapping(self, run_id: str) -> bool:
+        """Wait while ``imacs analyze`` swaps a new run into ``run_id``'s folder (its
+        previous run lies beside it under a ``.NAME.imacs-old-PID`` name until the new one
+        is in place); True if the folder is back."""
+        path = self.root / run_id if run_id != self.root.name else self.root
+        deadline = time.monotonic() + SWAP_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if (path / "run.json").is_file():
+                self._listing = None  # the folder changed within the listing's clock tick
+                return True
+            if not any(path.parent.glob(f".{path.name}.imacs-old-*")):
+                return (path / "run.json").is_file()
+            time.sleep(0.01)
+        return False
+
+    def safe_file(self, run_id: str, subpath: str, token: str | None = None) -> Path | None:
+        """A thumbnail file inside the run's ``thumbs/`` folder (symbolic links resolved,
+        the ``thumbs`` folder itself included), or None: never outside the run, never for
+        a page of a run replaced since (``token``, :attr:`imacs.run.Run.token`, when given,
+        must be the current run's)."""
+        if "\x00" in subpath or "\x00" in run_id:
+            return None
         path = self._candidates().get(run_id)  # thumbnails come by the dozen: no sorting
         if path is None or self._check(path) is not None:
             return None
-        base = (path / "thumbs").resolve()
-        target = (base / subpath).resolve()
-        if not target.is_relative_to(base) or target.suffix.lower() not in (".jpg", ".png"):
+        if token is not None:
+            try:
+                if self.get(run_id).run.token != token:
+                    return None
+            except InputError:
+                return None
+        try:
+            run_dir = path.resolve()
+            base = (path / "thumbs").resolve()
+            target = (base / subpath).resolve()
+        except (OSError, ValueError, RuntimeError):
+            return None
+        if not base.is_relative_to(run_dir) or not target.is_relative_to(base):
+            return None
+        if target.suffix.lower() not in (".jpg", ".png"):
             return None
         return target if target.is_file() else None

@@ -1,7 +1,9 @@
 """Plain HTTP routes beside the Dash callbacks: health, files, renderings, downloads.
 
-Files are served only from inside a run's ``thumbs/`` folder (paths are resolved and
-checked), renderings and files are cacheable (ETag + Cache-Control), and nothing is written.
+Files are served only from inside a run's ``thumbs/`` folder (paths are resolved, links
+included, and checked), renderings and files are cacheable (ETag + Cache-Control), and
+nothing is written. URLs the pages make carry the run's token (``?v=``): a page of a run
+that was replaced since gets 404s, never the new run's pictures.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from flask import Flask, Response, abort, jsonify, request, send_file
 from imacs.errors import InputError
 from imacs.run import safe_csv
 
-from .catalog import RunCatalog
+from .catalog import NoSuchRun, RunCatalog
 from .reader import LEVELS
 from .render import render_png
 from .state import parse_search
@@ -70,7 +72,7 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
 
     @server.route("/files/<path:run_id>/thumbs/<path:subpath>")
     def files(run_id: str, subpath: str) -> Response:
-        path = catalog.safe_file(run_id, subpath)
+        path = catalog.safe_file(run_id, subpath, request.args.get("v"))
         if path is None:
             abort(404)
         return send_file(path, max_age=3600, conditional=True, etag=True)
@@ -80,24 +82,33 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
         level = request.args.get("level", "cluster")
         if level not in LEVELS:
             abort(404)
-        try:
-            view = catalog.get(run_id).at(level)
-        except InputError:
-            abort(404)
+        token = request.args.get("v")
         patch = request.args.get("patch", type=int)
         cluster = request.args.get("cluster", type=int)
-        tag = hashlib.sha1(
-            f"{view.run.info.fingerprint}/{view.mtime}/{image_id}/{kind}/{patch}/"
-            f"{level}/{cluster}".encode()
-        ).hexdigest()
-        if request.if_none_match and tag in request.if_none_match:
-            return Response(status=304, headers={"ETag": f'"{tag}"'})
-        try:
-            png = render_png(view, image_id, kind, patch, cluster)
-        except KeyError:
-            abort(404)
-        except (InputError, OSError, ValueError) as exc:
-            return _unavailable(exc, catalog.root)
+        for _ in range(10):  # a run replaced during the rendering is rendered again
+            try:
+                view = catalog.get(run_id).at(level)
+            except NoSuchRun:
+                abort(404)
+            except InputError as exc:
+                return _unavailable(exc, catalog.root)
+            if token is not None and view.run.token != token:
+                abort(404)  # a page of a run replaced since: its pictures are gone
+            tag = hashlib.sha1(
+                f"{view.run.token}/{image_id}/{kind}/{patch}/{level}/{cluster}".encode()
+            ).hexdigest()
+            if request.if_none_match and tag in request.if_none_match:
+                return Response(status=304, headers={"ETag": f'"{tag}"'})
+            try:
+                png = render_png(view, image_id, kind, patch, cluster)
+            except KeyError:
+                abort(404)
+            except (InputError, OSError, ValueError) as exc:
+                return _unavailable(exc, catalog.root)
+            if view.run.current():  # the thumbnail it drew is this run's
+                break
+        else:
+            return _unavailable(InputError("the run keeps being replaced; reload"), catalog.root)
         resp = Response(png, mimetype="image/png")
         resp.set_etag(tag)
         resp.cache_control.max_age = 3600
@@ -108,8 +119,10 @@ def register_routes(server: Flask, catalog: RunCatalog, script_hashes: list[str]
     def download(run_id: str, table: str) -> Response:
         try:
             view = catalog.get(run_id)
-        except InputError:
+        except NoSuchRun:
             abort(404)
+        except InputError as exc:
+            return _unavailable(exc, catalog.root)
         f = parse_search("?" + request.query_string.decode()).filters
         if table not in ("clusters", "concepts", "patches"):
             abort(404)

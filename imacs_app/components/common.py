@@ -31,13 +31,15 @@ def view_of(catalog: RunCatalog, state: ViewState) -> RunView:
 
 
 def files_url(view, sub: str) -> str:
-    return f"/files/{quote(view.run_id)}/thumbs/{sub}"
+    """The URL of a thumbnail of the view's run (as read: ``v``, its token)."""
+    return f"/files/{quote(view.run_id)}/thumbs/{sub}?v={view.run.token}"
 
 
 def render_url(view, image_id: int, kind: str, patch: int | None = None) -> str:
-    """The URL of an image's rendering (see :func:`imacs_app.render.render_png`)."""
-    q = f"?patch={patch}" if patch is not None else ""
-    return f"/render/{quote(view.run_id)}/{image_id}/{kind}.png{q}"
+    """The URL of an image's rendering (see :func:`imacs_app.render.render_png`) of the
+    view's run as read (``v``, its token)."""
+    q = f"&patch={patch}" if patch is not None else ""
+    return f"/render/{quote(view.run_id)}/{image_id}/{kind}.png?v={view.run.token}{q}"
 
 
 def problem(exc: Exception | str) -> str:

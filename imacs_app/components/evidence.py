@@ -118,7 +118,7 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
             children=[
                 html.Img(src=render_url(view, i, "image"), alt=f"image {i}"),
                 html.Img(
-                    src=render_url(view, i, "removed") + f"?cluster={cluster}&level={view.level}",
+                    src=render_url(view, i, "removed") + f"&cluster={cluster}&level={view.level}",
                     alt=f"image {i} with {view.unit} {cluster} removed",
                     className="removed",
                 ),
