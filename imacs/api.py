@@ -30,6 +30,10 @@ def analyze(
     weights_b: str | Path | None = None,
     name_a: str | None = None,
     name_b: str | None = None,
+    reference_a: str | Path | None = None,
+    reference_b: str | Path | None = None,
+    reference_weights_a: str | Path | None = None,
+    reference_weights_b: str | Path | None = None,
     labels_csv: str | Path | None = None,
     classes: str | Path | None = None,
     overwrite: bool = False,
@@ -54,6 +58,15 @@ def analyze(
         weights_b (str or Path, optional): weights for a factory or timm model B.
         name_a (str, optional): display name of model A. Default: from its file name.
         name_b (str, optional): display name of model B. Default: from its file name.
+        reference_a (str or Path, optional): with ``reference_b``, a reference pair: two
+            trainings of one recipe that differ only in their seed. They are compared first
+            (a run of their own, written beside ``out`` as ``OUT-reference``), and the
+            largest difference they surely make becomes the bar every difference of A and B
+            must clear to be significant (``reference_bar`` in the comparison settings).
+        reference_b (str or Path, optional): the reference pair's second model.
+        reference_weights_a (str or Path, optional): weights for a factory or timm
+            ``reference_a``.
+        reference_weights_b (str or Path, optional): weights for ``reference_b``.
         labels_csv (str or Path, optional): CSV with ``path,label`` and meta columns.
         classes (str or Path, optional): file of class names in output order. Default: a
             Hugging Face model's ``id2label`` when the data's class names are among them.
@@ -79,6 +92,16 @@ def analyze(
     from .pipeline import run_analysis  # the documented lazy entry point: imports torch
 
     settings = AnalysisSettings.from_keywords(settings, **keywords)
+    if (reference_a is None) != (reference_b is None):
+        from .errors import InputError
+
+        raise InputError("a reference pair takes two models: give both --reference-a and -b")
+    reference = None
+    if reference_a is not None:
+        reference = (
+            ModelSpec(str(reference_a), str(reference_weights_a) if reference_weights_a else None),
+            ModelSpec(str(reference_b), str(reference_weights_b) if reference_weights_b else None),
+        )
     if cache_dir is True:
         cache_root: Path | None = default_cache_dir()
     elif cache_dir in (None, False):
@@ -98,6 +121,7 @@ def analyze(
         cache=StageCache(cache_root),
         progress=progress,
         log=log,
+        reference=reference,
     )
 
 

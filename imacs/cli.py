@@ -81,6 +81,16 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--weights-b", metavar="FILE", help="weights for a factory model B")
     g.add_argument("--name-a", help="display name of model A")
     g.add_argument("--name-b", help="display name of model B")
+    g.add_argument(
+        "--reference-a",
+        metavar="PATH",
+        help="a reference pair (with --reference-b): two trainings of one recipe, differing "
+        "only in their seed; what they surely differ by is the bar a difference of A and B "
+        "must clear to be significant (their run is written beside --out, as OUT-reference)",
+    )
+    g.add_argument("--reference-b", metavar="PATH", help="the reference pair's second model")
+    g.add_argument("--reference-weights-a", metavar="FILE", help="weights for --reference-a")
+    g.add_argument("--reference-weights-b", metavar="FILE", help="weights for --reference-b")
     g = a.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -253,6 +263,10 @@ def _analyze(args: argparse.Namespace) -> int:
         weights_b=args.weights_b,
         name_a=args.name_a,
         name_b=args.name_b,
+        reference_a=args.reference_a,
+        reference_b=args.reference_b,
+        reference_weights_a=args.reference_weights_a,
+        reference_weights_b=args.reference_weights_b,
         labels_csv=args.labels_csv,
         classes=args.classes,
         overwrite=args.overwrite,

@@ -13,7 +13,10 @@ its promise however many clusters a run has:
   cluster's statistic is its summed difference over the root of its per-image sums of
   squares; comparing each cluster with the *maximum* over clusters of the permuted
   statistics (Westfall and Young's single-step max-T) controls the family-wise error rate.
-  ``significant`` is ``p_value < 1 - ci``.
+  ``significant`` is ``p_value < 1 - ci`` *and* the whole simultaneous interval beyond the
+  bar (:attr:`ComparisonSettings.bar`: ``--min-effect``, or what a reference pair of two
+  trainings of one recipe surely differs by, if larger); ``within_bar`` marks a difference
+  that is real (``p_value < 1 - ci``) but not shown to exceed the bar.
 * ``diff_lo``/``diff_hi``: simultaneous intervals from a bootstrap over *images* (patches of
   one image are not independent; one resample serves every cluster), widened by the
   bootstrap's max-|t| over clusters so that all intervals hold together at level ``ci``.
@@ -75,7 +78,7 @@ def compare_clusters(
     stats, stats_rel = _family_stats(p, settings, extra=(("attr_a_rel", "attr_b_rel"),))
     rows = [
         _row(int(cluster), grp, images.loc[np.unique(grp["image_id"].to_numpy())], classes)
-        | _interval_columns(stats, stats_rel, k, settings.ci)
+        | _interval_columns(stats, stats_rel, k, settings)
         for k, (cluster, grp) in enumerate(p.groupby("cluster", sort=True))
     ]
     clusters = pd.DataFrame(rows)
@@ -88,7 +91,7 @@ _COLUMNS = (
     *("cluster", "n_patches", "n_images", "attr_a", "attr_b", "diff", "diff_se", "diff_lo"),
     *("diff_hi", "p_value", "significant", "saliency", "top_class", "top_class_share"),
     *("disagree_rate", "acc_a", "acc_b", "attr_a_rel", "attr_b_rel", "diff_rel"),
-    *("diff_rel_lo", "diff_rel_hi"),
+    *("diff_rel_lo", "diff_rel_hi", "within_bar"),
 )
 
 
@@ -116,14 +119,18 @@ def _row(cluster: int, grp: pd.DataFrame, img: pd.DataFrame, classes: list[str])
     }
 
 
-def _interval_columns(stats: dict, stats_rel: dict, k: int, ci: float) -> dict:
-    """The k-th cluster's intervals and family-wise p-value."""
+def _interval_columns(stats: dict, stats_rel: dict, k: int, settings: ComparisonSettings) -> dict:
+    """The k-th cluster's intervals, family-wise p-value and verdict against the bar."""
+    lo, hi, bar = float(stats["lo"][k]), float(stats["hi"][k]), settings.bar
+    real = bool(stats["p"][k] < 1.0 - settings.ci)
+    beyond = lo > bar or hi < -bar
     return {
         "diff_se": float(stats["se"][k]),
-        "diff_lo": float(stats["lo"][k]),
-        "diff_hi": float(stats["hi"][k]),
+        "diff_lo": lo,
+        "diff_hi": hi,
         "p_value": float(stats["p"][k]),
-        "significant": bool(stats["p"][k] < 1.0 - ci),
+        "significant": real and beyond,
+        "within_bar": real and not beyond,
         "diff_rel_lo": float(stats_rel["lo"][k]),
         "diff_rel_hi": float(stats_rel["hi"][k]),
     }

@@ -45,7 +45,7 @@ from .trust import trust_stage
 from .whatif import whatif_stage
 from .writer import build_manifest, write_run_files
 
-__all__ = ["STAGES", "START", "run_analysis"]
+__all__ = ["STAGES", "START", "reference_bar", "reference_dir", "run_analysis"]
 
 #: the analysis, in order
 STAGES: tuple[Stage, ...] = (
@@ -103,15 +103,35 @@ def run_analysis(
     cache: StageCache | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    reference: tuple[ModelSpec, ModelSpec] | None = None,
 ) -> Run:
     """:func:`imacs.analyze` with its settings already gathered in :class:`AnalysisSettings`.
 
     Under ``torchrun`` every process calls this; they share the attribution (see
-    :mod:`imacs.distributed`), rank 0 writes the run and every rank returns it.
+    :mod:`imacs.distributed`), rank 0 writes the run and every rank returns it. A
+    ``reference`` pair is analysed first, with the same data and settings, into
+    ``OUT-reference`` (:func:`reference_dir`); what it surely differs by becomes the
+    comparison's ``reference_bar`` (:func:`reference_bar`).
     """
     cache = cache or StageCache(None)
-    ranks = from_environment(settings.attribution.device)
     out = Path(out).expanduser().absolute()
+    if reference is not None:
+        say = log or (lambda _msg: None)
+        say(f"reference pair first, into {reference_dir(out)}")
+        ref = run_analysis(
+            *reference, data, reference_dir(out), settings, labels_csv=labels_csv,
+            classes_file=classes_file, overwrite=True, rebuild=rebuild, cache=cache,
+            progress=progress, log=log,
+        )  # fmt: skip
+        bar, concept = reference_bar(ref)
+        say(
+            f"reference pair ({ref.names['a']} vs {ref.names['b']}) surely differs by up to "
+            f"{bar:.3f} (concept {concept}): a difference of A and B must clear "
+            f"{max(bar, settings.comparison.min_effect):.3f} to be significant"
+        )
+        comparison = replace(settings.comparison, reference_bar=round(bar, 6))
+        settings = replace(settings, comparison=comparison)
+    ranks = from_environment(settings.attribution.device)
 
     def job(leader: bool) -> _Job:
         say = (log or (lambda _msg: None)) if leader else (lambda _msg: None)
@@ -133,6 +153,23 @@ def run_analysis(
         return _analysis(job(ranks.leader), settings, ranks)
     finally:
         ranks.close()
+
+
+def reference_dir(out: Path) -> Path:
+    """Where the reference pair's run of ``out`` is written: beside it, ``OUT-reference``."""
+    return out.parent / f"{out.name}-reference"
+
+
+def reference_bar(ref: Run) -> tuple[float, int | None]:
+    """The largest difference the reference pair surely makes, and its concept: over the
+    reference run's concepts, the largest distance of a simultaneous interval from 0 (a
+    concept whose interval holds 0 counts 0). Retraining alone moves shares this much."""
+    c = ref.concepts
+    if c.empty:
+        return 0.0, None
+    away = (c["diff_lo"].clip(lower=0) + (-c["diff_hi"]).clip(lower=0)).to_numpy()
+    k = int(away.argmax())
+    return float(away[k]), int(c["concept"].iloc[k])
 
 
 def _analysis(job: _Job, settings: AnalysisSettings, ranks: Ranks | None) -> Run:

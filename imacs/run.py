@@ -295,6 +295,29 @@ class Run:
         """The settings the run was computed with."""
         return AnalysisSettings.from_dict(self.info.settings)
 
+    @property
+    def bar(self) -> float:
+        """The difference a cluster's interval must clear to be significant (0 in runs
+        made before it existed)."""
+        return self.settings.comparison.bar if "min_effect" in self._comparison_dict else 0.0
+
+    @property
+    def _comparison_dict(self) -> dict:
+        return dict(self.info.settings.get("comparison") or {})
+
+    def bar_sentence(self) -> str:
+        """One line: what "significant" means in this run."""
+        if "min_effect" not in self._comparison_dict:
+            return "significant: the difference is not 0 (family-wise, 5 %)"
+        cs = self.settings.comparison
+        why = f"--min-effect {cs.min_effect:.3f}"
+        if cs.reference_bar > cs.min_effect:
+            why = (
+                f"what the reference pair surely differs by, {cs.reference_bar:.3f}: "
+                f"run {self.path.name}-reference"
+            )
+        return f"significant: the whole {cs.ci:.0%} interval beyond ±{cs.bar:.3f} ({why})"
+
     def comparison_settings(self) -> ComparisonSettings:
         """The comparison settings the run was computed with (to recompute its statistics
         on a subset of patches the same way)."""
@@ -414,12 +437,12 @@ class Run:
                 f"answer alike, distance < {self.settings.concepts.distance})"
             )
         lines.append("  top concepts (diff = B - A share of attribution):")
+        lines.append(f"  {self.bar_sentence()}")
         for row in self.concepts.head(5).itertuples():
             n = int(row.n_clusters)
             lines.append(
                 f"    #{row.rank} concept {row.concept}: diff {row.diff:+.3f} "
-                f"[{row.diff_lo:+.3f}, {row.diff_hi:+.3f}]"
-                f"{' significant' if getattr(row, 'significant', False) else ''}, "
+                f"[{row.diff_lo:+.3f}, {row.diff_hi:+.3f}]{_verdict(row, self.bar)}, "
                 f"{row.n_patches} patches in {row.n_images} images, mostly {row.top_class}; "
                 f"{n} cluster{'s' if n != 1 else ''} ({row.clusters})"
             )
@@ -439,6 +462,15 @@ class Run:
         total = sum(self.info.timings.values())
         lines.append(f"  computed in {total:.1f}s")
         return "\n".join(lines)
+
+
+def _verdict(row: object, bar: float) -> str:
+    """`` significant``, `` within ±BAR`` (real but not beyond the bar) or nothing."""
+    if getattr(row, "significant", False) is True:
+        return " significant"
+    if getattr(row, "within_bar", False) is True:
+        return f" real but within ±{bar:.3f}"
+    return ""
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -351,13 +351,36 @@ class ComparisonSettings:
         n_perm (int): sign-flip permutations for the family-wise p-values. Default: 999.
         ci (float): confidence level of the intervals; significance is at ``1 - ci``.
             Default: 0.95.
+        min_effect (float): the smallest difference of shares that counts: a cluster is
+            ``significant`` only when its whole simultaneous interval lies beyond
+            ``±min_effect`` (a difference the models surely make, larger than the bar).
+            Default: 0.05 (README, "Significance": retraining alone moved the test
+            models' concept shares by 0.03-0.10).
+        reference_bar (float): the largest difference a reference pair (two trainings of
+            one recipe, ``--reference-a/--reference-b``) surely makes; set by the analysis
+            from the reference run, 0 without one. The bar is the larger of the two.
         seed (int): seed of the bootstrap and the permutations. Default: 0.
     """
 
     n_boot: int = setting(1000, convert=whole(10))
     n_perm: int = setting(999, convert=whole(99))
     ci: float = setting(0.95, convert=real(0.5, below=1.0))
+    min_effect: float = setting(
+        0.05,
+        flag="--min-effect",
+        metavar="D",
+        convert=real(0.0, 1.0),
+        group="patches and clusters",
+        help="smallest difference of attribution shares (B - A) that counts as significant: "
+        "the whole interval must lie beyond it",
+    )
+    reference_bar: float = setting(0.0, convert=real(0.0, 1.0))
     seed: int = setting(0, flag="--seed", convert=whole(0, 2**32 - 1))
+
+    @property
+    def bar(self) -> float:
+        """The difference a cluster's interval must clear to be significant."""
+        return max(self.min_effect, self.reference_bar)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -55,11 +55,17 @@ def _layout(fig: go.Figure, height: int) -> go.Figure:
 
 
 def ranking(
-    clusters: pd.DataFrame, names: dict[str, str], selected: int | None, relative: bool = False
+    clusters: pd.DataFrame,
+    names: dict[str, str],
+    selected: int | None,
+    relative: bool = False,
+    bar: float = 0.0,
 ) -> go.Figure:
     """Paired bars of A's and B's mean share per cluster, and B - A with its interval; with
     ``relative``, the shares renormalised over each image's patches (``*_rel`` columns), in
-    the order given (the caller ranks them), numbered from 1."""
+    the order given (the caller ranks them), numbered from 1. A grey band shows ``±bar``,
+    the difference an interval must clear to be significant (not in the relative view,
+    which has no bar of its own)."""
     from plotly.subplots import make_subplots
 
     sfx = "_rel" if relative else ""
@@ -81,7 +87,7 @@ def ranking(
             "relative reliance (share among the image's patches)"
             if relative
             else "mean share of attribution",
-            "B − A (95% interval)",
+            "B − A (95% interval)" + (f"; grey: within ±{bar:.2f}" if bar and not relative else ""),
         ),
     )
     # plain lists: plotly sends numpy arrays as typed arrays, which click events may omit
@@ -126,7 +132,8 @@ def ranking(
         row=1,
         col=2,
     )
-    fig.update_layout(shapes=ranking_marks(custom, selected))
+    band = [] if relative or not bar else [bar_band(bar)]
+    fig.update_layout(shapes=[*band, *ranking_marks(custom, selected)])
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(gridcolor="#eee", zerolinecolor="#999")
     fig.update_layout(barmode="group", bargap=0.25, clickmode="event")
@@ -134,6 +141,24 @@ def ranking(
     # the legend under the tick labels, not over them
     fig.update_layout(margin={"b": 50}, legend={"yref": "container", "y": 0, "yanchor": "bottom"})
     return fig
+
+
+def bar_band(bar: float) -> dict:
+    """The ranking's grey band from ``-bar`` to ``bar`` on the B − A panel (its shape is
+    named ``bar``, so highlighting a row keeps it)."""
+    return {
+        "type": "rect",
+        "name": "bar",
+        "xref": "x2",
+        "yref": "paper",
+        "x0": -bar,
+        "x1": bar,
+        "y0": 0,
+        "y1": 1,
+        "fillcolor": "rgba(120, 120, 120, 0.15)",
+        "line": {"width": 0},
+        "layer": "below",
+    }
 
 
 def ranking_marks(order: list[int], selected: int | None) -> list[dict]:

@@ -124,7 +124,7 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         traits = view.cluster_traits(s.filters)
         return [
             close_button("cluster"),
-            *_numbers(unit, s.cluster, row, p, img),
+            *_numbers(unit, s.cluster, row, p, img, view.run.bar),
             _relatives(view, p, s.filters),
             _breakdown(
                 breakdown,
@@ -138,7 +138,9 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         ]
 
 
-def _numbers(unit: str, group: int, row: pd.Series, p: pd.DataFrame, img: pd.DataFrame) -> list:
+def _numbers(
+    unit: str, group: int, row: pd.Series, p: pd.DataFrame, img: pd.DataFrame, bar: float
+) -> list:
     """The group's title, its shares with their interval, how often the models disagree
     on its images, and what they answer to its patches alone."""
     n = len(img)
@@ -155,7 +157,7 @@ def _numbers(unit: str, group: int, row: pd.Series, p: pd.DataFrame, img: pd.Dat
                 ", ",
                 html.Span(f"B {row['attr_b']:.3f}", className="model-b"),
                 f"; B − A = {row['diff']:+.3f} (95% interval {row['diff_lo']:+.3f} "
-                f"to {row['diff_hi']:+.3f}).",
+                f"to {row['diff_hi']:+.3f}){_against_bar(row, bar)}.",
             ],
         ),
         html.P(
@@ -362,3 +364,18 @@ def _breakdown(table: pd.DataFrame, top: pd.Series | None, n_images: int, among:
             ),
         ],
     )
+
+
+def _against_bar(row: pd.Series, bar: float) -> str:
+    """What the interval says against the run's bar (``--min-effect`` or a reference
+    pair's): significant, real but within it, or not shown to differ."""
+
+    def flag(name: str) -> bool:
+        v = row.get(name)
+        return v is not None and not pd.isna(v) and bool(v)
+
+    if flag("significant"):
+        return f": significant, beyond ±{bar:.3f}"
+    if flag("within_bar"):
+        return f": a real difference, but within ±{bar:.3f}, no larger than the bar"
+    return ": not shown to differ"

@@ -114,7 +114,7 @@ def ranking_card() -> html.Section:
 def _evidence(run: Run) -> list:
     """How far the maps can be trusted and how much the two models' maps agree (runs made
     before these were computed show nothing), and the run's warnings."""
-    out = []
+    out = [html.P(f"Significance: {run.bar_sentence().partition(': ')[2]}.", className="trust")]
     summary = run.info.summary
     spearman = summary.get("map_spearman_median")
     if spearman is not None:
@@ -354,7 +354,7 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
             clusters = clusters.reindex(
                 clusters["diff_rel"].abs().sort_values(ascending=False, kind="stable").index
             )
-        figure = figures.ranking(clusters, view.run.names, None, relative)
+        figure = figures.ranking(clusters, view.run.names, None, relative, view.run.bar)
         return (summary, title, hint, *downloads, figure, _strips(view, clusters, f, relative))
 
     @app.callback(
@@ -367,10 +367,11 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         """Mark the selected cluster's row in the ranking (the figure is not rebuilt)."""
         if not fig or not fig.get("data"):
             raise PreventUpdate
-        shapes = figures.ranking_marks(
+        old = (fig.get("layout") or {}).get("shapes", [])
+        shapes = [s for s in old if s.get("name") == "bar"] + figures.ranking_marks(
             fig["data"][0].get("customdata") or [], fmt.parse(key).cluster
         )
-        if (fig.get("layout") or {}).get("shapes", []) == shapes:
+        if old == shapes:
             raise PreventUpdate
         patch = Patch()
         patch["layout"]["shapes"] = shapes
