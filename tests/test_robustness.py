@@ -48,3 +48,37 @@ def test_rob001_a_run_made_from_the_cache_is_byte_identical(small_set, tmp_path)
     first, second = _run_files(fresh.path), _run_files(again.path)
     assert "patches.parquet" in first and first.keys() == second.keys()
     assert [name for name in first if first[name] != second[name]] == []
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``imacs ARGS`` in this process: its exit status and stderr."""
+    from imacs.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def _analyze_args(data: Path, out: Path, a: str = A, b: str = B) -> list[str]:
+    return ["analyze", "--model-a", a, "--model-b", b, "--data", str(data), "--out", str(out),
+            "--image-size", "32", "--steps", "8", "-q"]  # fmt: skip
+
+
+def test_rob002_a_factory_that_raises_is_a_one_line_error(
+    small_set, tmp_path, capsys, monkeypatch
+) -> None:
+    code, err = _cli(capsys, *_analyze_args(small_set, tmp_path / "r", a="json:dumps"))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(
+        "imacs: error: --model-a json:dumps: the factory dumps() raised TypeError"
+    )
+    assert "takes no arguments and returns a torch.nn.Module" in err
+    # a module that raises while it is imported
+    (tmp_path / "broken_factory.py").write_text("raise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = _cli(capsys, *_analyze_args(small_set, tmp_path / "r", b="broken_factory:make"))
+    assert code == 2 and "Traceback" not in err
+    assert (
+        "--model-b broken_factory:make: importing module 'broken_factory' raised RuntimeError"
+        in err
+    )
+    assert not (tmp_path / "r").exists()
