@@ -24,7 +24,7 @@ import numpy as np
 from .attribution import BatchResult, DeviceOutOfMemory, PairedAttribution, Preprocess
 from .cache import StageCache, stable_hash
 from .data import Dataset, ImageRecord
-from .errors import ImageDecodeError, InputError, ModelFailure
+from .errors import ImageDecodeError, InputError, ModelFailure, disk_error, reserve_space
 from .imaging import load_rgb
 from .models import LoadedModel
 from .progress import Progress
@@ -240,12 +240,7 @@ def attribute_set(
     ok = np.zeros(n, dtype=bool)
     reason = [""] * n
     size = np.zeros((n, 2), dtype=np.int64)
-    maps = {
-        r: np.lib.format.open_memmap(
-            scratch / f"maps_{r}.npy", mode="w+", dtype=np.float32, shape=(n, h, w)
-        )
-        for r in ROLES
-    }
+    maps = {r: scratch_array(scratch / f"maps_{r}.npy", (n, h, w)) for r in ROLES}
     small: dict[str, dict[str, list[np.ndarray]]] = {r: {k: [] for k in _SMALL} for r in ROLES}
     runner = _Runner(dataset, engine, cache, plan, preprocess, attribution, strict)
     with _pool() as pool:
@@ -283,6 +278,24 @@ def attribute_set(
         per_role=per_role,
         classes=classes or list(dataset.classes),
     )
+
+
+def scratch_array(path: Path, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """A memory-mapped ``.npy`` array at ``path``, its disk space reserved up front.
+
+    The file of a memory map is sparse: without the reservation a full disk shows up as a
+    crash (SIGBUS) when a page is first written, after the work that filled it. A full or
+    read-only disk is an :class:`InputError` naming the first folder above ``path`` that is
+    not hidden: the folder the run is written to, whose hidden temporary folder holds the
+    scratch folder.
+    """
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        reserve_space(path)
+    except OSError as exc:
+        folder = next((p for p in path.parents if not p.name.startswith(".")), path.parent)
+        raise disk_error(exc, folder) from None
+    return arr
 
 
 def attribute_batch(

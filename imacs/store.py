@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, disk_error
+from .errors import InputError, disk_error, reserve_space
 from .runformat import MANIFEST
 
 
@@ -131,6 +131,7 @@ def write_scaled_maps(
     path = tmp / f"{name}.npy"
     try:
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=maps.shape)
+        reserve_space(path)  # a full disk is an error here, not a crash while writing rows
         for s in range(0, len(maps), block):
             sc = scale[s : s + block, None, None]
             rows = np.asarray(maps[s : s + block], dtype=np.float32)

@@ -82,3 +82,28 @@ def test_rob002_a_factory_that_raises_is_a_one_line_error(
         in err
     )
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("where", ["open_memmap", "reserve"])
+def test_rob003_a_full_disk_at_the_first_memory_map_is_a_one_line_error(
+    small_set, tmp_path, capsys, monkeypatch, where
+) -> None:
+    """Whether creating the memory-mapped maps fails, or reserving their space (what
+    keeps a full disk from crashing the process when a page is written later)."""
+    import errno
+    import os
+
+    import numpy as np
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "open_memmap":
+        monkeypatch.setattr(np.lib.format, "open_memmap", full)
+    else:
+        monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    runs = tmp_path / "runs"
+    code, err = _cli(capsys, *_analyze_args(small_set, runs / "r"))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"imacs: error: {runs}: no space left on the device; free some space")
+    assert not (runs / "r").exists() and list(runs.iterdir()) == []  # no temporary left
