@@ -107,3 +107,36 @@ def test_rob003_a_full_disk_at_the_first_memory_map_is_a_one_line_error(
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith(f"imacs: error: {runs}: no space left on the device; free some space")
     assert not (runs / "r").exists() and list(runs.iterdir()) == []  # no temporary left
+
+
+def test_rob004_a_cache_entry_of_the_wrong_shape_is_discarded_and_recomputed(
+    small_set, tmp_path
+) -> None:
+    import numpy as np
+
+    cache = tmp_path / "cache"
+    first = imacs.analyze(A, B, small_set, tmp_path / "first", cache_dir=cache, **SMALL)
+    entries = sorted((cache / "attribution").rglob("*.npz"))
+    assert len(entries) == 2  # one chunk, two models
+    damaged = {}
+    for path, damage in zip(entries, ("pixels", "rows"), strict=True):
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+        if damage == "pixels":  # maps of another image size
+            arrays["maps"] = arrays["maps"][:, :16, :16]
+        else:  # rows of a shorter chunk
+            arrays = {k: v[:-3] for k, v in arrays.items()}
+        np.savez(path, **arrays)
+        damaged[path] = path.read_bytes()
+    said: list[str] = []
+    again = imacs.analyze(
+        A, B, small_set, tmp_path / "again", cache_dir=cache, log=said.append, **SMALL
+    )
+    warnings = [m for m in said if "does not fit its chunk" in m]
+    assert len(warnings) == 2 and all("discarded, recomputing model" in m for m in warnings)
+    assert any("'maps' is 24x16x16, not 24x32x32" in m for m in warnings)
+    assert any("'ok' is 21, not 24" in m for m in warnings)
+    for path, old in damaged.items():  # recomputed and stored again
+        assert path.is_file() and path.read_bytes() != old
+    one, two = _run_files(first.path), _run_files(again.path)
+    assert [name for name in one if one[name] != two[name]] == []
