@@ -140,3 +140,61 @@ def test_rob004_a_cache_entry_of_the_wrong_shape_is_discarded_and_recomputed(
         assert path.is_file() and path.read_bytes() != old
     one, two = _run_files(first.path), _run_files(again.path)
     assert [name for name in one if one[name] != two[name]] == []
+
+
+def test_rob005_unwritable_folders_are_refused_before_any_work(
+    small_set, tmp_path, capsys, monkeypatch
+) -> None:
+    """``docker run -u`` with the image's cache: refused at once, naming the folder and the
+    fix, not after the first chunk's minutes of attribution."""
+    import errno
+    import tempfile
+
+    import imacs.pipeline
+
+    def no_work(*args, **kw):
+        raise AssertionError("work started before the folders were checked")
+
+    monkeypatch.setattr(imacs.pipeline, "load_model", no_work)
+    # a cache folder that cannot be made (a file is in the way: fails for root too)
+    (tmp_path / "file").write_text("")
+    args = _analyze_args(small_set, tmp_path / "runs" / "r")
+    code, err = _cli(capsys, *args, "--cache-dir", str(tmp_path / "file" / "cache"))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(
+        f"imacs: error: {tmp_path / 'file' / 'cache'}: the attribution cache folder is not "
+        "writable (Not a directory); give a folder you can write to with --cache-dir DIR or "
+        "IMACS_CACHE_DIR, or pass --no-cache"
+    )
+    # a folder the user may not write to (simulated: the tests may run as root)
+    mkstemp = tempfile.mkstemp
+    denied: set[Path] = set()
+
+    def refuse(*a, dir=None, **kw):
+        if Path(dir) in denied:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return mkstemp(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    image_cache = tmp_path / "opt" / "imacs" / "cache"
+    monkeypatch.setenv("IMACS_CACHE_DIR", str(image_cache))
+    denied.add(image_cache)
+    code, err = _cli(capsys, *args)
+    assert code == 2 and err.startswith(
+        f"imacs: error: {image_cache}: the attribution cache folder is not writable "
+        "(Permission denied)"
+    )
+    denied.add(tmp_path / "runs")
+    code, err = _cli(capsys, *args, "--no-cache")
+    assert code == 2 and err.startswith(
+        f"imacs: error: {tmp_path / 'runs'}: the folder of --out is not writable "
+        "(Permission denied); choose an --out in a folder you can write to"
+    )
+    denied.clear()
+    numba = tmp_path / "numba"
+    denied.add(numba)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(numba))
+    code, err = _cli(capsys, *args, "--no-cache")
+    assert code == 2 and err.startswith(
+        f"imacs: error: {numba}: numba's cache folder (NUMBA_CACHE_DIR) is not writable"
+    )
