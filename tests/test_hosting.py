@@ -147,7 +147,7 @@ def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
     entry = json.loads(next(args for instr, args in steps if instr == "ENTRYPOINT"))[0]
     assert os.access(image / entry.lstrip("/"), os.X_OK), entry
     rest = {instr: args for instr, args in steps}
-    assert "/healthz" in rest["HEALTHCHECK"] and rest["USER"] == "10001"
+    assert "scripts/healthcheck.py" in rest["HEALTHCHECK"] and rest["USER"] == "10001"
     assert rest["VOLUME"] == '["/runs"]' and "gunicorn" in ENTRY.read_text()
 
 
