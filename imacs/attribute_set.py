@@ -24,7 +24,7 @@ import numpy as np
 from .attribution import BatchResult, DeviceOutOfMemory, PairedAttribution, Preprocess
 from .cache import StageCache, stable_hash
 from .data import Dataset, ImageRecord
-from .errors import ImageDecodeError, InputError, ModelFailure
+from .errors import ImageDecodeError, InputError, ModelFailure, disk_error, reserve_space
 from .imaging import load_rgb
 from .models import LoadedModel
 from .progress import Progress
@@ -129,8 +129,10 @@ class _Runner:
         preprocess: Preprocess,
         attribution: AttributionSettings,
         strict: bool,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.dataset, self.engine, self.strict = dataset, engine, strict
+        self.say = say or (lambda _msg: None)
         self.preprocess, self.attribution = preprocess, attribution
         self.cache, self.plan = cache, plan
         self.classes: list[str] | None = None  # set once the class counts are checked
@@ -149,12 +151,29 @@ class _Runner:
         for pos, ci in enumerate(ids):
             decoded = pending
             pending = submit(ids[pos + 1]) if pos + 1 < len(ids) else None  # prefetch
-            got = {r: self.cache.get("attribution", self.plan.keys[ci][r]) for r in ROLES}
+            got = {r: self._cached(ci, r) for r in ROLES}
             if any(v is None for v in got.values()):
                 if decoded is None:
                     decoded = [pool.submit(_decode, recs[i], pre) for i in self.plan.chunks[ci]]
                 self._compute(ci, [f.result() for f in decoded], got)
             yield ci, got  # type: ignore[misc]
+
+    def _cached(self, ci: int, role: str) -> dict[str, np.ndarray] | None:
+        """Chunk ``ci``'s cache entry for ``role``, or None: missing, damaged, or with
+        arrays that do not fit the chunk (discarded, with one warning, and recomputed)."""
+        key = self.plan.keys[ci][role]
+        entry = self.cache.get("attribution", key)
+        if entry is None:
+            return None
+        wrong = entry_mismatch(entry, len(self.plan.chunks[ci]), self.preprocess.input_size)
+        if wrong is None:
+            return entry
+        path = self.cache.discard("attribution", key)
+        self.say(
+            f"attribution cache: {path} does not fit its chunk ({wrong}); discarded, "
+            f"recomputing model {role.upper()} on those {len(self.plan.chunks[ci])} images"
+        )
+        return None
 
     def _compute(
         self,
@@ -240,14 +259,9 @@ def attribute_set(
     ok = np.zeros(n, dtype=bool)
     reason = [""] * n
     size = np.zeros((n, 2), dtype=np.int64)
-    maps = {
-        r: np.lib.format.open_memmap(
-            scratch / f"maps_{r}.npy", mode="w+", dtype=np.float32, shape=(n, h, w)
-        )
-        for r in ROLES
-    }
+    maps = {r: scratch_array(scratch / f"maps_{r}.npy", (n, h, w)) for r in ROLES}
     small: dict[str, dict[str, list[np.ndarray]]] = {r: {k: [] for k in _SMALL} for r in ROLES}
-    runner = _Runner(dataset, engine, cache, plan, preprocess, attribution, strict)
+    runner = _Runner(dataset, engine, cache, plan, preprocess, attribution, strict, say)
     with _pool() as pool:
         for ci, got in runner.entries(list(range(len(plan.chunks))), pool):
             idx = plan.chunks[ci]
@@ -283,6 +297,24 @@ def attribute_set(
         per_role=per_role,
         classes=classes or list(dataset.classes),
     )
+
+
+def scratch_array(path: Path, shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """A memory-mapped ``.npy`` array at ``path``, its disk space reserved up front.
+
+    The file of a memory map is sparse: without the reservation a full disk shows up as a
+    crash (SIGBUS) when a page is first written, after the work that filled it. A full or
+    read-only disk is an :class:`InputError` naming the first folder above ``path`` that is
+    not hidden: the folder the run is written to, whose hidden temporary folder holds the
+    scratch folder.
+    """
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        reserve_space(path)
+    except OSError as exc:
+        folder = next((p for p in path.parents if not p.name.startswith(".")), path.parent)
+        raise disk_error(exc, folder) from None
+    return arr
 
 
 def attribute_batch(
@@ -329,6 +361,27 @@ def attribute_batch(
         for k in out:
             out[k][start : start + len(part.pred)] = getattr(part, k)
     return BatchResult(**out), failed
+
+
+def entry_mismatch(entry: dict[str, np.ndarray], n: int, hw: tuple[int, int]) -> str | None:
+    """What makes a chunk's cache entry unfit for a chunk of ``n`` images of ``hw`` pixels
+    (arrays missing or of other shapes, as :func:`_pack_chunk` makes them), or None."""
+    expected = {
+        "ok": (n,), "size": (n, 2), "reason": (n,), "maps": (n, *hw),
+        "probs": (n, None), "pred": (n,), "target": (n,), "delta": (n,),
+    }  # fmt: skip
+    for name, shape in expected.items():
+        arr = entry.get(name)
+        if arr is None:
+            return f"no {name!r} array"
+        if arr.ndim != len(shape) or any(
+            want is not None and got != want for got, want in zip(arr.shape, shape, strict=True)
+        ):
+            want = "x".join("k" if d is None else str(d) for d in shape)
+            return f"{name!r} is {'x'.join(map(str, arr.shape)) or 'a scalar'}, not {want}"
+    if entry["ok"].any() and entry["probs"].shape[1] < 2:
+        return "'probs' has fewer than 2 classes"
+    return None
 
 
 def _pack_chunk(

@@ -76,6 +76,18 @@ class StageCache:
             path.unlink(missing_ok=True)
             return None
 
+    def discard(self, namespace: str, key: str) -> Path | None:
+        """Remove the entry under ``key`` (one that does not fit what it is used for);
+        returns its path, or None when caching is off."""
+        if self.root is None:
+            return None
+        path = self._path(namespace, key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, path) from None
+        return path
+
     def put(self, namespace: str, key: str, arrays: dict[str, np.ndarray]) -> None:
         """Store arrays under ``key`` atomically."""
         if self.root is None:

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from ._version import __version__
 from .errors import ImacsError, InputError
@@ -181,9 +182,11 @@ def _demo(args: argparse.Namespace) -> int:
     import threading
     import webbrowser
 
+    from .cache import default_cache_dir
     from .demo import demo_run
 
-    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/imacs/numba"))
+    numba_home = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_home / "numba"))
 
     def log(msg: str) -> None:
         print(f"imacs: {msg}", file=sys.stderr, flush=True)
@@ -205,8 +208,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .run import Run
 
     root = Path(args.runs).expanduser()
@@ -246,8 +247,11 @@ def _dashboard() -> Callable[..., None]:
 
 def _analyze(args: argparse.Namespace) -> int:
     from .api import analyze
+    from .cache import default_cache_dir
 
-    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.expanduser("~/.cache/imacs/numba"))
+    # numba's compiled code (UMAP) lives beside the attribution cache unless told otherwise
+    numba_home = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_home / "numba"))
     quiet = args.quiet
 
     def log(msg: str) -> None:

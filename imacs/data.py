@@ -154,26 +154,53 @@ def _from_folders(root: Path, given: list[str] | None, suggested: list[str] | No
     records: list[ImageRecord] = []
     missing: list[tuple[str, str]] = []
     for d in subdirs:
-        files = sorted(
-            p
-            for p in d.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-            and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        )
+        unreadable: list[tuple[Path, str]] = []
+        files = sorted(_image_files(d, unreadable))
+        for folder, why in unreadable:  # skipped and listed, like an unreadable image
+            missing.append((_printable(folder.relative_to(root)) + "/", why))
         for p in files:
             if _undecodable(p):  # skipped and listed, like an unreadable image
                 missing.append((_printable(p.relative_to(root)), _BAD_NAME))
             else:
                 records.append(_record(root, p, index[d.name]))
     if not records:
+        first = f"; first skipped: {missing[0][0]}: {missing[0][1]}" if missing else ""
         raise InputError(
             f"{root}: no images found in its class subfolders "
-            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}){first}"
         )
     return Dataset(root=root, records=records, classes=classes, missing=missing)
 
 
+def _image_files(folder: Path, unreadable: list[tuple[Path, str]]) -> list[Path]:
+    """The image files under ``folder`` (hidden files and folders left out; symbolic links
+    to folders not followed, as ``Path.rglob`` does); folders that cannot be listed are
+    added to ``unreadable`` with the reason, instead of being passed over in silence."""
+    found: list[Path] = []
+    todo = [folder]
+    while todo:
+        here = todo.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = list(it)
+        except OSError as exc:
+            unreadable.append((here, f"folder cannot be read ({exc.strerror or exc}); {_FIX}"))
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append(Path(e.path))
+                elif Path(e.name).suffix.lower() in IMAGE_EXTENSIONS and e.is_file():
+                    found.append(Path(e.path))
+            except OSError:  # vanished, or a link into an unreadable place
+                continue
+    unreadable.sort()
+    return found
+
+
+_FIX = "its images are left out: make it readable (chmod a+rx) to include them"
 _BAD_NAME = "file name is not valid UTF-8; rename the file"
 #: no image classifier has this many classes: a larger integer label is a typo
 MAX_CLASSES = 100_000

@@ -58,3 +58,17 @@ def disk_error(exc: OSError, path: str | os.PathLike[str]) -> InputError:
             f"{Path(path)}: not writable ({exc.strerror}); choose a folder you can write to"
         )
     return InputError(f"{Path(path)}: {exc.strerror or exc}")
+
+
+def reserve_space(path: str | os.PathLike[str]) -> None:
+    """Allocate the blocks of the (sparse) file ``path`` now, so that a full disk is an
+    ``OSError`` (ENOSPC) here, not a crash when a memory map writes to them later. Does
+    nothing where the file system cannot reserve space."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise

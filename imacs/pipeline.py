@@ -12,6 +12,7 @@ module, and add one line to :data:`STAGES`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from .run import Run
 from .runformat import FORMAT_VERSION
 from .settings import AnalysisSettings
 from .stage import Stage, check_order
-from .store import check_destination, commit, is_current, staging
+from .store import check_destination, check_writable, commit, is_current, staging
 from .tables import comparison_stage, images_stage
 from .thumbnails import thumbnails_stage
 from .trust import trust_stage
@@ -115,6 +116,7 @@ def run_analysis(
     """
     cache = cache or StageCache(None)
     out = Path(out).expanduser().absolute()
+    _check_folders(out, cache)
     if reference is not None:
         say = log or (lambda _msg: None)
         say(f"reference pair first, into {reference_dir(out)}")
@@ -170,6 +172,31 @@ def reference_bar(ref: Run) -> tuple[float, int | None]:
     away = (c["diff_lo"].clip(lower=0) + (-c["diff_hi"]).clip(lower=0)).to_numpy()
     k = int(away.argmax())
     return float(away[k]), int(c["concept"].iloc[k])
+
+
+def _check_folders(out: Path, cache: StageCache) -> None:
+    """Check, before any work, that the run's folder, the attribution cache and numba's
+    cache (``NUMBA_CACHE_DIR``, when set) can be written: a container run as another user
+    (``docker run -u``) would otherwise fail at the first write, minutes in."""
+    check_writable(
+        out.parent,
+        "the folder of --out",
+        f"choose an --out in a folder you can write to (or make {out.parent} writable)",
+    )
+    if cache.root is not None:
+        check_writable(
+            cache.root,
+            "the attribution cache folder",
+            "give a folder you can write to with --cache-dir DIR or IMACS_CACHE_DIR, "
+            "or pass --no-cache",
+        )
+    numba = os.environ.get("NUMBA_CACHE_DIR")
+    if numba:
+        check_writable(
+            Path(numba).expanduser().absolute(),
+            "numba's cache folder (NUMBA_CACHE_DIR)",
+            "set NUMBA_CACHE_DIR to a folder you can write to",
+        )
 
 
 def _analysis(job: _Job, settings: AnalysisSettings, ranks: Ranks | None) -> Run:

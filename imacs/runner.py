@@ -186,7 +186,10 @@ class ModelRunner:
             )
         if role not in self._num_classes:
             self._num_classes[role] = int(out.shape[1])
-            self._choose_layout(role, x, out)
+            # every answer comes from the chosen layout, this first one too: a run whose
+            # first pass is a probe and one whose first pass is real work (all attribution
+            # from the cache) then give the same bytes
+            out = self._choose_layout(role, x, out)
         return out
 
     def probabilities(self, role: str, x: torch.Tensor) -> torch.Tensor:
@@ -243,12 +246,15 @@ class ModelRunner:
         per_pass = max(1, int(budget * self._pass_scale) // (3 * pixels))
         return max(n, min(n * self.settings.steps, per_pass))
 
-    def _choose_layout(self, role: str, x: torch.Tensor, reference: torch.Tensor) -> None:
-        """Use channels-last on the CPU if the model accepts it and agrees with itself."""
+    def _choose_layout(self, role: str, x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Use channels-last on the CPU if the model accepts it and agrees with itself;
+        returns the logits for ``x`` computed in the chosen layout (``reference``, computed
+        in the default one, when that stays)."""
         self.channels_last[role] = False
         if self.device.type != "cpu":
-            return
+            return reference
         model = self.models[role]
+        out = reference
         try:
             model.to(memory_format=torch.channels_last)
             self.channels_last[role] = True
@@ -260,3 +266,5 @@ class ModelRunner:
         if not same:
             model.to(memory_format=torch.contiguous_format)
             self.channels_last[role] = False
+            return reference
+        return out

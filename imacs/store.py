@@ -8,16 +8,18 @@ leaves either the previous run or nothing, never a half-written run that looks c
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, disk_error
+from .errors import InputError, disk_error, reserve_space
 from .runformat import MANIFEST
 
 
@@ -49,6 +51,30 @@ def check_destination(out: Path, fingerprint: str, overwrite: bool) -> None:
         raise InputError(
             f"{out}: already holds a different run; choose another --out or pass --overwrite"
         )
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Create ``folder`` if needed and check that a file can be made in it, before any work
+    that would otherwise be lost when the first write fails.
+
+    Args:
+        folder (Path): the folder.
+        what (str): what it is for, in the message ("the attribution cache folder").
+        fix (str): how to choose another, in the message.
+
+    Raises:
+        InputError: one line naming the folder, what it is for, why and the fix.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".imacs-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        if exc.errno == errno.ENOSPC:
+            why = "no space left on the device"
+        raise InputError(f"{folder}: {what} is not writable ({why}); {fix}") from None
 
 
 def is_current(out: Path, fingerprint: str) -> bool:
@@ -131,6 +157,7 @@ def write_scaled_maps(
     path = tmp / f"{name}.npy"
     try:
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=maps.shape)
+        reserve_space(path)  # a full disk is an error here, not a crash while writing rows
         for s in range(0, len(maps), block):
             sc = scale[s : s + block, None, None]
             rows = np.asarray(maps[s : s + block], dtype=np.float32)

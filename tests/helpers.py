@@ -75,6 +75,13 @@ def make_flaky_nan() -> nn.Module:
     return Flaky("nan")
 
 
+def make_tiny_cnn_other() -> nn.Module:
+    """An untrained TinyCNN with other weights than :func:`make_tiny_cnn`'s: a second model
+    for tests that need two models but no training."""
+    torch.manual_seed(1)
+    return TinyCNN()
+
+
 def make_tiny_cnn_3() -> nn.Module:
     torch.manual_seed(0)
     return TinyCNN(num_classes=3)

@@ -373,7 +373,8 @@ def test_app017_auth_fails_closed(tmp_path, runs_root) -> None:
         capture_output=True, text=True, timeout=120,
         env={**env, "IMACS_RUNS": str(runs_root)},
     )  # fmt: skip
-    assert res.returncode == 2 and res.stderr.strip().startswith("imacs: error: IMACS_BASIC_AUTH")
+    # 3 is gunicorn's "worker failed to boot": the master halts instead of respawning it
+    assert res.returncode == 3 and res.stderr.strip().startswith("imacs: error: IMACS_BASIC_AUTH")
 
 
 def test_app018_busy_port_is_a_one_line_error(runs_root) -> None:

@@ -170,3 +170,82 @@ def test_cmp006_a_planted_shortcut_still_comes_first_by_diff_rel() -> None:
     assert (clusters["diff"] > 0).all()
     others = clusters.set_index("cluster").loc[[0, 1, 2]]
     assert (others["diff_rel"] < 0).all()  # B moved reliance away from them
+
+
+def test_cmp007_significant_means_beyond_the_bar() -> None:
+    """Cluster 2 (A -0.1 on 10 images) is a real difference; whether it counts depends on
+    the bar its whole interval must clear: --min-effect, or a reference pair's."""
+    patches, images = _data()
+    zero, _ = compare_clusters(patches, images, ["e", "o"], ComparisonSettings(min_effect=0.0))
+    default, _ = compare_clusters(patches, images, ["e", "o"])
+    wide, _ = compare_clusters(patches, images, ["e", "o"], ComparisonSettings(min_effect=0.2))
+    ref, _ = compare_clusters(
+        patches, images, ["e", "o"], ComparisonSettings(min_effect=0.05, reference_bar=0.45)
+    )
+    at = {name: t.set_index("cluster") for name, t in
+          (("zero", zero), ("default", default), ("wide", wide), ("ref", ref))}  # fmt: skip
+    assert ComparisonSettings().min_effect == 0.05 and ComparisonSettings().bar == 0.05
+    assert ComparisonSettings(min_effect=0.05, reference_bar=0.45).bar == 0.45
+    # the +0.4 cluster clears 0, 0.05 and 0.2, not a reference pair that differs by 0.45
+    assert [bool(at[k].loc[1, "significant"]) for k in at] == [True, True, True, False]
+    assert bool(at["ref"].loc[1, "within_bar"]) and at["ref"].loc[1, "p_value"] < 0.05
+    # the -0.1 cluster: its interval clears 0 and 0.05, not 0.2
+    hi = at["zero"].loc[2, "diff_hi"]
+    assert -0.2 < hi < -0.05
+    assert [bool(at[k].loc[2, "significant"]) for k in at] == [True, True, False, False]
+    assert bool(at["wide"].loc[2, "within_bar"])
+    # the alike cluster is neither significant nor a real difference within the bar
+    for k in at:
+        assert not at[k].loc[0, "significant"] and not at[k].loc[0, "within_bar"]
+    # the numbers themselves do not depend on the bar
+    np.testing.assert_allclose(zero["diff_lo"], wide["diff_lo"])
+
+
+@pytest.mark.slow
+def test_cmp008_a_reference_pair_sets_the_bar(shortcut, tmp_path) -> None:
+    """Two trainings of the clean recipe (seeds 10, 11) as the reference pair: retraining
+    alone makes differences whose intervals clear 0 (measured 0.03-0.10 at concept level);
+    the run says so, and the planted mark still clears the bar."""
+    import json
+
+    import torch
+
+    from imacs.pipeline import reference_bar
+    from imacs.run import Run
+    from tests import helpers
+
+    refs = []
+    for seed in (10, 11):
+        path = tmp_path / f"clean{seed}.pt"
+        torch.jit.script(helpers.train("clean", seed=seed)).save(str(path))
+        refs.append(path)
+    out = tmp_path / "run"
+    proc = helpers.analyze_cli(
+        shortcut, out, "--reference-a", str(refs[0]), "--reference-b", str(refs[1]),
+        "--trust-sample", "0", "--no-whatif",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ref = Run(tmp_path / "run-reference")
+    assert ref.names == {"a": "clean10", "b": "clean11"}
+    bar, _ = reference_bar(ref)
+    assert 0.05 < bar < 0.2  # retraining alone surely moves a concept's share this much
+    run = Run(out)
+    m = json.loads((out / "run.json").read_text())
+    assert m["settings"]["comparison"]["reference_bar"] == pytest.approx(bar, abs=1e-6)
+    assert run.bar == pytest.approx(bar, abs=1e-6)
+    c = run.concepts
+    # the mark's concept clears it; every other concept's significance clears it too
+    assert bool(c.iloc[0]["significant"]) and c.iloc[0]["diff_lo"] > bar
+    sig = c[c["significant"].astype(bool)]
+    assert ((sig["diff_lo"] > bar) | (sig["diff_hi"] < -bar)).all()
+    assert "interval beyond" in proc.stdout and "reference pair" in proc.stdout
+    assert "run-reference" in proc.stdout
+    # half a pair is a one-line error before any work
+    bad = helpers.run_cli(
+        "analyze", "--model-a", str(shortcut["a"]), "--model-b", str(shortcut["b"]),
+        "--data", str(shortcut["data"]), "--out", str(tmp_path / "bad"),
+        "--reference-a", str(refs[0]),
+    )  # fmt: skip
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--reference-a and -b" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -154,3 +154,34 @@ def test_dat011_a_file_name_that_is_not_utf8_is_skipped_and_listed(tmp_path: Pat
     ds = load_dataset(tmp_path)
     assert [r.relpath for r in ds.records] == ["cat/good.png"]
     assert ds.missing == [("cat/caf\\xe9.png", "file name is not valid UTF-8; rename the file")]
+
+
+def test_dat012_an_unreadable_class_folder_is_skipped_and_listed(tmp_path, monkeypatch) -> None:
+    import os
+
+    _img(tmp_path / "cat" / "a.png")
+    _img(tmp_path / "cat" / "inner" / "b.png")
+    _img(tmp_path / "dog" / "c.png")
+    locked = [tmp_path / "dog", tmp_path / "cat" / "inner"]
+    for folder in locked:
+        folder.chmod(0)
+    if os.geteuid() == 0:  # root reads it anyway: make listing it fail as it would for a user
+        scandir = os.scandir
+
+        def denied(path=".", *args, **kw):
+            if Path(path) in locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return scandir(path, *args, **kw)
+
+        monkeypatch.setattr(os, "scandir", denied)
+    try:
+        ds = load_dataset(tmp_path)
+    finally:
+        for folder in locked:
+            folder.chmod(0o755)
+    assert ds.classes == ["cat", "dog"] and [r.relpath for r in ds.records] == ["cat/a.png"]
+    why = (
+        "folder cannot be read (Permission denied); its images are left out: make it "
+        "readable (chmod a+rx) to include them"
+    )
+    assert ds.missing == [("cat/inner/", why), ("dog/", why)]

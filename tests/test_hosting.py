@@ -147,7 +147,7 @@ def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
     entry = json.loads(next(args for instr, args in steps if instr == "ENTRYPOINT"))[0]
     assert os.access(image / entry.lstrip("/"), os.X_OK), entry
     rest = {instr: args for instr, args in steps}
-    assert "/healthz" in rest["HEALTHCHECK"] and rest["USER"] == "10001"
+    assert "scripts/healthcheck.py" in rest["HEALTHCHECK"] and rest["USER"] == "10001"
     assert rest["VOLUME"] == '["/runs"]' and "gunicorn" in ENTRY.read_text()
 
 
@@ -288,3 +288,156 @@ def test_hst010_built_wheel_runs_the_demo_and_serves_a_styled_dashboard(tmp_path
             assert r.status == 200 and b".strip" in r.read()
     finally:
         _stop(proc)
+
+
+def _env_of_image() -> dict[str, str]:
+    """The Dockerfile's ENV."""
+    env: dict[str, str] = {}
+    for instr, args in _dockerfile():
+        if instr == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(args))
+    return env
+
+
+def test_hst006_image_folders_are_not_world_writable_and_the_checks_follow_the_bind() -> None:
+    steps = _dockerfile()
+    runs = " ".join(args for instr, args in steps if instr == "RUN")
+    assert not re.search(r"chmod\s+(-R\s+)?\S*(a\+\w*w|o\+\w*w|[0-7]?[0-7][0-7][2367]\b)", runs)
+    env, rest = _env_of_image(), dict(steps)
+    user = rest["USER"]
+    assert f'chown -R {user}:{user} "$NUMBA_CACHE_DIR"' in runs  # the image's user's alone
+    assert "IMACS_CACHE_DIR" not in env  # an analysis's cache goes beside its run
+    health = json.loads(rest["HEALTHCHECK"].split("CMD", 1)[1])
+    assert health[-1] == "/opt/imacs/src/scripts/healthcheck.py"
+    assert (ROOT / "scripts" / "healthcheck.py").is_file()  # COPY scripts brings it
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from healthcheck import health_url
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert health_url("0.0.0.0:8050") == "http://127.0.0.1:8050/healthz"
+    assert health_url(":9000") == "http://127.0.0.1:9000/healthz"
+    assert health_url("[::]:9001") == "http://[::1]:9001/healthz"
+    assert health_url("10.1.2.3:80") == "http://10.1.2.3:80/healthz"
+    with pytest.raises(ValueError, match="not HOST:PORT"):
+        health_url("unix:/tmp/imacs.sock")
+
+
+def _small_run(root: Path) -> Path:
+    """A small run of two untrained models (no training, a few seconds)."""
+    import imacs
+    from tests import helpers
+
+    helpers.write_eval_set(root / "data", n_per_class=8)
+    imacs.analyze(
+        "tests.helpers:make_tiny_cnn", "tests.helpers:make_tiny_cnn_other", root / "data",
+        root / "runs" / "small", image_size=32, steps=8, projection="pca", trust_sample=0,
+        whatif=False, progress=False, cache_dir=root / "cache",
+    )  # fmt: skip
+    return root / "runs"
+
+
+def test_hst007_healthcheck_asks_the_port_imacs_bind_names(tmp_path) -> None:
+    runs = _small_run(tmp_path)
+    proc, base = _serve({"IMACS_RUNS": str(runs)})  # IMACS_BIND: a free port, not 8050
+    check = [sys.executable, str(ROOT / "scripts" / "healthcheck.py")]
+    try:
+        bind = f"127.0.0.1:{base.rsplit(':', 1)[1]}"
+        ok = subprocess.run(check, env={**os.environ, "IMACS_BIND": bind},
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        other = f"0.0.0.0:{_free_port()}"
+        bad = subprocess.run(check, env={**os.environ, "IMACS_BIND": other},
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert bad.returncode == 1 and bad.stderr.startswith("healthcheck: ")
+    finally:
+        _stop(proc)
+
+
+def test_hst008_misconfigured_login_halts_gunicorn(tmp_path) -> None:
+    """Not workers failing to boot forever: the entry point's gunicorn checks the login in
+    its master (one line, exit 3, no worker forked); a bare gunicorn halts on the workers'
+    exit status 3 ("worker failed to boot")."""
+    env = {**os.environ, "IMACS_BASIC_AUTH": "", "IMACS_RUNS": str(tmp_path),
+           "IMACS_BIND": f"127.0.0.1:{_free_port()}", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    res = subprocess.run([str(ENTRY), "serve"], env=env, capture_output=True, text=True,
+                         timeout=90, cwd=ROOT)  # fmt: skip
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert res.returncode == 3, res.stderr
+    assert errors == [
+        "imacs: error: IMACS_BASIC_AUTH is set but empty; give user:password, or unset it "
+        "to serve without authentication"
+    ]
+    assert "Booting worker" not in res.stderr and "Traceback" not in res.stderr
+    gunicorn = shutil.which("gunicorn") or str(Path(sys.executable).parent / "gunicorn")
+    res = subprocess.run(
+        [gunicorn, "-w", "1", "-b", env["IMACS_BIND"], "imacs_app.wsgi:application"],
+        env=env, capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )  # fmt: skip
+    assert res.returncode == 3 and "Reason: Worker failed to boot." in res.stderr, res.stderr
+    assert res.stderr.count("Booting worker") == 1
+
+
+def _fake_imacs(tmp_path: Path) -> dict[str, str]:
+    """A PATH whose ``imacs`` prints the cache variables it was started with."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "imacs"
+    fake.write_text('#!/bin/sh\necho "cache=$IMACS_CACHE_DIR numba=$NUMBA_CACHE_DIR"\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("IMACS_CACHE_DIR", "NUMBA_CACHE_DIR")}
+    return {**env, "PATH": f"{bin_dir}:{env['PATH']}"}
+
+
+def test_hst009_an_analysis_in_the_container_caches_beside_its_run(tmp_path) -> None:
+    """``docker run -u "$(id -u)" -v "$PWD:/work" imacs imacs analyze ... --out
+    /work/runs/ab``: the cache goes to /work/runs/.imacs-cache (the mounted volume), and
+    numba's to a folder of this user's when the image's is not writable."""
+    env = _fake_imacs(tmp_path)
+    vol = tmp_path / "work"
+
+    def entry(*args: str, **extra: str) -> str:
+        res = subprocess.run([str(ENTRY), *args], env={**env, **extra}, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return res.stdout.strip()
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a NUMBA_CACHE_DIR no one can create, root included
+    out = entry("imacs", "analyze", "--data", "d", "--out", f"{vol}/runs/ab",
+                NUMBA_CACHE_DIR=str(blocked / "numba"))  # fmt: skip
+    cache = vol / "runs" / ".imacs-cache"
+    assert out == f"cache={cache} numba={cache}/numba"
+    out = entry("imacs", "analyze", f"--out={vol}/r", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    assert out == f"cache={vol}/.imacs-cache numba={tmp_path / 'numba'}"  # writable: kept
+    # the user's choice is kept
+    assert entry("imacs", "analyze", "--out", "x/y", "--cache-dir", "c") == "cache= numba="
+    assert entry("imacs", "analyze", "--out", "x/y", IMACS_CACHE_DIR="/c") == "cache=/c numba="
+    assert entry("imacs", "info", "x/y") == "cache= numba="
+    # no writable folder beside the cache either: a private temporary one
+    out = entry("imacs", "info", "x", NUMBA_CACHE_DIR=str(blocked / "numba"))
+    numba = Path(out.split("numba=")[1])
+    assert numba.name.startswith("imacs-numba.") and (numba.stat().st_mode & 0o077) == 0
+    numba.rmdir()
+
+
+def test_hst011_a_real_analysis_through_the_entry_point_caches_on_the_volume(tmp_path) -> None:
+    env = _fake_imacs(tmp_path)
+    (tmp_path / "bin" / "imacs").write_text(f'#!/bin/sh\nexec {sys.executable} -m imacs "$@"\n')
+    from tests import helpers
+
+    vol = tmp_path / "work"
+    helpers.write_eval_set(vol / "eval", n_per_class=6)
+    res = subprocess.run(
+        [str(ENTRY), "imacs", "analyze", "--model-a", "tests.helpers:make_tiny_cnn",
+         "--model-b", "tests.helpers:make_tiny_cnn_other", "--data", str(vol / "eval"),
+         "--out", str(vol / "runs" / "ab"), "--image-size", "32", "--steps", "4",
+         "--projection", "pca", "--trust-sample", "0", "--no-whatif", "-q"],
+        env={**env, "PYTHONPATH": str(ROOT),
+             "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", str(tmp_path / "numba"))},
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (vol / "runs" / "ab" / "run.json").is_file()
+    assert len(list((vol / "runs" / ".imacs-cache" / "attribution").rglob("*.npz"))) == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .common import Loaded, abspath, apply_state_dict, file_sha256, freeze, read_state_dict
 
 name = "factory"
@@ -49,10 +49,22 @@ def load(source: str, weights: str | None, flag: str) -> Loaded:
             f"{source}: cannot import module {modname!r} ({exc}); make it importable "
             "(install it, or run from the folder that holds it)"
         ) from None
+    except Exception as exc:  # the user's module fails while it is imported
+        raise InputError(
+            f"{flag} {source}: importing module {modname!r} raised {type(exc).__name__} "
+            f"({first_line(exc)}); fix the module so that it imports"
+        ) from None
     factory = getattr(mod, fname, None)
     if not callable(factory):
         raise InputError(f"{source}: module {modname!r} has no callable {fname!r}")
-    module = factory()
+    try:
+        module = factory()
+    except Exception as exc:  # user code: anything can come out
+        raise InputError(
+            f"{flag} {source}: the factory {fname}() raised {type(exc).__name__} "
+            f"({first_line(exc)}); {flag} needs package.module:function where function() "
+            "takes no arguments and returns a torch.nn.Module"
+        ) from None
     if not isinstance(module, nn.Module):
         raise InputError(
             f"{source}: the factory returned {type(module).__name__}, not a torch.nn.Module"
