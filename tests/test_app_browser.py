@@ -141,6 +141,10 @@ def test_brw001_click_cluster_then_patch(page, server, shortcut_run) -> None:
         f"{int(top['n_patches'])} patches in {int(top['n_images'])} images" in detail.inner_text()
     )
     assert _query(page)["cluster"] == [str(int(top["cluster"]))]
+    # what the interval says against the run's bar, on the page (the mark clears 0.05)
+    assert bool(top["significant"]) and "significant, beyond ±0.050" in detail.inner_text()
+    summary = page.locator(".summary").inner_text()
+    assert "Significance: the whole 95% interval beyond ±0.050 (--min-effect 0.050)" in summary
 
     first = page.locator(".gallery .patch").first
     first.click()
@@ -270,11 +274,14 @@ def test_brw005_clicking_a_bar_marks_the_cluster_and_shows_it(page, server, mark
     _wait_for_query(page, "cluster", str(c))
     page.wait_for_selector(f"#cluster-detail >> text=Cluster {c} · rank 2")
     # marked in the ranking: a band across its row, and its strip
-    page.wait_for_selector("#ranking .shapelayer path")
-    band = page.locator("#ranking .shapelayer path").first.bounding_box()
+    mark = "#ranking .shapelayer path[style*='rgb(255, 200, 0)']"
+    page.wait_for_selector(mark)
+    band = page.locator(mark).first.bounding_box()
     box = bar.bounding_box()  # the page may have scrolled since
     assert band["y"] < box["y"] + box["height"] / 2 < band["y"] + band["height"]
     assert band["width"] > 2 * box["width"]
+    # the grey band of the significance bar (±0.05 on the B − A panel) stays
+    assert page.locator("#ranking .shapelayer path[style*='rgb(120, 120, 120)']").count() == 1
     assert page.locator(".strip.selected").count() == 1
     assert page.locator(".strip.selected").inner_text().startswith(f"#2 cluster {c}")
     # and the page scrolls to the cluster's detail
