@@ -12,11 +12,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .options import option_of, walk
 from .run import Run
 from .settings import AnalysisSettings
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
 
 
 def analyze(
@@ -30,10 +33,8 @@ def analyze(
     weights_b: str | Path | None = None,
     name_a: str | None = None,
     name_b: str | None = None,
-    reference_a: str | Path | None = None,
-    reference_b: str | Path | None = None,
-    reference_weights_a: str | Path | None = None,
-    reference_weights_b: str | Path | None = None,
+    reference: tuple[str | Path, str | Path] | None = None,
+    reference_weights: tuple[str | Path | None, str | Path | None] | None = None,
     labels_csv: str | Path | None = None,
     classes: str | Path | None = None,
     overwrite: bool = False,
@@ -58,15 +59,9 @@ def analyze(
         weights_b (str or Path, optional): weights for a factory or timm model B.
         name_a (str, optional): display name of model A. Default: from its file name.
         name_b (str, optional): display name of model B. Default: from its file name.
-        reference_a (str or Path, optional): with ``reference_b``, a reference pair: two
-            trainings of one recipe that differ only in their seed. They are compared first
-            (a run of their own, written beside ``out`` as ``OUT-reference``), and the
-            largest difference they surely make becomes the bar every difference of A and B
-            must clear to be significant (``reference_bar`` in the comparison settings).
-        reference_b (str or Path, optional): the reference pair's second model.
-        reference_weights_a (str or Path, optional): weights for a factory or timm
-            ``reference_a``.
-        reference_weights_b (str or Path, optional): weights for ``reference_b``.
+        reference (tuple, optional): two trainings of one recipe ``(R1, R2)``, compared
+            first (into ``OUT-reference``): what they surely differ by is the bar.
+        reference_weights (tuple, optional): their weights ``(W1, W2)``, if needed.
         labels_csv (str or Path, optional): CSV with ``path,label`` and meta columns.
         classes (str or Path, optional): file of class names in output order. Default: a
             Hugging Face model's ``id2label`` when the data's class names are among them.
@@ -87,27 +82,11 @@ def analyze(
         InputError: bad input (the message names the file and the fix).
         TypeError: a keyword that is not a setting.
     """
-    from .cache import StageCache, default_cache_dir
+    from .cache import StageCache
     from .models import ModelSpec
     from .pipeline import run_analysis  # the documented lazy entry point: imports torch
 
     settings = AnalysisSettings.from_keywords(settings, **keywords)
-    if (reference_a is None) != (reference_b is None):
-        from .errors import InputError
-
-        raise InputError("a reference pair takes two models: give both --reference-a and -b")
-    reference = None
-    if reference_a is not None:
-        reference = (
-            ModelSpec(str(reference_a), str(reference_weights_a) if reference_weights_a else None),
-            ModelSpec(str(reference_b), str(reference_weights_b) if reference_weights_b else None),
-        )
-    if cache_dir is True:
-        cache_root: Path | None = default_cache_dir()
-    elif cache_dir in (None, False):
-        cache_root = None
-    else:
-        cache_root = Path(cache_dir)  # type: ignore[arg-type]
     return run_analysis(
         ModelSpec(str(model_a), str(weights_a) if weights_a else None, name_a),
         ModelSpec(str(model_b), str(weights_b) if weights_b else None, name_b),
@@ -118,11 +97,38 @@ def analyze(
         classes_file=classes,
         overwrite=overwrite,
         rebuild=rebuild,
-        cache=StageCache(cache_root),
+        cache=StageCache(_cache_root(cache_dir)),
         progress=progress,
         log=log,
-        reference=reference,
+        reference=_reference_specs(reference, reference_weights),
     )
+
+
+def _reference_specs(
+    reference: tuple | None, weights: tuple | None
+) -> tuple[ModelSpec, ModelSpec] | None:
+    """The reference pair as model specs (InputError unless it is two models)."""
+    from .errors import InputError
+    from .models import ModelSpec
+
+    if reference is None:
+        return None
+    ws = tuple(weights or (None, None))
+    if len(reference) != 2 or len(ws) != 2:
+        raise InputError("a reference pair takes two models (and two weights, or none)")
+    a, b = (ModelSpec(str(m), str(w) if w else None) for m, w in zip(reference, ws, strict=True))
+    return a, b
+
+
+def _cache_root(cache_dir: str | Path | bool | None) -> Path | None:
+    """The attribution cache folder ``analyze`` was given (True: the default one)."""
+    from .cache import default_cache_dir
+
+    if cache_dir is True:
+        return default_cache_dir()
+    if cache_dir in (None, False):
+        return None
+    return Path(cache_dir)  # type: ignore[arg-type]
 
 
 def _settings_help() -> dict[str, str]:

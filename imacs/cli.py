@@ -267,10 +267,8 @@ def _analyze(args: argparse.Namespace) -> int:
         weights_b=args.weights_b,
         name_a=args.name_a,
         name_b=args.name_b,
-        reference_a=args.reference_a,
-        reference_b=args.reference_b,
-        reference_weights_a=args.reference_weights_a,
-        reference_weights_b=args.reference_weights_b,
+        reference=_pair(args.reference_a, args.reference_b, "--reference-a and -b"),
+        reference_weights=(args.reference_weights_a, args.reference_weights_b),
         labels_csv=args.labels_csv,
         classes=args.classes,
         overwrite=args.overwrite,
@@ -284,6 +282,15 @@ def _analyze(args: argparse.Namespace) -> int:
     if not quiet and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
         print(run.summary())
     return 0
+
+
+def _pair(first: str | None, second: str | None, flags: str) -> tuple[str, str] | None:
+    """Two values given together, or neither (InputError names the flags)."""
+    if first is None and second is None:
+        return None
+    if first is None or second is None:
+        raise InputError(f"a reference pair takes two models: give both {flags}")
+    return (first, second)
 
 
 if __name__ == "__main__":

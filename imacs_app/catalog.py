@@ -95,11 +95,7 @@ class RunCatalog:
         found: dict[str, Path] = {}
         if not self.root.is_dir():
             return found
-        manifests = sorted(self.root.glob("*/run.json")) + sorted(self.root.glob("*/*/run.json"))
-        for manifest in manifests:
-            d = manifest.parent
-            if any(part.startswith(".") for part in d.relative_to(self.root).parts):
-                continue  # temporary folders of runs being written
+        for d in sorted(_run_folders(self.root)):
             found[d.relative_to(self.root).as_posix()] = d
         return found
 
@@ -233,3 +229,27 @@ class RunCatalog:
         if target.suffix.lower() not in (".jpg", ".png"):
             return None
         return target if target.is_file() else None
+
+
+def _run_folders(root: Path) -> list[Path]:
+    """Folders one or two levels under ``root`` that hold a ``run.json``, hidden ones (runs
+    being written) left out. Folders renamed or removed during the walk (a run being
+    swapped in) are skipped, where ``Path.glob`` would raise."""
+    found = []
+
+    def subfolders(folder: Path) -> list[Path]:
+        try:
+            with os.scandir(folder) as entries:
+                return [
+                    Path(e.path)
+                    for e in entries
+                    if not e.name.startswith(".") and e.is_dir(follow_symlinks=True)
+                ]
+        except OSError:
+            return []
+
+    for first in subfolders(root):
+        if (first / "run.json").is_file():
+            found.append(first)
+        found.extend(d for d in subfolders(first) if (d / "run.json").is_file())
+    return found

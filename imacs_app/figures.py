@@ -112,12 +112,27 @@ def ranking(
         row=1,
         col=1,
     )
-    colours = np.where(c[d] >= 0, COLOUR_B, COLOUR_A)
+    _diff_bars(fig, c, d, labels, custom)
+    band = [] if relative or not bar else [bar_band(bar)]
+    fig.update_layout(shapes=[*band, *ranking_marks(custom, selected)])
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(gridcolor="#eee", zerolinecolor="#999")
+    fig.update_layout(barmode="group", bargap=0.25, clickmode="event")
+    _layout(fig, max(260, 26 * len(c) + 90))
+    # the legend under the tick labels, not over them
+    fig.update_layout(margin={"b": 50}, legend={"yref": "container", "y": 0, "yanchor": "bottom"})
+    return fig
+
+
+def _diff_bars(
+    fig: go.Figure, c: pd.DataFrame, d: str, labels: list[str], custom: list[int]
+) -> None:
+    """The B − A panel's bars (column ``d``) with their intervals (``d_lo``, ``d_hi``)."""
     fig.add_bar(
         y=labels,
         x=c[d],
         orientation="h",
-        marker_color=colours,
+        marker_color=np.where(c[d] >= 0, COLOUR_B, COLOUR_A),
         showlegend=False,
         customdata=custom,
         name="B − A",
@@ -132,15 +147,6 @@ def ranking(
         row=1,
         col=2,
     )
-    band = [] if relative or not bar else [bar_band(bar)]
-    fig.update_layout(shapes=[*band, *ranking_marks(custom, selected)])
-    fig.update_yaxes(autorange="reversed", type="category")
-    fig.update_xaxes(gridcolor="#eee", zerolinecolor="#999")
-    fig.update_layout(barmode="group", bargap=0.25, clickmode="event")
-    _layout(fig, max(260, 26 * len(c) + 90))
-    # the legend under the tick labels, not over them
-    fig.update_layout(margin={"b": 50}, legend={"yref": "container", "y": 0, "yanchor": "bottom"})
-    return fig
 
 
 def bar_band(bar: float) -> dict:
