@@ -20,7 +20,8 @@ its promise however many clusters a run has:
 * ``diff_lo``/``diff_hi``: simultaneous intervals from a bootstrap over *images* (patches of
   one image are not independent; one resample serves every cluster), widened by the
   bootstrap's max-|t| over clusters so that all intervals hold together at level ``ci``.
-  ``diff_se`` is each cluster's bootstrap standard error.
+  ``diff_se`` is each cluster's bootstrap standard error. A difference of two shares lies
+  in [-1, 1], and so do the intervals (clipped where the normal-theory width overshoots).
 
 Relative reliance. ``attr_a``/``attr_b`` are shares of each model's attribution over the whole
 image, so a model with diffuse maps (little mass in any patch) gets low shares in every
@@ -228,7 +229,9 @@ def _family_stats(
             t = np.abs(boot[j] - diff[j]) / np.where(se > 0, se, np.inf)
         max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
         q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
-        out.append({"se": se, "lo": diff[j] - q * se, "hi": diff[j] + q * se})
+        # a difference of two shares lies in [-1, 1]: so does every interval of one
+        lo, hi = np.clip(diff[j] - q * se, -1.0, 1.0), np.clip(diff[j] + q * se, -1.0, 1.0)
+        out.append({"se": se, "lo": lo, "hi": hi})
 
     # sign-flip permutations: swapping A and B in an image flips its differences' sign
     first = sums[0]

@@ -53,28 +53,63 @@ def images_table(
     return df
 
 
-def class_order_warnings(images: pd.DataFrame, n_classes: int, names: dict[str, str]) -> list[str]:
-    """A warning per model whose accuracy is below chance while some reordering of its
-    classes would fit the labels well: the class order is most likely wrong."""
+#: a model whose most frequent answer covers this share of the images or more answers the
+#: same to everything (a random-weight model, a broken export)
+CONSTANT_SHARE = 0.98
+#: a class order is suspect when some reordering of the classes is right on this share more
+#: of the images than the given order, and on 5 images more at least (above chance too: two
+#: swapped classes of ten are 20 points; an honest model's best order is its own)
+REORDER_GAIN = 0.1
+
+
+def class_order_warnings(
+    images: pd.DataFrame, n_classes: int, names: dict[str, str], classes: list[str] | None = None
+) -> list[str]:
+    """Warnings per model about its answers, before anything is read into its maps:
+
+    * it gives the same answer to (almost) every image (:data:`CONSTANT_SHARE`): its maps
+      explain that one answer, whatever the image;
+    * some reordering of its classes would be right on :data:`REORDER_GAIN` more of the
+      images than the order given, below chance or not: the class order is most likely
+      wrong (the classes it would swap are named)."""
     from scipy.optimize import linear_sum_assignment
 
     out = []
     labels = images["label"].to_numpy()
+    names_of = classes or [str(k) for k in range(n_classes)]
     for r in ROLES:
         pred = images[f"pred_{r}"].to_numpy()
         if len(labels) < 10 or n_classes < 2:
+            continue
+        values, counts = np.unique(pred, return_counts=True)
+        top = int(counts.argmax())
+        if counts[top] >= CONSTANT_SHARE * len(pred) and len(np.unique(labels)) > 1:
+            answer = names_of[int(values[top])] if values[top] < len(names_of) else values[top]
+            out.append(
+                f"model {r.upper()} ({names[r]}) answers {answer!s} to {counts[top]} of the "
+                f"{len(pred)} images: a model that says the same whatever the image (random "
+                "weights, a broken export?) has maps that explain nothing; check the model"
+            )
             continue
         acc = float((pred == labels).mean())
         confusion = np.zeros((n_classes, n_classes))
         np.add.at(confusion, (labels, pred), 1)
         rows, cols = linear_sum_assignment(confusion, maximize=True)
         best = float(confusion[rows, cols].sum() / len(labels))
-        if acc < 1.0 / n_classes and best >= acc + 0.25:
+        if best >= acc + REORDER_GAIN and (best - acc) * len(labels) >= 5:
+            moved = [(int(i), int(j)) for i, j in zip(rows, cols, strict=True) if i != j]
+            swaps = ", ".join(
+                f"{names_of[i] if i < len(names_of) else i} as "
+                f"{names_of[j] if j < len(names_of) else j}"
+                for i, j in moved[:3]
+            )
+            where = "below" if acc < 1.0 / n_classes else "above"
             out.append(
-                f"model {r.upper()} ({names[r]}) is right on {acc:.0%} of the images, below "
-                f"chance ({1 / n_classes:.0%}), but would be right on {best:.0%} with its "
-                "classes in another order: check the class order (--classes FILE with the "
-                "models' class names in output order)"
+                f"model {r.upper()} ({names[r]}) is right on {acc:.0%} of the images ({where} "
+                f"chance, {1 / n_classes:.0%}), but would be right on {best:.0%} with its "
+                f"classes in another order (reading {swaps}"
+                f"{', ...' if len(moved) > 3 else ''}): check the class order (--classes FILE "
+                "with the models' class names in output order)"
             )
     return out
 
@@ -135,7 +170,7 @@ def images_stage(
 ) -> dict[str, object]:
     """The images table, and a warning per model whose class order looks wrong."""
     images = images_table(records, dataset, valid, att)
-    warnings = class_order_warnings(images, len(dataset.classes), names)
+    warnings = class_order_warnings(images, len(dataset.classes), names, list(dataset.classes))
     for w in warnings:
         say(f"warning: {w}")  # type: ignore[operator]
     return {"images": images, "warnings": warnings}

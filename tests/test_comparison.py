@@ -267,3 +267,23 @@ def test_cmp009_the_ranking_shades_the_bar_and_keeps_it_when_a_row_is_marked() -
     # selecting a row adds its mark beside the band (the browser test clicks it)
     marked = ranking(clusters, {"a": "A", "b": "B"}, 1, bar=0.05).layout.shapes
     assert [s.name for s in marked] == ["bar", None]
+
+
+def test_cmp010_intervals_stay_within_what_a_share_difference_can_be() -> None:
+    """A cluster B holds almost all of on a few images: +0.83 with a wide interval, which
+    normal theory would stretch past +1 (a user saw [+0.635, +1.027])."""
+    images = pd.DataFrame(
+        {"label": [0, 1] * 4, "pred_a": [0, 1] * 4, "pred_b": [0, 1] * 4},
+        index=pd.Index(np.arange(8), name="image_id"),
+    )
+    rows = [(i, 0, 0.0, b) for i, b in enumerate([1.0, 1.0, 0.99, 0.98, 0.35, 1.0, 0.35, 1.0])]
+    rows += [(i, 1, 0.5, 0.5 + 0.01 * (i % 3)) for i in range(8)]
+    patches = pd.DataFrame(rows, columns=["image_id", "cluster", "attr_a", "attr_b"])
+    patches["saliency"] = 1.0
+    clusters, _ = compare_clusters(patches, images, ["x", "y"], ComparisonSettings(n_boot=400))
+    top = clusters.set_index("cluster").loc[0]
+    assert top["diff"] == pytest.approx(0.834, abs=0.001)
+    assert top["diff"] + 2.5 * top["diff_se"] > 1.0  # unclipped, it would overshoot
+    assert top["diff_lo"] < top["diff"] and top["diff_hi"] == 1.0
+    assert (clusters[["diff_lo", "diff_rel_lo"]] >= -1).all().all()
+    assert (clusters[["diff_hi", "diff_rel_hi"]] <= 1).all().all()

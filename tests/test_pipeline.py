@@ -429,3 +429,31 @@ def test_pip018_progress_lines_in_a_log_file_say_rate_and_time_left() -> None:
         bar.update(100)  # within the interval: no line until the end
         assert quiet.getvalue() == ""
     assert quiet.getvalue().count("\n") == 1
+
+
+def test_pip030_answers_that_say_nothing_or_a_wrong_class_order_are_flagged() -> None:
+    """Constant answers (a random-weight model) and a class order two swaps away from the
+    labels, above chance, are both warned about; an honest, imperfect model is not."""
+    import numpy as np
+    import pandas as pd
+
+    from imacs.tables import class_order_warnings
+
+    rng = np.random.default_rng(0)
+    classes = [f"c{k}" for k in range(10)]
+    labels = np.repeat(np.arange(10), 20)
+    swapped = labels.copy()  # right on 8 of 10 classes; c1 and c2 read as each other
+    swapped[labels == 1], swapped[labels == 2] = 2, 1
+    noisy = np.where(rng.random(len(labels)) < 0.7, labels, rng.integers(0, 10, len(labels)))
+    names = {"a": "ma", "b": "mb"}
+
+    def warn(a: np.ndarray, b: np.ndarray) -> list[str]:
+        images = pd.DataFrame({"label": labels, "pred_a": a, "pred_b": b})
+        return class_order_warnings(images, 10, names, classes)
+
+    assert warn(labels, noisy) == []  # 100 % and ~73 %: nothing to say
+    (const,) = warn(np.full(len(labels), 3), labels)
+    assert const.startswith("model A (ma) answers c3 to 200 of the 200 images")
+    (order,) = warn(labels, swapped)
+    assert order.startswith("model B (mb) is right on 80% of the images (above chance, 10%)")
+    assert "would be right on 100%" in order and "reading c1 as c2, c2 as c1" in order
