@@ -104,9 +104,10 @@ class PatchClusterer:
             out = np.zeros((n, 2), dtype=np.float32)
             out[:, :k] = p
             return out
-        os.environ.setdefault(
-            "NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "imacs", "numba")
-        )
+        from .cache import default_cache_dir
+
+        # the CLI's folder too: one compiled UMAP for every entry point
+        os.environ.setdefault("NUMBA_CACHE_DIR", str(default_cache_dir() / "numba"))
         import umap  # slow import (numba): only when needed
 
         reducer = umap.UMAP(

@@ -13,6 +13,21 @@ PY="${PYTHON:-python3}"
 # to the CPU wheel on our machines; TORCH_SPEC lets a CUDA image pick its own build.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 
+# An editable install (--dev, --editable) is skipped when this very install was already
+# made into this environment: the stamp holds the hash of what it installed from (the
+# mode, the torch pin, pyproject.toml and this script). IMACS_REINSTALL=1 installs anyway.
+STAMP=""
+if [[ -n "${1:-}" ]]; then
+  PREFIX="$("$PY" -c 'import sys; print(sys.prefix)')"
+  STAMP="$PREFIX/.imacs-install-${1#--}"
+  WANT="$( { echo "$1 $TORCH_SPEC"; "$PY" -V; cat pyproject.toml scripts/install.sh; } | sha256sum | cut -c1-64)"
+  if [[ "${IMACS_REINSTALL:-0}" != 1 && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
+     && "$PY" -c 'import imacs, torch' 2>/dev/null; then
+    exit 0
+  fi
+  rm -f "$STAMP"
+fi
+
 "$PY" -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
 case "${1:-}" in
   --dev)  # editable, plus the test tools; hf: the tests build local Hugging Face models
@@ -23,3 +38,6 @@ case "${1:-}" in
     "$PY" -m pip install --quiet --disable-pip-version-check . ;;
   *) echo "usage: scripts/install.sh [--dev | --editable]" >&2; exit 2 ;;
 esac
+if [[ -n "$STAMP" ]]; then
+  echo "$WANT" > "$STAMP"
+fi

@@ -163,3 +163,38 @@ def test_demo006_a_changed_sample_replaces_the_cached_demo_run(
     run = demo_run(other, progress=False)
     assert run.manifest["fingerprint"] == manifest["fingerprint"]
     assert isinstance(run, imacs.Run)
+
+
+def test_dem020_a_warm_start_skips_the_install(tmp_path) -> None:
+    """scripts/install.sh (which scripts/demo.sh and the test script call) installs again
+    only when what it installs from changed: the second demo start runs no pip at all."""
+
+    root = Path(__file__).resolve().parents[1]
+    clone = tmp_path / "clone"
+    (clone / "scripts").mkdir(parents=True)
+    shutil.copy(root / "scripts" / "install.sh", clone / "scripts" / "install.sh")
+    shutil.copy(root / "pyproject.toml", clone / "pyproject.toml")
+    prefix, log = tmp_path / "env", tmp_path / "pip.log"
+    prefix.mkdir()
+    fake = tmp_path / "python"  # answers what install.sh asks a Python, logs pip calls
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'case "$1" in -m) echo "$@" >> {log} ;; -V) echo "Python 3.11.0" ;;\n'
+        f'  -c) [[ "$2" == *sys.prefix* ]] && echo {prefix} ;; esac\nexit 0\n'
+    )
+    fake.chmod(0o755)
+
+    def install(**env: str) -> int:
+        subprocess.run(
+            ["bash", str(clone / "scripts" / "install.sh"), "--editable"],
+            env={"PATH": os.environ["PATH"], "PYTHON": str(fake), **env}, check=True,
+        )  # fmt: skip
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    assert install() == 2  # torch, then imacs
+    assert (prefix / ".imacs-install-editable").is_file()
+    assert install() == 2  # warm: nothing installed
+    assert install(IMACS_REINSTALL="1") == 4
+    (clone / "pyproject.toml").write_text((clone / "pyproject.toml").read_text() + "\n# x\n")
+    assert install() == 6  # what it installs from changed
+    assert install() == 6
