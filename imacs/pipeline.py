@@ -205,7 +205,10 @@ def _analysis(job: _Job, settings: AnalysisSettings, ranks: Ranks | None) -> Run
         board, settings, fingerprint = _start(job, settings)
     check_destination(job.out, fingerprint, job.overwrite)
     if not job.rebuild and is_current(job.out, fingerprint):
-        job.say(f"{job.out} is up to date (same models, data and settings); reusing it")
+        job.say(
+            f"{job.out} is up to date (same models, data and settings): nothing was computed "
+            "now; --rebuild recomputes it"
+        )
         return Run(job.out)
     dataset = board["dataset"]
     if dataset.missing and settings.strict:

@@ -421,6 +421,7 @@ class Run:
             f"run {self.path}",
             f"  {s['n_images']} images ({s['n_skipped']} skipped), {s['n_patches']} patches, "
             f"{s['n_clusters']} clusters",
+            *_skipped_lines(self.info.skipped),
             f"  accuracy: A {a} {s['accuracy_a']:.3f}  B {b} {s['accuracy_b']:.3f}  "
             f"agreement {s['agreement']:.3f}",
         ]
@@ -460,8 +461,18 @@ class Run:
         for w in self.warnings:
             lines.append(f"  warning: {w}")
         total = sum(self.info.timings.values())
-        lines.append(f"  computed in {total:.1f}s")
+        when = self.info.created.replace("T", " ")[:16]
+        lines.append(f"  computed {when} UTC in {total:.1f}s")
         return "\n".join(lines)
+
+
+def _skipped_lines(skipped: list[dict[str, str]], show: int = 5) -> list[str]:
+    """The skipped inputs, one line each (the first ``show``; ``imacs export`` and
+    ``run.json`` list them all)."""
+    lines = [f"    skipped {s.get('path', '?')}: {s.get('reason', '?')}" for s in skipped[:show]]
+    if len(skipped) > show:
+        lines.append(f"    ... and {len(skipped) - show} more (run.json lists them all)")
+    return lines
 
 
 def _verdict(row: object, bar: float) -> str:

@@ -181,3 +181,20 @@ def test_mod010_first_line_of_an_error() -> None:
     assert first_line(ValueError("z" * 300)) == "z" * 160
     assert first_line(ValueError("z" * 300), 200) == "z" * 200
     assert first_line(KeyError()) == "KeyError"
+
+
+def test_mod030_default_names_tell_models_apart(tmp_path) -> None:
+    """A model's default display name says which one it is: the weights' stem for a factory
+    (two trainings of one factory differ by it), the module and function without weights,
+    the architecture and the weights for timm, the file's stem for a file."""
+    from imacs.models import ModelSpec
+
+    def name(source: str, weights: str | None = None) -> str:
+        return ModelSpec(source, weights).display_name
+
+    assert name("tests.helpers:make_tiny_cnn", "runs/finetuned-v2.safetensors") == "finetuned-v2"
+    assert name("tests.helpers:make_tiny_cnn") == "helpers.make_tiny_cnn"
+    assert name("timm:resnet18", "w/baseline.pth") == "resnet18 (baseline)"
+    assert name("timm:resnet18") == "resnet18"
+    assert name("models/clean_seed1.pt") == "clean_seed1"
+    assert ModelSpec("tests.helpers:make_tiny_cnn", None, "mine").display_name == "mine"

@@ -78,3 +78,25 @@ def test_fmt004_the_typed_manifest_round_trips(shortcut_run) -> None:
     assert upgrade(m) == m  # an up-to-date manifest is left as it is
     assert shortcut_run.info.timings.keys() >= {"attribution", "whatif", "write"}
     assert shortcut_run.settings.attribution.steps == 24
+
+
+def test_fmt010_info_names_what_was_skipped_and_when_the_run_was_made(tmp_path) -> None:
+    import json
+    import shutil
+
+    import imacs
+
+    run_dir = tmp_path / "old"
+    shutil.copytree(OLD, run_dir)
+    m = json.loads((run_dir / "run.json").read_text())
+    m["skipped"] = [{"path": f"cat/{i}.png", "reason": "not an image"} for i in range(7)]
+    m["summary"]["n_skipped"] = 7
+    m["created"] = "2026-11-02T08:15:00+00:00"
+    (run_dir / "run.json").write_text(json.dumps(m))
+    text = imacs.load_run(run_dir).summary()
+    assert "(7 skipped)" in text and "    skipped cat/0.png: not an image" in text
+    assert "cat/4.png" in text and "cat/5.png" not in text
+    assert "... and 2 more (run.json lists them all)" in text
+    assert "computed 2026-11-02 08:15 UTC in " in text
+    # an old run that knows no bar says what its "significant" meant
+    assert "significant: the difference is not 0" in text

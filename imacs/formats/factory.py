@@ -82,9 +82,12 @@ def load(source: str, weights: str | None, flag: str) -> Loaded:
 
 
 def describe(source: str, weights: str | None) -> dict[str, object]:
-    """The manifest's model entry: the factory's name, ``source`` as given, the weights'
-    absolute path."""
-    out: dict[str, object] = {"name": source.split(":", 1)[1], "source": source}
+    """The manifest's model entry: a name (the weights file's stem, which tells two
+    trainings of one factory apart, else the factory's module and function, ``resnet.build``
+    for ``models.resnet:build``), ``source`` as given, the weights' absolute path."""
+    module, _, fn = source.partition(":")
+    name = Path(weights).stem if weights else f"{module.rsplit('.', 1)[-1]}.{fn}"
+    out: dict[str, object] = {"name": name, "source": source}
     if weights:
         out["weights"] = abspath(weights)
     return out

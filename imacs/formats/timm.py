@@ -68,9 +68,12 @@ def load(source: str, weights: str | None, flag: str) -> Loaded:
 
 
 def describe(source: str, weights: str | None) -> dict[str, object]:
-    """The manifest's model entry: the architecture's name, ``source`` as given, the
-    weights' absolute path."""
-    out: dict[str, object] = {"name": source.split(":", 1)[1], "source": source}
+    """The manifest's model entry: a name (the architecture, with the weights file's stem
+    when given: ``resnet18 (finetuned)``), ``source`` as given, the weights' absolute
+    path."""
+    arch = source.split(":", 1)[1]
+    name = f"{arch} ({Path(weights).stem})" if weights else arch
+    out: dict[str, object] = {"name": name, "source": source}
     if weights:
         out["weights"] = abspath(weights)
     return out
