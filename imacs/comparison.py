@@ -92,7 +92,7 @@ _COLUMNS = (
     *("cluster", "n_patches", "n_images", "attr_a", "attr_b", "diff", "diff_se", "diff_lo"),
     *("diff_hi", "p_value", "significant", "saliency", "top_class", "top_class_share"),
     *("disagree_rate", "acc_a", "acc_b", "attr_a_rel", "attr_b_rel", "diff_rel"),
-    *("diff_rel_lo", "diff_rel_hi", "within_bar"),
+    *("diff_rel_lo", "diff_rel_hi", "n_images_rel", "within_bar"),
 )
 
 
@@ -134,6 +134,7 @@ def _interval_columns(stats: dict, stats_rel: dict, k: int, settings: Comparison
         "within_bar": real and not beyond,
         "diff_rel_lo": float(stats_rel["lo"][k]),
         "diff_rel_hi": float(stats_rel["hi"][k]),
+        "n_images_rel": int(stats_rel["n_images"][k]),
     }
 
 
@@ -179,13 +180,18 @@ def relative_shares(patches: pd.DataFrame) -> dict[str, np.ndarray]:
 
     Returns:
         ``attr_a_rel``, ``attr_b_rel`` and ``diff_rel`` per patch (float64); per image and
-        model the shares sum to 1, or are all 0 when the model's shares in them are.
+        model the shares sum to 1, or are all 0 when the model's shares in them are; NaN
+        for the patch of an image with a single selected patch (left out of the measure).
     """
     out = {}
+    # an image with one selected patch gives it a share of 1 from both models: it says
+    # nothing about what either prefers, so it is left out (NaN) of the relative measure
+    alone = patches.groupby("image_id")["image_id"].transform("size").to_numpy() < 2
     for r in ("a", "b"):
         share = patches[f"attr_{r}"].to_numpy(np.float64)
         total = patches.groupby("image_id")[f"attr_{r}"].transform("sum").to_numpy(np.float64)
-        out[f"attr_{r}_rel"] = np.where(total > 0, share / np.where(total > 0, total, 1.0), 0.0)
+        rel = np.where(total > 0, share / np.where(total > 0, total, 1.0), 0.0)
+        out[f"attr_{r}_rel"] = np.where(alone, np.nan, rel)
     out["diff_rel"] = out["attr_b_rel"] - out["attr_a_rel"]
     return out
 
@@ -205,11 +211,14 @@ def _family_stats(
     n_c, n_i = len(c_ids), len(i_ids)
     pairs = (("attr_a", "attr_b"), *extra)
     sums = np.zeros((len(pairs), n_c, n_i))
-    counts = np.zeros((n_c, n_i))
+    counts = np.zeros((len(pairs), n_c, n_i))  # patches that count (not NaN), per pair
     for j, (col_a, col_b) in enumerate(pairs):
-        np.add.at(sums[j], (c_codes, i_codes), (p[col_b] - p[col_a]).to_numpy())
-    np.add.at(counts, (c_codes, i_codes), 1.0)
-    diff = sums.sum(2) / counts.sum(1)
+        d = (p[col_b] - p[col_a]).to_numpy(np.float64)
+        ok = ~np.isnan(d)
+        np.add.at(sums[j], (c_codes[ok], i_codes[ok]), d[ok])
+        np.add.at(counts[j], (c_codes[ok], i_codes[ok]), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = sums.sum(2) / counts.sum(2)
     rng = np.random.default_rng(settings.seed)
 
     # bootstrap over images, one resample for every cluster
@@ -218,9 +227,8 @@ def _family_stats(
     for start in range(0, settings.n_boot, block):
         b = min(block, settings.n_boot - start)
         w = rng.multinomial(n_i, np.full(n_i, 1.0 / n_i), size=b).astype(np.float64)
-        den = w @ counts.T
         for j in range(len(pairs)):
-            num = w @ sums[j].T
+            num, den = w @ sums[j].T, w @ counts[j].T
             boot[j, start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
     out = []
     for j in range(len(pairs)):
@@ -231,7 +239,7 @@ def _family_stats(
         q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
         # a difference of two shares lies in [-1, 1]: so does every interval of one
         lo, hi = np.clip(diff[j] - q * se, -1.0, 1.0), np.clip(diff[j] + q * se, -1.0, 1.0)
-        out.append({"se": se, "lo": lo, "hi": hi})
+        out.append({"se": se, "lo": lo, "hi": hi, "n_images": (counts[j] > 0).sum(1)})
 
     # sign-flip permutations: swapping A and B in an image flips its differences' sign
     first = sums[0]

@@ -69,6 +69,7 @@ _STATS: dict[str, str] = {
     "diff_rel": "float64",
     "diff_rel_lo": "float64",
     "diff_rel_hi": "float64",
+    "n_images_rel": "int64",
     "within_bar": "bool",
 }
 _ALONE = {"alone_a": "object", "alone_a_share": "float64"} | {

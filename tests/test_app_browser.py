@@ -540,6 +540,11 @@ def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
     first = page.locator(".strip").first.inner_text()
     assert first.startswith(f"#1 cluster {int(rel.iloc[0]['cluster'])}")
     assert f"B − A {rel.iloc[0]['diff_rel']:+.3f} relative" in first
+    # images with a single salient patch are left out of it, and the page says how many
+    sizes = shortcut_run.patches.groupby("image_id").size()
+    alone = int((sizes < 2).sum())
+    said = f"Relative reliance leaves out {alone} of {len(sizes)} images"
+    assert (said in page.inner_text("body")) == (alone > 0)
     assert page.console_errors == []
 
 

@@ -287,3 +287,30 @@ def test_cmp010_intervals_stay_within_what_a_share_difference_can_be() -> None:
     assert top["diff_lo"] < top["diff"] and top["diff_hi"] == 1.0
     assert (clusters[["diff_lo", "diff_rel_lo"]] >= -1).all().all()
     assert (clusters[["diff_hi", "diff_rel_hi"]] <= 1).all().all()
+
+
+def test_cmp011_images_with_one_salient_patch_are_left_out_of_relative_reliance() -> None:
+    """52 of 60 images hold only the shortcut's patch (B 0.60, A 0.07): renormalised over
+    the image, both models would give it 1.0 there and relative reliance would read +0.000.
+    Left out, the measure rests on the 8 images with two patches, and says so."""
+    rng = np.random.default_rng(3)
+    n_img = 60
+    images = pd.DataFrame(
+        {"label": np.zeros(n_img, int), "pred_a": 0, "pred_b": 0},
+        index=pd.Index(np.arange(n_img), name="image_id"),
+    )
+    rows = [(i, 1, 0.07 + rng.normal(0, 0.01), 0.6 + rng.normal(0, 0.01)) for i in range(n_img)]
+    rows += [(i, 0, 0.3 + rng.normal(0, 0.01), 0.1 + rng.normal(0, 0.01)) for i in range(8)]
+    patches = pd.DataFrame(rows, columns=["image_id", "cluster", "attr_a", "attr_b"])
+    patches["saliency"] = 1.0
+    clusters, _ = compare_clusters(patches, images, ["x"])
+    mark = clusters.set_index("cluster").loc[1]
+    assert mark["rank"] == 1 and mark["diff"] == pytest.approx(0.53, abs=0.01)
+    assert mark["n_images"] == 60 and mark["n_images_rel"] == 8
+    # on its 8 images: A 0.07 / 0.37, B 0.6 / 0.7, so about +0.67, not +0.000
+    assert mark["diff_rel"] == pytest.approx(0.6 / 0.7 - 0.07 / 0.37, abs=0.03)
+    assert mark["diff_rel_lo"] > 0.5
+    from imacs.comparison import relative_shares
+
+    rel = relative_shares(patches)
+    assert np.isnan(rel["attr_a_rel"][8:60]).all() and not np.isnan(rel["attr_a_rel"][:8]).any()

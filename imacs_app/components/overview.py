@@ -267,6 +267,34 @@ def _title(unit: str) -> tuple[str, str]:
     )
 
 
+#: a relative share resting on fewer images than this is flagged on its strip
+FEW_IMAGES = 10
+
+
+def _on_images(r: object) -> str:
+    """`` relative`` and, when the measure rests on few images, how few."""
+    n = getattr(r, "n_images_rel", None)
+    if n is None or pd.isna(n):
+        return " relative"
+    n = int(n)
+    if n >= FEW_IMAGES:
+        return " relative"
+    return f" relative, rests on {n} image{'s' if n != 1 else ''}"
+
+
+def _left_out(view: RunView, f: Filters) -> str:
+    """How many of the kept images the relative measure leaves out (a single salient patch
+    gives both models a share of 1: it says nothing about what either prefers)."""
+    sizes = view.filtered_patches(f).groupby("image_id").size()
+    alone = int((sizes < 2).sum())
+    if not alone:
+        return ""
+    return (
+        f"Relative reliance leaves out {alone} of {len(sizes)} images: they hold a single "
+        "salient patch, which gets a share of 1 from both models."
+    )
+
+
 def _strips(view: RunView, clusters: pd.DataFrame, f: Filters, relative: bool) -> list:
     """One strip per group, in the ranking's order: its numbers, what stands out in its
     images, and representative patches."""
@@ -298,7 +326,7 @@ def _strips(view: RunView, clusters: pd.DataFrame, f: Filters, relative: bool) -
                                 className="strip-title",
                             ),
                             html.Span(
-                                f"B − A {shown:+.3f}" + (" relative" if relative else ""),
+                                f"B − A {shown:+.3f}" + (_on_images(r) if relative else ""),
                                 className="pos" if shown >= 0 else "neg",
                             ),
                             html.Span(f"{int(r.n_patches)} patches · {int(r.n_images)} images"),
@@ -354,6 +382,8 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
             clusters = clusters.reindex(
                 clusters["diff_rel"].abs().sort_values(ascending=False, kind="stable").index
             )
+        if relative:
+            hint = f"{hint} {_left_out(view, f)}"
         figure = figures.ranking(clusters, view.run.names, None, relative, view.run.bar)
         return (summary, title, hint, *downloads, figure, _strips(view, clusters, f, relative))
 
