@@ -160,7 +160,11 @@ def test_brw001_click_cluster_then_patch(page, server, shortcut_run) -> None:
         ".every(i => i.complete && i.naturalWidth > 0)"
     )
     srcs = page.eval_on_selector_all(".panels img", "els => els.map(e => e.getAttribute('src'))")
-    assert [s.split("/")[-1] for s in srcs] == ["image.png", "a.png", "b.png", "diff.png"]
+    names = [s.split("/")[-1].split("?")[0] for s in srcs]
+    assert names == ["image.png", "a.png", "b.png", "diff.png"]
+    # each pinned to the run as the page read it (its token), the same for all
+    assert len({s.partition("?v=")[2][:12] for s in srcs}) == 1
+    assert all("?v=" in s for s in srcs)
     assert all(s.startswith("/render/") for s in srcs)
     assert page.console_errors == []
 
@@ -436,6 +440,7 @@ def test_brw011_a_run_that_is_gone_is_reported(page, browser, shortcut_run, tmp_
         # removed while the page is open: picking it, or clicking anything, says so
         page.goto(f"{url}/?run=keep")
         page.wait_for_selector(".strip")
+        page.wait_for_function("Array.from(document.images).every(i => i.complete)")
         shutil.rmtree(root / "gone")
         page.locator("#run-picker").click()
         page.locator(".dash-dropdown-option", has_text="gone").click()
@@ -452,6 +457,8 @@ def test_brw011_a_run_that_is_gone_is_reported(page, browser, shortcut_run, tmp_
         page.goto(f"{url}/?run=gone")
         page.wait_for_selector(".strip")
         page.wait_for_function("document.getElementById('notice').innerText === ''")
+        # its pictures loaded first: a picture asked for after the removal rightly 404s
+        page.wait_for_function("Array.from(document.images).every(i => i.complete)")
         shutil.rmtree(root / "gone")
         page.locator(".strip").first.click()
         page.wait_for_selector("#notice .error")

@@ -21,7 +21,7 @@ from dash.exceptions import PreventUpdate
 
 from imacs.errors import InputError
 
-from ..catalog import RunCatalog
+from ..catalog import NoSuchRun, RunCatalog
 from ..declare import (
     Click,
     Hit,
@@ -247,6 +247,11 @@ class Router:
         try:
             view = self.catalog.get(s.run)
         except InputError as exc:
+            if not isinstance(exc, NoSuchRun) and s.run is not None:
+                # there but unreadable (a damaged table): say so, do not show another run
+                s = s.display_only()
+                shown = [m.show(s, None, self.catalog) for m in self.mirrors]
+                return (no_update, *shown, html.Div(problem(exc), className="error"))
             try:
                 view = self.catalog.get(None)
             except InputError as none_left:
