@@ -155,9 +155,19 @@ def model_preprocess(pre: Preprocess, models: dict[str, LoadedModel]) -> Preproc
     different normalisations each get their own. Mutates ``models``' modules.
 
     Raises:
-        InputError: the two models state different input sizes and none was given.
+        InputError: the two models state different input sizes and none was given, or a
+            model that takes one size only is given another.
     """
     size = pre.image_size
+    for r, m in models.items():  # before any work: it would fail after the attribution
+        fixed = m.defaults.image_size
+        if size is not None and m.defaults.fixed_size and fixed and tuple(size) != tuple(fixed):
+            h, w = fixed
+            raise InputError(
+                f"model {r.upper()} ({m.name}) takes only {h}x{w} images (it was exported with "
+                f"a fixed height and width), not --image-size {size[0]}x{size[1]}: pass "
+                f"--image-size {h}x{w}, or export it with dynamic height and width"
+            )
     if size is None:
         stated = {r: m.defaults.image_size for r, m in models.items() if m.defaults.image_size}
         if len(set(stated.values())) > 1:

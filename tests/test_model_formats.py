@@ -306,3 +306,19 @@ def test_mf007_timm_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPat
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
     with pytest.raises(InputError, match=r"timm:resnet18: timm is not installed.*imacs\[timm\]"):
         load_model(ModelSpec("timm:resnet18"), "--model-a")
+
+
+def test_mf020_a_fixed_size_export_given_another_size_is_refused_before_any_work(
+    tmp_path: Path,
+) -> None:
+    """A .pt2 exported at a static 32x32 states that size and takes no other: asking for
+    48 px would run the whole attribution and then fail; it is refused at load."""
+    path = _export(helpers.TinyCNN().eval(), tmp_path / "fixed32.pt2")
+    model = load_model(ModelSpec(str(path)), "--model-a")
+    assert model.defaults.image_size == (32, 32) and model.defaults.fixed_size
+    other = load_model(ModelSpec(str(path)), "--model-b")
+    models = {"a": model, "b": other}
+    with pytest.raises(InputError, match=r"takes only 32x32 images .* --image-size 32x32"):
+        model_preprocess(Preprocess(image_size=(48, 48)), models)
+    assert model_preprocess(Preprocess(image_size=(32, 32)), models).image_size == (32, 32)
+    assert model_preprocess(Preprocess(), models).image_size == (32, 32)

@@ -31,12 +31,15 @@ class ModelDefaults:
         mean (tuple[float, float, float], optional): normalisation mean on [0, 1] pixels.
         std (tuple[float, float, float], optional): normalisation std.
         class_names (tuple[str, ...], optional): class names in output order.
+        fixed_size (bool): the model takes ``image_size`` and no other (a ``torch.export``
+            program exported with a static height and width). Default: False.
     """
 
     image_size: tuple[int, int] | None = None
     mean: Triple | None = None
     std: Triple | None = None
     class_names: tuple[str, ...] | None = None
+    fixed_size: bool = False
 
 
 @dataclass

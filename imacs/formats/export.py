@@ -94,4 +94,5 @@ def load_program(path: Path, flag: str) -> tuple[nn.Module, ModelDefaults]:
     if isinstance(shape[1], int) and shape[1] != 3:
         raise InputError(f"{path}: the program takes {shape[1]} channels; imacs feeds RGB (3)")
     size = (shape[2], shape[3]) if all(isinstance(s, int) for s in shape[2:]) else None
-    return program.module(), ModelDefaults(image_size=size)  # type: ignore[arg-type]
+    defaults = ModelDefaults(image_size=size, fixed_size=size is not None)  # type: ignore[arg-type]
+    return program.module(), defaults
