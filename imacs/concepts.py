@@ -45,8 +45,31 @@ def claim_side(clusters: pd.DataFrame) -> np.ndarray:
     return np.where(t["diff_lo"] > 0, 1, np.where(t["diff_hi"] < 0, -1, 0)).astype(np.int64)
 
 
+#: a model that gives one answer to this share of the patches alone or more says nothing
+#: with its answers: concepts are not made from them
+FLAT_SHARE = 0.98
+
+
+def flat_answers(patches: pd.DataFrame) -> dict[str, float]:
+    """Per model whose answers to the patches alone carry no information (one class for
+    :data:`FLAT_SHARE` of the patches or more, e.g. every small patch on black reads
+    "square"), the share of that answer; models whose answers differ are not listed."""
+    out = {}
+    for r in ("a", "b"):
+        col = f"alone_{r}"
+        if col in patches and len(patches):
+            top = float(patches[col].value_counts(normalize=True).iloc[0])
+            if top >= FLAT_SHARE:
+                out[r] = top
+    return out
+
+
 def answer_distances(
-    responses: np.ndarray, split: int, labels: np.ndarray, clusters: pd.DataFrame
+    responses: np.ndarray,
+    split: int,
+    labels: np.ndarray,
+    clusters: pd.DataFrame,
+    flat: frozenset[str] | set[str] = frozenset(),
 ) -> np.ndarray:
     """(k, k) distances between the clusters' mean answers.
 
@@ -61,6 +84,8 @@ def answer_distances(
         labels (numpy.ndarray): (n,) cluster of each patch, 0..k-1.
         clusters (pandas.DataFrame): the clusters table (``cluster``, ``attr_a``,
             ``attr_b``, ``diff_lo``, ``diff_hi``).
+        flat (set): models whose answers say nothing (:func:`flat_answers`): they are left
+            out, and a pair only they could compare is kept apart (distance 1).
     """
     table = clusters.set_index("cluster").reindex(range(len(clusters)))
     k = len(table)
@@ -76,6 +101,9 @@ def answer_distances(
         h2[role] = np.maximum(sq[:, None] + sq[None, :] - 2.0 * centres @ centres.T, 0.0) / 2.0
         share = np.clip(table[f"attr_{role}"].fillna(0.0).to_numpy(np.float64), 0.0, None)
         w[role] = share[:, None] + share[None, :] + 1e-6
+        if role in flat:  # its answers say nothing: it cannot tell two clusters alike
+            h2[role] = np.where(np.eye(k, dtype=bool), 0.0, 1.0)
+            w[role] = w[role] * 1e-9 if len(flat) < 2 else w[role]
     d2 = (w["a"] * h2["a"] + w["b"] * h2["b"]) / (w["a"] + w["b"])
     both_b = (side[:, None] == 1) & (side[None, :] == 1)
     both_a = (side[:, None] == -1) & (side[None, :] == -1)
@@ -174,7 +202,8 @@ def group_into_concepts(
         comparison (ComparisonSettings): the statistics of each concept.
     """
     labels = patches["cluster"].to_numpy()
-    distances = answer_distances(views.responses, views.split, labels, clusters)
+    flat = set(flat_answers(patches))
+    distances = answer_distances(views.responses, views.split, labels, clusters, flat)
     concept_of = group_clusters(distances, clusters, concepts)
     patches = patches.assign(concept=concept_of[labels])
     clusters = clusters.assign(concept=concept_of[clusters["cluster"].to_numpy()])
@@ -188,8 +217,8 @@ def group_into_concepts(
 
 @stage(
     "concepts",
-    reads=("views", "patches", "clusters", "images", "classes"),
-    produces=("patches", "clusters", "concepts"),
+    reads=("views", "patches", "clusters", "images", "classes", "names", "warnings"),
+    produces=("patches", "clusters", "concepts", "warnings"),
     settings=("concepts", "comparison"),
 )
 def concepts_stage(
@@ -198,11 +227,39 @@ def concepts_stage(
     clusters: pd.DataFrame,
     images: pd.DataFrame,
     classes: list[str],
+    names: dict[str, str],
+    warnings: list[str],
     concepts: ConceptSettings,
     comparison: ComparisonSettings,
 ) -> dict[str, object]:
-    """Clusters the models answer alike, grouped into concepts with their own statistics."""
+    """Clusters the models answer alike, grouped into concepts with their own statistics
+    (and a warning when a model's answers say nothing, so concepts do not rest on them)."""
     patches, clusters, table = group_into_concepts(
         views, patches, clusters, images.set_index("image_id"), classes, concepts, comparison
     )
-    return {"patches": patches, "clusters": clusters, "concepts": table}
+    return {
+        "patches": patches,
+        "clusters": clusters,
+        "concepts": table,
+        "warnings": [*warnings, *flat_warnings(flat_answers(patches), patches, classes, names)],
+    }
+
+
+def flat_warnings(
+    flat: dict[str, float], patches: pd.DataFrame, classes: list[str], names: dict[str, str]
+) -> list[str]:
+    """The sentence :func:`flat_answers` earns each model, and what the concepts became."""
+    out = []
+    for r, share in flat.items():
+        k = int(patches[f"alone_{r}"].value_counts().index[0])
+        answer = classes[k] if k < len(classes) else str(k)
+        then = (
+            "so every cluster is its own concept"
+            if len(flat) == 2
+            else f"so concepts rest on {'B' if r == 'a' else 'A'}'s answers alone"
+        )
+        out.append(
+            f"model {r.upper()} ({names[r]}) answers {answer} to {share:.0%} of the patches "
+            f"shown alone: its answers say nothing about what a patch is, {then}"
+        )
+    return out

@@ -204,8 +204,8 @@ def test_cmp007_significant_means_beyond_the_bar() -> None:
 @pytest.mark.slow
 def test_cmp008_a_reference_pair_sets_the_bar(shortcut, tmp_path) -> None:
     """Two trainings of the clean recipe (seeds 10, 11) as the reference pair: retraining
-    alone makes differences whose intervals clear 0 (measured 0.03-0.10 at concept level);
-    the run says so, and the planted mark still clears the bar."""
+    alone makes differences whose intervals clear 0 (measured 0.22-0.25 for this pair); the
+    run says so, and the planted mark still clears the bar."""
     import json
 
     import torch
@@ -228,7 +228,7 @@ def test_cmp008_a_reference_pair_sets_the_bar(shortcut, tmp_path) -> None:
     ref = Run(tmp_path / "run-reference")
     assert ref.names == {"a": "clean10", "b": "clean11"}
     bar, _ = reference_bar(ref)
-    assert 0.05 < bar < 0.2  # retraining alone surely moves a concept's share this much
+    assert 0.1 < bar < 0.35  # retraining alone surely moves a concept's share this much
     run = Run(out)
     m = json.loads((out / "run.json").read_text())
     assert m["settings"]["comparison"]["reference_bar"] == pytest.approx(bar, abs=1e-6)

@@ -332,3 +332,44 @@ def test_con011_a_concepts_strip_shows_every_look(looks_run) -> None:
     first = [int(of_patch[p]) for p in strip[: len(members)]]
     assert set(first) == members  # one patch of each look first
     assert view.at("cluster").representatives(Filters())[first[0]][0] == strip[0]
+
+
+def test_con020_answers_that_say_nothing_make_no_concepts() -> None:
+    """A answers "square" to every patch alone (its answers carry no information), B's
+    answers tell its three clusters apart. Clusters 0 and 1, which A relies on more (-0.19
+    and -0.09), were compared by A's answers alone and merged; now they stay apart, the
+    mixed pairs are compared by B's answers only, and the run says why."""
+    from imacs.concepts import answer_distances, flat_answers, flat_warnings
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 20)
+    a = np.tile([1.0, 0.0], (60, 1))  # sqrt(p) of A's answer: always class 0
+    b_answer = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])[labels]  # 0 | 1 = 2
+    responses = np.hstack([a, np.sqrt(b_answer + 1e-9)]) / np.sqrt(2.0)
+    clusters = pd.DataFrame(
+        {
+            "cluster": [0, 1, 2],
+            "n_patches": [20, 20, 20],
+            "attr_a": [0.3, 0.2, 0.1],
+            "attr_b": [0.11, 0.11, 0.1],
+            "diff_lo": [-0.25, -0.14, -0.05],
+            "diff_hi": [-0.13, -0.04, 0.05],
+        }
+    )
+    patches = pd.DataFrame(
+        {"cluster": labels, "alone_a": 0, "alone_b": b_answer.argmax(1) + rng.integers(0, 1, 60)}
+    )
+    assert flat_answers(patches) == {"a": 1.0}
+    before = answer_distances(responses, 2, labels, clusters)
+    assert before[0, 1] < 0.05  # A's flat answers call them alike
+    d = answer_distances(responses, 2, labels, clusters, {"a"})
+    assert d[0, 1] == pytest.approx(1.0)  # only A could compare them: kept apart
+    assert d[1, 2] < 0.05 and d[0, 2] > 0.9  # by B's answers
+    concept = group_clusters(d, clusters, ConceptSettings())
+    assert concept[0] != concept[1] and concept[1] == concept[2]
+    (said,) = flat_warnings({"a": 1.0}, patches, ["square", "round"], {"a": "ma", "b": "mb"})
+    assert said.startswith("model A (ma) answers square to 100% of the patches shown alone")
+    assert said.endswith("so concepts rest on B's answers alone")
+    # both flat: every cluster is its own concept
+    both = answer_distances(responses[:, [0, 1, 0, 1]], 2, labels, clusters, {"a", "b"})
+    assert len(set(group_clusters(both, clusters, ConceptSettings()))) == 3
