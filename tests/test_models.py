@@ -79,10 +79,27 @@ def test_mod004_code_running_pickle_is_refused(tmp_path: Path) -> None:
 
 
 def test_mod005_torch_save_of_a_module_gets_a_hint(tmp_path: Path, tiny: TinyCNN) -> None:
+    """A whole pickled model and a state dict get different fixes: the state dict can be a
+    factory's weights, the whole model cannot (it would be refused as code)."""
     path = tmp_path / "whole.pt"
     torch.save(tiny, path)
-    with pytest.raises(InputError, match=r"torch\.save checkpoint, not TorchScript"):
+    with pytest.raises(InputError, match=r"a whole pickled model .* never unpickles code") as e:
         load_model(ModelSpec(str(path)), "--model-b")
+    assert "model.state_dict()" in str(e.value) and "--model-b" in str(e.value)
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny.state_dict(), weights)
+    with pytest.raises(InputError, match=r"checkpoint of weights, not TorchScript; pass --model-b"):
+        load_model(ModelSpec(str(weights)), "--model-b")
+    # the fix it gives for the weights works
+    m = load_model(ModelSpec("tests.helpers:make_tiny_cnn", str(weights)), "--model-b")
+    assert m.kind == "factory"
+    # telling them apart never runs the pickle's code
+    marker = Path("/tmp/imacs-pwned-by-pickle")
+    evil = tmp_path / "evil.pt"
+    torch.save({"w": _Boom()}, evil)
+    with pytest.raises(InputError, match="a whole pickled model"):
+        load_model(ModelSpec(str(evil)))
+    assert not marker.exists()
 
 
 def test_mod006_weights_that_do_not_fit(tmp_path: Path) -> None:

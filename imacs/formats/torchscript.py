@@ -75,8 +75,15 @@ def load_script(path: Path, flag: str) -> nn.Module:
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
     if not any("/code/" in n for n in names) and any(n.endswith("data.pkl") for n in names):
+        if not _holds_weights_only(path):
+            raise InputError(
+                f"{path}: a whole pickled model (torch.save(model)), not TorchScript; imacs "
+                "never unpickles code. In Python, load it and save "
+                "torch.jit.script(model).save(PATH), or torch.save(model.state_dict(), PATH) "
+                f"and pass {flag} package.module:factory with that file as its weights"
+            )
         raise InputError(
-            f"{path}: a torch.save checkpoint, not TorchScript; pass {flag} "
+            f"{path}: a torch.save checkpoint of weights, not TorchScript; pass {flag} "
             "package.module:factory with this file as its weights, or export the model with "
             "torch.jit.script(model).save(PATH)"
         )
@@ -86,3 +93,15 @@ def load_script(path: Path, flag: str) -> nn.Module:
             return torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError and friends with long C++ traces
         raise InputError(f"{path}: cannot load as TorchScript ({first_line(exc, 200)})") from None
+
+
+def _holds_weights_only(path: Path) -> bool:
+    """Whether a ``torch.save`` checkpoint loads as tensors only (a state dict), found out
+    with ``weights_only=True``, which never runs the pickle's code."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception:  # refused objects, damaged files: not weights only
+        return False
+    return True
