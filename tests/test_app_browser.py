@@ -660,3 +660,21 @@ def test_brw016_a_run_of_the_previous_format_opens_in_the_dashboard(page, tmp_pa
         page.wait_for_selector("#cluster-detail >> text=Concept 2 · rank 1")
         assert page.locator("#whatif tbody tr").nth(1).locator("td.flip").inner_text() == "100%"
     assert page.console_errors == []
+
+
+def test_brw017_the_meta_filter_shows_only_for_runs_with_meta_annotations(
+    page, server, marked_run
+) -> None:
+    assert marked_run.info.meta_columns == ["mark"]
+    page.goto(f"{server}/?run=watermark")
+    page.wait_for_selector(".strip")
+    page.wait_for_selector("#f-meta", state="visible")
+    page.goto(f"{server}/?run=shortcut")  # no meta columns: no empty dropdown
+    page.wait_for_selector(".strip")
+    page.wait_for_selector("#f-meta", state="hidden")
+    # and back through the run picker
+    page.locator("#run-picker").click()
+    page.locator(".dash-dropdown-option", has_text="watermark").click()
+    _wait_for_query(page, "run", "watermark")
+    page.wait_for_selector("#f-meta", state="visible")
+    assert page.console_errors == []

@@ -81,6 +81,11 @@ def _meta_options(s: ViewState, view: RunView | None, catalog: RunCatalog) -> li
     return [{"label": f"{k} = {v}", "value": f"{k}={v}"} for k, v in view.meta_options]
 
 
+def _meta_style(s: ViewState, view: RunView | None, catalog: RunCatalog) -> dict:
+    """The meta-annotation filter is shown only for a run that has meta-annotations."""
+    return {} if view is not None and view.meta_options else {"display": "none"}
+
+
 CLICKS = tuple(Click(i, _filtered, prop="value") for i in (ids.CLASS, ids.OUTCOME, ids.META))
 # options and values together: Dash 4 drops a value that arrives before its option
 MIRRORS = (
@@ -88,6 +93,7 @@ MIRRORS = (
     Mirror(ids.CLASS, "value", lambda s, view, catalog: list(s.classes)),
     Mirror(ids.OUTCOME, "value", lambda s, view, catalog: s.outcome),
     Mirror(ids.META, "options", _meta_options),
+    Mirror(ids.META, "style", _meta_style),
     Mirror(ids.META, "value", lambda s, view, catalog: [f"{k}={v}" for k, v in s.meta]),
 )
 
