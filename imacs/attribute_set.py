@@ -136,6 +136,8 @@ class _Runner:
         self.preprocess, self.attribution = preprocess, attribution
         self.cache, self.plan = cache, plan
         self.classes: list[str] | None = None  # set once the class counts are checked
+        #: called with (role, images) when a model's chunk is done (computed or cached)
+        self.step: Callable[[str, int], None] = lambda _role, _n: None
 
     def entries(
         self, ids: list[int], pool: ThreadPoolExecutor
@@ -152,6 +154,9 @@ class _Runner:
             decoded = pending
             pending = submit(ids[pos + 1]) if pos + 1 < len(ids) else None  # prefetch
             got = {r: self._cached(ci, r) for r in ROLES}
+            for r in ROLES:
+                if got[r] is not None:
+                    self.step(r, len(self.plan.chunks[ci]))
             if any(v is None for v in got.values()):
                 if decoded is None:
                     decoded = [pool.submit(_decode, recs[i], pre) for i in self.plan.chunks[ci]]
@@ -205,6 +210,7 @@ class _Runner:
             entry = _pack_chunk(res, len(idx), good, failed, sizes, reasons, (h, w))
             self.cache.put("attribution", self.plan.keys[ci][r], entry)
             got[r] = entry
+            self.step(r, len(idx))
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -245,11 +251,14 @@ def attribute_set(
     preprocess: Preprocess,
     attribution: AttributionSettings,
     strict: bool = False,
+    names: dict[str, str] | None = None,
 ) -> SetAttribution:
     """Attribution of both models over the whole set (from the cache where it has it).
 
     Args:
         scratch (Path): an existing folder for the memory-mapped maps; the caller removes it.
+        progress (Progress): counts each model's maps (``2 * len(dataset)`` in all).
+        names (dict, optional): per model, what follows "model A" in progress lines.
     """
     n = len(dataset.records)
     h, w = preprocess.input_size
@@ -262,6 +271,12 @@ def attribute_set(
     maps = {r: scratch_array(scratch / f"maps_{r}.npy", (n, h, w)) for r in ROLES}
     small: dict[str, dict[str, list[np.ndarray]]] = {r: {k: [] for k in _SMALL} for r in ROLES}
     runner = _Runner(dataset, engine, cache, plan, preprocess, attribution, strict, say)
+
+    def step(role: str, n: int) -> None:  # a line per model: which one is being computed
+        progress.label(f"attribution, model {role.upper()}{(names or {}).get(role, '')}")
+        progress.update(n)
+
+    runner.step = step
     with _pool() as pool:
         for ci, got in runner.entries(list(range(len(plan.chunks))), pool):
             idx = plan.chunks[ci]
@@ -275,7 +290,6 @@ def attribute_set(
                 maps[r][idx[0] : idx[-1] + 1] = got[r]["maps"]
                 for k in _SMALL:
                     small[r][k].append(got[r][k])
-            progress.update(len(idx))
     per_role: dict[str, dict[str, np.ndarray]] = {}
     for r in ROLES:
         parts = small[r]
@@ -454,7 +468,7 @@ def check_class_counts(dataset: Dataset, counts: dict[str, int]) -> list[str]:
 
 @stage(
     "attribution",
-    reads=("dataset", "engine", "plan", "cache", "scratch", "progress", "say"),
+    reads=("dataset", "engine", "plan", "cache", "scratch", "progress", "say", "names"),
     produces=("att", "dataset", "records", "valid", "skipped", "classes"),
     settings=("preprocess", "attribution", "strict"),
 )
@@ -466,16 +480,19 @@ def attribution_stage(
     scratch: Path,
     progress: bool,
     say: Callable[[str], None],
+    names: dict[str, str],
     preprocess: Preprocess,
     attribution: AttributionSettings,
     strict: bool,
 ) -> dict[str, object]:
     """Both models' maps over the set; the images that could be analysed, and the skipped
-    ones with their reasons."""
-    with Progress(len(dataset), "attribution", enabled=progress) as bar:
+    ones with their reasons. Progress counts each model's maps (2 per image) and names the
+    model being computed."""
+    with Progress(2 * len(dataset), "attribution", unit="maps", enabled=progress) as bar:
         att = attribute_set(
             dataset, engine, cache, plan, scratch, bar, say,
             preprocess=preprocess, attribution=attribution, strict=strict,
+            names={r: f" ({n})" for r, n in names.items()},
         )  # fmt: skip
     dataset = replace(dataset, classes=att.classes)
     skipped = [

@@ -191,7 +191,8 @@ def _demo(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(f"imacs: {msg}", file=sys.stderr, flush=True)
 
-    run = demo_run(args.cache_dir, rebuild=args.rebuild, progress=sys.stderr.isatty(), log=log)
+    # a bar in a terminal, plain lines every ~10 s in a log (imacs.progress)
+    run = demo_run(args.cache_dir, rebuild=args.rebuild, progress=True, log=log)
     print(run.summary())
     if args.no_serve:
         return 0

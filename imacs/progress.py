@@ -42,6 +42,7 @@ class Progress:
         self.enabled = enabled and total > 0
         self.interval = interval
         self.done = 0
+        self._said = -1  # ``done`` when the last plain line was printed
         self._t0 = self._last = time.monotonic()
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar = (
@@ -57,7 +58,14 @@ class Progress:
         elif self.enabled and time.monotonic() - self._last >= self.interval:
             self._line()
 
+    def label(self, desc: str) -> None:
+        """Name what is being done now (``attribution, model B (name)``)."""
+        self.desc = desc
+        if self._bar is not None:
+            self._bar.set_description(desc, refresh=False)
+
     def _line(self) -> None:
+        self._said = self.done
         self._last = now = time.monotonic()
         elapsed = max(now - self._t0, 1e-9)
         rate = self.done / elapsed
@@ -71,7 +79,7 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        elif self.enabled and self.done:
+        elif self.enabled and self.done and self.done != self._said:  # not the same line twice
             self._line()
 
     def __enter__(self) -> Progress:

@@ -171,6 +171,9 @@ def test_cli009_a_wrong_class_order_is_flagged(shortcut, tmp_path: Path) -> None
     assert "right on 0% of the images" in order[0]
     assert "would be right on 100% with its classes in another order" in order[0]
     assert "warning: model A" in proc.stderr and "warning: model A" in proc.stdout  # info too
+    # stderr is a pipe: plain progress lines that name the stage and the model, never twice
+    done = "attribution, model B (model_b): 160/160 maps (100 %)"
+    assert proc.stderr.count(done) == 1, proc.stderr
 
 
 def test_cli010_help_explains_every_option() -> None:
@@ -188,3 +191,21 @@ def test_cli010_help_explains_every_option() -> None:
     for flag in ("--embedding", "--encoder-weights", "--encoder-size", "--concept-distance"):
         assert flag in flags
     assert "(default None)" not in text
+
+
+def test_cli030_plain_progress_lines_name_the_model_and_come_once() -> None:
+    import io
+
+    from imacs.progress import Progress
+
+    out = io.StringIO()  # not a terminal: plain lines
+    with Progress(8, "attribution", unit="maps", stream=out, interval=0.0) as bar:
+        for role in "AB":
+            bar.label(f"attribution, model {role} (m{role})")
+            bar.update(2)
+            bar.update(2)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("attribution, model A (mA): 2/8 maps (25 %)")
+    assert "left" in lines[0]
+    assert lines[-1].startswith("attribution, model B (mB): 8/8 maps (100 %)")
+    assert len(lines) == 4  # one per update; the last is not repeated at close
