@@ -505,6 +505,10 @@ def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
     # the what-if verdict sits in the ranking, where a user reads first
     strip = page.locator(".strip").first.inner_text()
     assert f"what-if: B depends — {top['whatif_verdict']}" in strip
+    # the cluster's most typical patch (the strip's first, nearest its centre)
+    src = page.locator(".strip").first.locator("img").first.get_attribute("src")
+    typical = int(src.split("/")[-1].split(".")[0])
+    typical_image = int(shortcut_run.patches.set_index("patch_id").loc[typical, "image_id"])
 
     page.locator(".strip").first.click()
     page.wait_for_selector("#whatif table")
@@ -526,6 +530,7 @@ def test_brw013_evidence_what_if_trust_agreement_and_relative_ranking(
     after = shortcut_run.whatif_images.set_index(["cluster", "image_id"])
     caption = panel.locator(".pair figcaption").first.inner_text()
     image = int(caption.split()[1])
+    assert image == typical_image  # the examples start with the most typical, not by id
     got = after.loc[(int(top["cluster"]), image)]
     classes = shortcut_run.classes
     before = shortcut_run.images.set_index("image_id").loc[image]

@@ -132,7 +132,7 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
                 len(img),
                 "all images passing the filters" if s.filters.active else "all images",
             ),
-            whatif_panel(view, row, p, s.cluster),
+            whatif_panel(view, row, p, s.cluster, view.representatives(s.filters)),
             _charts(p, view.run.names),
             *_gallery(view, p, row),
         ]

@@ -95,9 +95,17 @@ def _model_row(row: pd.Series, r: str, name: str) -> html.Tr:
     )
 
 
-def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: int) -> html.Div:
+def whatif_panel(
+    view: RunView,
+    row: pd.Series,
+    patches: pd.DataFrame,
+    cluster: int,
+    typical: dict[int, list[int]] | None = None,
+) -> html.Div:
     """The cluster detail's what-if section: the verdict, a table per model (removal vs
-    random regions of the same area) and a few images before and after removal."""
+    random regions of the same area) and a few images before and after removal: the
+    images of its most typical patches first (``typical``: patch ids nearest the centre,
+    :meth:`RunView.representatives`), not the first images by id."""
     if not _tested(row):
         return html.Div(
             id=ids.WHATIF,
@@ -110,8 +118,13 @@ def whatif_panel(view: RunView, row: pd.Series, patches: pd.DataFrame, cluster: 
     rows = [_model_row(row, r, view.run.names[r]) for r in ("a", "b")]
     tested = view.whatif_images
     after = tested[tested["cluster"] == cluster].set_index("image_id")
-    images = [i for i in dict.fromkeys(patches["image_id"].astype(int)) if i in after.index]
-    images = images[:PAIRS] or list(dict.fromkeys(patches["image_id"].astype(int)))[:PAIRS]
+    image_of = dict(
+        zip(patches["patch_id"].astype(int), patches["image_id"].astype(int), strict=True)
+    )
+    first = [image_of[p] for p in (typical or {}).get(cluster, []) if p in image_of]
+    order = list(dict.fromkeys([*first, *patches["image_id"].astype(int)]))
+    images = [i for i in order if i in after.index]
+    images = images[:PAIRS] or order[:PAIRS]
     pairs = [
         html.Figure(
             className="pair",
