@@ -683,3 +683,29 @@ def test_brw017_the_meta_filter_shows_only_for_runs_with_meta_annotations(
     _wait_for_query(page, "run", "watermark")
     page.wait_for_selector("#f-meta", state="visible")
     assert page.console_errors == []
+
+
+def test_brw018_the_map_and_the_histogram_follow_the_window(browser, server) -> None:
+    """Made narrower, the window reflows the map and the agreement histogram inside their
+    cards (they overflowed until a reload)."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1000}, bypass_csp=True)
+    widths = """() => ['#map', '#agreement'].map(sel => {
+        const card = document.querySelector(sel);
+        const svg = card && card.querySelector('.main-svg');
+        return svg ? [svg.getBoundingClientRect().width, card.getBoundingClientRect().width]
+                   : null;
+    })"""
+    try:
+        page.goto(f"{server}/?run=watermark")
+        page.wait_for_selector("#map .main-svg")
+        page.wait_for_selector("#agreement .main-svg")
+        wide = page.evaluate(widths)
+        page.set_viewport_size({"width": 1100, "height": 1000})  # still two columns
+        page.wait_for_function(
+            f"() => ({widths})().every(w => w && w[0] <= w[1] + 1)", timeout=10_000
+        )
+        narrow = page.evaluate(widths)
+        for (svg_w, _), (svg_n, _) in zip(wide, narrow, strict=True):
+            assert svg_n < svg_w  # it shrank with its card, not merely fits by chance
+    finally:
+        page.close()
