@@ -640,10 +640,25 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     _wait_for_query(page, "concept", str(k))
     page.wait_for_selector(f"#cluster-detail >> text=Concept {k} · rank 1")
     page.wait_for_function("document.querySelector('#rank-level input[value=concept]').checked")
-    # the level toggle: plain clusters, kept in the URL
+    # the level toggle: plain clusters, and the open concept stays open as its largest
+    # cluster (the URL's cluster=N names the level)
+    mine = clusters[clusters["concept"] == k].sort_values(
+        ["n_patches", "cluster"], ascending=[False, True]
+    )
+    largest = int(mine.iloc[0]["cluster"])
+    page.locator("#rank-level label", has_text="clusters").click()
+    _wait_for_query(page, "cluster", str(largest))
+    page.wait_for_selector(f"#cluster-detail >> text=Cluster {largest} ·")
+    page.wait_for_function(f"document.querySelectorAll('.strip').length == {len(clusters)}")
+    # and back: the concept that holds it
+    page.locator("#rank-level label", has_text="concepts").click()
+    _wait_for_query(page, "concept", str(k))
+    page.wait_for_selector(f"#cluster-detail >> text=Concept {k} · rank 1")
+    # with nothing open, the toggle keeps the level in the URL
+    page.locator("#cluster-detail button.close").first.click()
+    page.wait_for_function("!new URLSearchParams(location.search).has('concept')")
     page.locator("#rank-level label", has_text="clusters").click()
     _wait_for_query(page, "level", "cluster")
-    page.wait_for_function(f"document.querySelectorAll('.strip').length == {len(clusters)}")
     assert page.console_errors == []
 
 

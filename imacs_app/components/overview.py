@@ -10,6 +10,7 @@ import pandas as pd
 from dash import ALL, Dash, Input, Output, Patch, dcc, html
 from dash.exceptions import PreventUpdate
 
+from imacs.errors import InputError
 from imacs.run import Run
 
 from .. import figures
@@ -46,10 +47,32 @@ URL_KEYS = (choice_key("measure", ("share", "relative"), position=90, per_run=Fa
 
 
 def _level(s: ViewState, hit: Hit) -> ViewState:
-    """The level toggle: concepts or clusters; nothing stays selected."""
-    if (hit.value or "concept") == s.level:
+    """The level toggle: concepts or clusters. What is open stays open where it still
+    exists: the image, and the open group as the other level sees it (a concept becomes
+    its largest cluster, a cluster the concept that holds it)."""
+    level = hit.value or "concept"
+    if level == s.level:
         raise PreventUpdate
-    return s.with_(level=hit.value or "concept", cluster=None, image=None)
+    return s.with_(level=level, cluster=_same_group(s, level, hit))
+
+
+def _same_group(s: ViewState, level: str, hit: Hit) -> int | None:
+    """The group at ``level`` that holds what ``s`` has open, or None."""
+    if s.cluster is None:
+        return None
+    try:
+        clusters = hit.catalog.get(s.run).run.clusters
+    except InputError:
+        return None
+    if level == "concept":  # the concept that holds the open cluster
+        row = clusters[clusters["cluster"] == s.cluster]
+        return int(row["concept"].iloc[0]) if len(row) else None
+    members = clusters[clusters["concept"] == s.cluster]  # the open concept's largest cluster
+    if members.empty:
+        return None
+    return int(
+        members.sort_values(["n_patches", "cluster"], ascending=[False, True]).iloc[0]["cluster"]
+    )
 
 
 CLICKS = (
