@@ -587,11 +587,12 @@ def test_app026_the_state_callback_follows_every_components_clicks(runs_root) ->
     from imacs_app.components.navigation import Router, ids
 
     router = Router(COMPONENTS, RunCatalog(runs_root))
-    assert len(router.inputs) == 16 and len(router.outputs) == 12  # as the hand-written one
+    # the hand-written router's 16 inputs and 12 outputs, and the meta filter's visibility
+    assert len(router.inputs) == 16 and len(router.outputs) == 13
     level = _output(router, f"{overview.ids.LEVEL}.value")
     out = router.route("?run=shortcut&level=cluster", overview.ids.strip(5), "n_clicks", 1)
     assert out[0] == "?run=shortcut&cluster=5"
-    assert out[level] == "cluster" and out.count(no_update) == 9 and out[-1] is None
+    assert out[level] == "cluster" and out.count(no_update) == 10 and out[-1] is None
     opened = "?run=shortcut&cluster=5&image=3&color=diff"
     with pytest.raises(PreventUpdate):  # a strip just rendered, not clicked
         router.route(opened, overview.ids.strip(6), "n_clicks", 0)
