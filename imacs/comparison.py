@@ -236,7 +236,8 @@ def _family_stats(
             se = np.nan_to_num(np.nanstd(boot[j], axis=0, ddof=1))
             t = np.abs(boot[j] - diff[j]) / np.where(se > 0, se, np.inf)
         max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
-        q = float(np.quantile(max_t[np.isfinite(max_t)], settings.ci)) if n_c else 0.0
+        finite = max_t[np.isfinite(max_t)]  # none when no cluster has a value (relative
+        q = float(np.quantile(finite, settings.ci)) if len(finite) else 0.0  # measure: NaN)
         # a difference of two shares lies in [-1, 1]: so does every interval of one
         lo, hi = np.clip(diff[j] - q * se, -1.0, 1.0), np.clip(diff[j] + q * se, -1.0, 1.0)
         out.append({"se": se, "lo": lo, "hi": hi, "n_images": (counts[j] > 0).sum(1)})

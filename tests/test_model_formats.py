@@ -271,7 +271,7 @@ def test_mf005_timm_models_load_with_their_weights_head_and_configuration(
     assert not m.module.training and not any(p.requires_grad for p in m.module.parameters())
     assert m.defaults.image_size == (40, 40)
     assert m.defaults.mean == (0.5, 0.4, 0.3) and m.defaults.std == (0.2, 0.25, 0.3)
-    assert m.kind == "timm" and m.eager and m.name == "tiny_fake"
+    assert m.kind == "timm" and m.eager and m.name == "tiny_fake (tiny)"  # weights' stem
     file_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert m.sha256 == hashlib.sha256(f"timm:tiny_fake:{file_hash}".encode()).hexdigest()
     assert m.describe()["weights"] == str(weights.resolve())
