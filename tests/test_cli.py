@@ -144,7 +144,8 @@ def test_cli008_bad_names_and_numbers_through_the_cli(shortcut, tmp_path: Path) 
                 "--projection", "pca", "--no-cache")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     # stderr is not a terminal here (as in a log file): plain progress lines, no bars
-    assert "attribution: 80/80 images (100 %)" in proc.stderr and "\r" not in proc.stderr
+    assert "attribution, model B (model_b): 160/160 maps (100 %)" in proc.stderr
+    assert "\r" not in proc.stderr
     skipped = json.loads((out / "run.json").read_text())["skipped"]
     assert skipped == [
         {"path": "vertical/\\xff.png", "reason": "file name is not valid UTF-8; rename the file"}

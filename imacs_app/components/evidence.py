@@ -118,42 +118,8 @@ def whatif_panel(
     rows = [_model_row(row, r, view.run.names[r]) for r in ("a", "b")]
     tested = view.whatif_images
     after = tested[tested["cluster"] == cluster].set_index("image_id")
-    image_of = dict(
-        zip(patches["patch_id"].astype(int), patches["image_id"].astype(int), strict=True)
-    )
-    first = [image_of[p] for p in (typical or {}).get(cluster, []) if p in image_of]
-    order = list(dict.fromkeys([*first, *patches["image_id"].astype(int)]))
-    images = [i for i in order if i in after.index]
-    images = images[:PAIRS] or order[:PAIRS]
-    pairs = [
-        html.Figure(
-            className="pair",
-            children=[
-                html.Img(src=render_url(view, i, "image"), alt=f"image {i}"),
-                html.Img(
-                    src=render_url(view, i, "removed") + f"&cluster={cluster}&level={view.level}",
-                    alt=f"image {i} with {view.unit} {cluster} removed",
-                    className="removed",
-                ),
-                html.Figcaption(
-                    [f"image {i}"]
-                    + [
-                        html.Div(
-                            f"{r.upper()}: {_class(view, int(view.images.loc[i, f'pred_{r}']))}"
-                            + (
-                                f" → {_class(view, int(after.loc[i, f'pred_{r}_after']))}"
-                                if i in after.index
-                                else ""
-                            ),
-                            className=f"model-{r}",
-                        )
-                        for r in ("a", "b")
-                    ]
-                ),
-            ],
-        )
-        for i in images
-    ]
+    images = _examples(patches, (typical or {}).get(cluster, []), after.index)
+    pairs = [_pair(view, i, cluster, after) for i in images]
     effect = str(row.get("whatif_effect", ""))
     return html.Div(
         id=ids.WHATIF,
@@ -187,6 +153,48 @@ def whatif_panel(
             html.Div(className="pairs", children=pairs),
         ],
     )
+
+
+def _pair(view: RunView, i: int, cluster: int, after: pd.DataFrame) -> html.Figure:
+    """Image ``i`` before and after the group's removal, with both models' answers."""
+    return html.Figure(
+        className="pair",
+        children=[
+            html.Img(src=render_url(view, i, "image"), alt=f"image {i}"),
+            html.Img(
+                src=render_url(view, i, "removed") + f"&cluster={cluster}&level={view.level}",
+                alt=f"image {i} with {view.unit} {cluster} removed",
+                className="removed",
+            ),
+            html.Figcaption(
+                [f"image {i}"]
+                + [
+                    html.Div(
+                        f"{r.upper()}: {_class(view, int(view.images.loc[i, f'pred_{r}']))}"
+                        + (
+                            f" → {_class(view, int(after.loc[i, f'pred_{r}_after']))}"
+                            if i in after.index
+                            else ""
+                        ),
+                        className=f"model-{r}",
+                    )
+                    for r in ("a", "b")
+                ]
+            ),
+        ],
+    )
+
+
+def _examples(patches: pd.DataFrame, typical: list[int], tested: pd.Index) -> list[int]:
+    """Up to :data:`PAIRS` images to show before and after removal: those of the most
+    typical patches first, then the rest; tested ones only, if any were."""
+    image_of = dict(
+        zip(patches["patch_id"].astype(int), patches["image_id"].astype(int), strict=True)
+    )
+    first = [image_of[p] for p in typical if p in image_of]
+    order = list(dict.fromkeys([*first, *patches["image_id"].astype(int)]))
+    images = [i for i in order if i in tested]
+    return images[:PAIRS] or order[:PAIRS]
 
 
 def _pairs_hint(view: RunView, row: pd.Series) -> str:
