@@ -176,7 +176,7 @@ class RunCatalog:
                 run = Run(path).snapshot()
             except RunReplaced:
                 continue
-            view = RunView(run_id=rid, run=run, mtime=run.identity[3] / 1e9)
+            view = RunView(run_id=rid, run=run)
             with self._lock:
                 self._cache[rid] = view
                 self._cache.move_to_end(rid)

@@ -63,7 +63,6 @@ class RunView:
 
     run_id: str
     run: Run
-    mtime: float
     level: str = "cluster"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _memo: dict[tuple[str, Filters], object] = field(default_factory=dict, repr=False)
@@ -79,7 +78,7 @@ class RunView:
         with self._lock:
             view = self._levels.get(level)
             if view is None:
-                view = RunView(self.run_id, self.run, self.mtime, level, _levels=self._levels)
+                view = RunView(self.run_id, self.run, level, _levels=self._levels)
                 self._levels[self.level] = self
                 self._levels[level] = view
         return view
