@@ -72,7 +72,8 @@ class PairedAttribution:
             method's settings (Integrated Gradients: steps, integral approximation).
         names (dict[str, str], optional): display names for error messages.
         method (str, optional): the attribution method's name in
-            :data:`imacs.methods.METHODS`. Default: ``"ig"`` (Integrated Gradients).
+            :data:`imacs.methods.METHODS`. Default: None (``settings.algorithm``,
+            Integrated Gradients unless set).
         eager (dict[str, bool], optional): per role, whether the model is an eager
             ``torch.nn.Module`` (:attr:`imacs.models.LoadedModel.eager`). Default: told
             from each module (:func:`imacs.runner.is_eager`).
@@ -88,11 +89,11 @@ class PairedAttribution:
         preprocess: Preprocess,
         settings: AttributionSettings,
         names: dict[str, str] | None = None,
-        method: str = "ig",
+        method: str | None = None,
         eager: dict[str, bool] | None = None,
     ) -> None:
         names = names or {r: f"model {r.upper()}" for r in models}
-        self.method: type[AttributionMethod] = find_method(method)
+        self.method: type[AttributionMethod] = find_method(method or settings.algorithm)
         if self.method.needs_hooks:
             told = eager or {}
             for role, model in models.items():
@@ -101,7 +102,7 @@ class PairedAttribution:
                         f"{names[role]} is a TorchScript or torch.export program; "
                         f"{self.method.title} attributes through layer hooks, which need an "
                         "eager torch.nn.Module: pass package.module:factory with its weights "
-                        "(or a timm or Hugging Face model), or use Integrated Gradients"
+                        "(or a timm or Hugging Face model), or choose --method ig"
                     )
         self.runner = ModelRunner(models, preprocess, settings, names)
 
@@ -219,8 +220,8 @@ class PairedAttribution:
     ) -> torch.Tensor:
         """The method's attributions of model ``role``, checked finite."""
         run = self.runner
-        method = self.method(run.forward_function(role), self.models[role], self.settings)
         h, w = x.shape[-2:]
+        method = self.explainer(role)
         try:
             attr = method.attribute(
                 x,
@@ -239,6 +240,11 @@ class PairedAttribution:
         if not torch.isfinite(attr).all():
             raise ModelFailure(f"{self.names[role]} gives NaN or infinite gradients")
         return attr
+
+    def explainer(self, role: str) -> AttributionMethod:
+        """The run's attribution method bound to model ``role`` (the trust tests re-run
+        it on perturbed images)."""
+        return self.method(self.runner.forward_function(role), self.models[role], self.settings)
 
     def baseline_array(self, images: np.ndarray) -> np.ndarray:
         """:meth:`baseline` for (n, 3, H, W) numpy pixels in [0, 1], computed on the device

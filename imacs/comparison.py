@@ -37,6 +37,8 @@ the headline and the ranking.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -232,7 +234,9 @@ def _family_stats(
             boot[j, start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
     out = []
     for j in range(len(pairs)):
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            # a cluster with no value (relative measure, single-patch images): no spread
+            warnings.simplefilter("ignore", RuntimeWarning)
             se = np.nan_to_num(np.nanstd(boot[j], axis=0, ddof=1))
             t = np.abs(boot[j] - diff[j]) / np.where(se > 0, se, np.inf)
         max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)

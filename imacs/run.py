@@ -422,6 +422,7 @@ class Run:
             f"  {s['n_images']} images ({s['n_skipped']} skipped), {s['n_patches']} patches, "
             f"{s['n_clusters']} clusters",
             *_skipped_lines(self.info.skipped),
+            f"  maps: {self.settings.attribution.describe()}",
             f"  accuracy: A {a} {s['accuracy_a']:.3f}  B {b} {s['accuracy_b']:.3f}  "
             f"agreement {s['agreement']:.3f}",
         ]

@@ -122,12 +122,27 @@ class Preprocess:
         return (x - mean) / std
 
 
+#: attribution methods by name (:data:`imacs.methods.METHODS`), as pages and messages call
+#: them; here so that the CLI and the dashboard need no torch
+METHOD_TITLES = {
+    "ig": "Integrated Gradients",
+    "gradient-shap": "GradientSHAP",
+    "deeplift": "DeepLIFT",
+    "saliency": "Saliency",
+    "occlusion": "Occlusion",
+}
+
+
 @dataclass(frozen=True)
 class AttributionSettings:
-    """Integrated Gradients settings.
+    """Attribution settings.
 
     Args:
-        steps (int): interpolation steps from baseline to image. Default: 50.
+        algorithm (str): the attribution method (``--method``): ``"ig"`` (Integrated
+            Gradients), ``"gradient-shap"``, ``"deeplift"``, ``"saliency"`` or
+            ``"occlusion"`` (:mod:`imacs.methods`). Default: ``"ig"``.
+        steps (int): interpolation steps from baseline to image (GradientSHAP: samples per
+            image). Default: 50.
         baseline (str): ``"black"`` (all-zero pixels), ``"gray"`` (0.5) or ``"blur"`` (a
             strongly blurred copy of the image). Default: ``"black"``.
         target (str): ``"pred"`` explains each model's own predicted class, ``"label"`` the
@@ -140,13 +155,21 @@ class AttributionSettings:
         precision (str): ``"fp32"`` or ``"bf16"`` (autocast; meant for GPUs). Default: fp32.
     """
 
+    algorithm: str = setting(
+        "ig",
+        flag="--method",
+        choices=tuple(METHOD_TITLES),
+        group="attribution",
+        help="attribution method: Integrated Gradients, GradientSHAP, DeepLIFT (eager "
+        "models only), Saliency or Occlusion",
+    )
     steps: int = setting(
         50,
         flag="--steps",
         metavar="N",
         convert=whole(2, 1000),
         group="attribution",
-        help="Integrated Gradients steps",
+        help="Integrated Gradients steps (GradientSHAP: samples)",
     )
     baseline: str = setting(
         "black",
@@ -196,6 +219,16 @@ class AttributionSettings:
     def cache_fields(self) -> dict[str, object]:
         """The settings that change the numbers (not batch sizes or the device)."""
         return result_values(self)
+
+    def describe(self) -> str:
+        """The method as pages and ``imacs info`` name it, with its steps where it takes
+        them: "Integrated Gradients, 50 steps"."""
+        title = METHOD_TITLES.get(self.algorithm, self.algorithm)
+        if self.algorithm == "ig":
+            return f"{title}, {self.steps} steps"
+        if self.algorithm == "gradient-shap":
+            return f"{title}, {self.steps} samples"
+        return title
 
 
 @dataclass(frozen=True)

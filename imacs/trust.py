@@ -229,23 +229,21 @@ def sensitivity_scores(
     target: np.ndarray,
     settings: TrustSettings,
 ) -> np.ndarray:
-    """captum's ``sensitivity_max`` of the run's Integrated Gradients, per image."""
+    """captum's ``sensitivity_max`` of the run's attribution method, per image."""
     import torch
-    from captum.attr import IntegratedGradients
     from captum.metrics import sensitivity_max
 
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(engine.device)
     h, w = x.shape[-2:]
     tgt = torch.as_tensor(target, dtype=torch.long, device=engine.device)
-    ig = IntegratedGradients(engine.logits_function(role), multiply_by_inputs=True)
-    att = engine.settings
+    method = engine.explainer(role)
     torch.manual_seed(settings.seed)  # captum's default perturbation draws from torch
 
     def explain(inputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> tuple:
         (x,) = inputs  # captum passes tuples and wants them back
-        maps = ig.attribute(
-            x, baselines=engine.baseline(x), target=target, n_steps=att.steps,
-            method=att.method, internal_batch_size=max(len(x), _budget(engine, h * w)),
+        maps = method.attribute(
+            x, baselines=engine.baseline(x), target=target,
+            internal_batch_size=max(len(x), _budget(engine, h * w)),
         ).sum(dim=1)  # fmt: skip
         return (maps,)
 
@@ -258,7 +256,10 @@ def sensitivity_scores(
 
 def delta_stats(maps: np.ndarray, delta: np.ndarray, block: int = 256) -> dict[str, float]:
     """The convergence delta over every image: absolute, and relative to ``f(x) - f(b)``
-    (a map's sum is ``f(x) - f(b) + delta``), streamed over memory-mapped maps."""
+    (a map's sum is ``f(x) - f(b) + delta``), streamed over memory-mapped maps; empty for
+    a method without completeness (every delta NaN)."""
+    if not np.isfinite(np.asarray(delta, np.float64)).any():
+        return {}
     total = np.zeros(len(maps))
     for s in range(0, len(maps), block):
         total[s : s + block] = np.asarray(maps[s : s + block], np.float64).sum(axis=(1, 2))

@@ -249,3 +249,74 @@ def test_att011_a_hook_method_needs_an_eager_model(models, images, monkeypatch, 
     # Integrated Gradients takes the same TorchScript model
     scripted = PairedAttribution({"a": torch.jit.script(models["a"])}, pre, settings)
     assert scripted.attribute("a", images).maps.shape == (5, 16, 16)
+
+
+def test_att012_every_method_is_offered_and_named(models, images) -> None:
+    from imacs.settings import METHOD_TITLES
+
+    assert {m.name: m.title for m in methods.METHODS} == METHOD_TITLES
+    for name in METHOD_TITLES:
+        res = _engine(models, algorithm=name, steps=6).attribute("a", images)
+        assert res.maps.shape == (5, 16, 16) and np.isfinite(res.maps).all()
+        assert np.abs(res.maps).sum() > 0, name
+        # a convergence delta only where the method's maps add up to f(x) - f(baseline)
+        assert np.isfinite(res.delta).all() == methods.find_method(name).completeness
+    with pytest.raises(InputError, match=r"\(--method\) = 'lime': choose one of ig, gradient-shap"):
+        AnalysisSettings.from_keywords(method="lime")
+
+
+class _AvgCNN(nn.Module):
+    """TinyCNN with average pooling: every nonlinearity a ReLU module DeepLIFT knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )  # fmt: skip
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def test_att013_each_method_computes_what_it_says(models, images) -> None:
+    x = torch.from_numpy(images)
+    pre = Preprocess(image_size=(16, 16))
+    # Saliency: the absolute gradient of the target logit, summed over colours
+    sal = _engine(models, algorithm="saliency")
+    res = sal.attribute("b", images)
+    xg = x.clone().requires_grad_()
+    out = models["b"](sal.preprocess.normalize(xg))
+    out[torch.arange(5), torch.from_numpy(res.pred)].sum().backward()
+    assert np.allclose(res.maps, xg.grad.abs().sum(1).numpy(), atol=1e-6)
+    # DeepLIFT: its maps add up to f(x) - f(black) on a network of ReLU modules
+    lift = _engine({"a": _AvgCNN().eval()}, algorithm="deeplift").attribute("a", images)
+    assert np.abs(lift.delta).max() < 1e-4
+    # GradientSHAP: seeded per image, so an image's map does not depend on its batch
+    shap = _engine(models, algorithm="gradient-shap", steps=8)
+    together = shap.attribute("a", images).maps
+    alone = np.concatenate([shap.attribute("a", images[i : i + 1]).maps for i in range(5)])
+    assert np.allclose(together, alone, atol=1e-6)
+    # ... nor on the pass size the memory budget (or the out-of-memory halving) chose
+    small = _engine(models, algorithm="gradient-shap", steps=8, internal_batch_size=3)
+    assert np.allclose(small.attribute("a", images).maps, together, atol=1e-6)
+    # ... and the draws do change with the samples: 8 samples are not 64
+    more = _engine(models, algorithm="gradient-shap", steps=64).attribute("a", images).maps
+    assert not np.allclose(more, together, atol=1e-4)
+    assert np.corrcoef(more.ravel(), together.ravel())[0, 1] > 0.5
+    # Occlusion: a model that only sees the top-left 4x4 pixels gives nothing elsewhere
+    corner = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 2))
+    with torch.no_grad():
+        corner[1].weight.zero_()
+        w = torch.zeros(3, 16, 16)
+        w[:, :4, :4] = 1.0
+        corner[1].weight[0] = w.flatten()
+        corner[1].weight[1] = -w.flatten()
+    occ = PairedAttribution({"a": corner}, pre, AttributionSettings(device="cpu",
+                            algorithm="occlusion")).attribute("a", images)  # fmt: skip
+    side, stride = methods.occlusion.window(16, 16)
+    reach = 4 + side - stride  # windows that overlap the corner also cover this far
+    assert np.abs(occ.maps[:, reach:, :]).max() == 0 and np.abs(occ.maps[:, :, reach:]).max() == 0
+    assert np.abs(occ.maps[:, :4, :4]).min() > 0

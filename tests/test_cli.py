@@ -210,3 +210,17 @@ def test_cli030_plain_progress_lines_name_the_model_and_come_once() -> None:
     assert "left" in lines[0]
     assert lines[-1].startswith("attribution, model B (mB): 8/8 maps (100 %)")
     assert len(lines) == 4  # one per update; the last is not repeated at close
+
+
+def test_cli031_a_hook_method_on_torchscript_is_refused_before_any_work(
+    shortcut, tmp_path: Path
+) -> None:
+    proc = _analyze(shortcut, tmp_path / "r", "--method", "deeplift")
+    _assert_one_line_error(
+        proc, f"model A ({shortcut['a']}) is a TorchScript or torch.export program",
+        "DeepLIFT attributes through layer hooks", "--method ig",
+    )  # fmt: skip
+    assert not (tmp_path / "r").exists()
+    proc = _run("analyze", "--help")
+    assert "--method ig|gradient-shap|deeplift|saliency|occlusion" in proc.stdout
+    assert "DeepLIFT (eager models only)" in " ".join(proc.stdout.split())

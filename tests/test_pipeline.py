@@ -457,3 +457,30 @@ def test_pip030_answers_that_say_nothing_or_a_wrong_class_order_are_flagged() ->
     (order,) = warn(labels, swapped)
     assert order.startswith("model B (mb) is right on 80% of the images (above chance, 10%)")
     assert "would be right on 100%" in order and "reading c1 as c2, c2 as c1" in order
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gradient-shap", "deeplift", "saliency", "occlusion"])
+def test_pip031_every_attribution_method_puts_the_planted_shortcut_first(
+    method, shortcut, shortcut_run, tmp_path
+) -> None:
+    """Each method's maps through the whole analysis: the mark still ranks first (eager
+    factory models, so DeepLIFT's hooks can take them)."""
+    run = imacs.analyze(
+        "tests.helpers:make_tiny_cnn", "tests.helpers:make_tiny_cnn", shortcut["data"],
+        tmp_path / "r", weights_a=shortcut["a_weights"], weights_b=shortcut["b_weights"],
+        method=method, trust_sample=0, **{**FAST, "steps": 24},
+    )  # fmt: skip
+    top = run.clusters.iloc[0]
+    patches = run.patch_rows()
+    on_mark = np.mean(holds_mark(patches[patches["cluster"] == top["cluster"]], shortcut["marks"]))
+    print(method, f"diff {top['diff']:+.3f}", f"on mark {on_mark:.0%}")
+    assert top["diff"] > 0.3 and top["significant"] and on_mark >= 0.75
+    assert run.concepts.iloc[0]["diff"] > 0.3
+    # the method is part of what the run is: recorded, named, and a different fingerprint
+    assert run.manifest["settings"]["attribution"]["algorithm"] == method
+    assert run.manifest["fingerprint"] != shortcut_run.manifest["fingerprint"]
+    title = {"gradient-shap": "GradientSHAP, 24 samples", "deeplift": "DeepLIFT"}
+    assert f"  maps: {title.get(method, method.capitalize())}\n" in run.summary()
+    delta = run.trust["b"]["delta"]
+    assert ("median_rel" in delta) == (method == "deeplift")  # completeness: DeepLIFT only

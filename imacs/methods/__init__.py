@@ -17,7 +17,8 @@ with
   of shape (n, C, H, W) for (n, 3, H, W) inputs (C may be 1 for a layer map upsampled to
   the image); the engine sums them over C into one map per image.
 
-:data:`METHODS` lists them; adding one is one module plus one line there.
+:data:`METHODS` lists them; adding one is one module plus one line there (and its name
+in :data:`imacs.settings.METHOD_TITLES`, which the torch-free CLI and dashboard read).
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ from torch import nn
 
 from ..errors import InputError
 from ..settings import AttributionSettings
+from .deeplift import DeepLiftMethod
+from .gradient_shap import GradientShapMethod
 from .ig import IntegratedGradientsMethod
+from .occlusion import OcclusionMethod
+from .saliency import SaliencyMethod
 
 
 class AttributionMethod(Protocol):
@@ -58,7 +63,13 @@ class AttributionMethod(Protocol):
 
 
 #: Attribution methods, chosen by ``name``.
-METHODS: tuple[type[AttributionMethod], ...] = (IntegratedGradientsMethod,)
+METHODS: tuple[type[AttributionMethod], ...] = (
+    IntegratedGradientsMethod,
+    GradientShapMethod,
+    DeepLiftMethod,
+    SaliencyMethod,
+    OcclusionMethod,
+)
 
 
 def find_method(name: str) -> type[AttributionMethod]:
@@ -74,4 +85,13 @@ def find_method(name: str) -> type[AttributionMethod]:
     raise InputError(f"attribution method {name!r}: unknown; choose one of {known}")
 
 
-__all__ = ["METHODS", "AttributionMethod", "IntegratedGradientsMethod", "find_method"]
+__all__ = [
+    "METHODS",
+    "AttributionMethod",
+    "DeepLiftMethod",
+    "GradientShapMethod",
+    "IntegratedGradientsMethod",
+    "OcclusionMethod",
+    "SaliencyMethod",
+    "find_method",
+]

@@ -188,9 +188,7 @@ def _trust_detail(res: dict) -> str:
         parts.append(f"max-sensitivity {num(res['sensitivity_max'])}")
     delta = res.get("delta") or {}
     if "median_rel" in delta:
-        parts.append(
-            f"IG convergence error, median {num(delta['median_rel'])} of f(x) − f(baseline)"
-        )
+        parts.append(f"convergence error, median {num(delta['median_rel'])} of f(x) − f(baseline)")
     return (" · " + " · ".join(parts)) if parts else ""
 
 
@@ -251,7 +249,7 @@ def _summary(view: RunView, f: Filters) -> list:
             ],
         ),
         html.Div(
-            f"IG {ig.steps} steps, {ig.baseline} baseline, target {ig.target}; "
+            f"{ig.describe()}, {ig.baseline} baseline, target {ig.target}; "
             f"input {h}x{w}; {len(view.run.classes)} classes; "
             f"seed {settings.seed}; made {view.run.info.created}",
             className="settings",
