@@ -482,5 +482,11 @@ def test_pip031_every_attribution_method_puts_the_planted_shortcut_first(
     assert run.manifest["fingerprint"] != shortcut_run.manifest["fingerprint"]
     title = {"gradient-shap": "GradientSHAP, 24 samples", "deeplift": "DeepLIFT"}
     assert f"  maps: {title.get(method, method.capitalize())}\n" in run.summary()
+    from imacs_app.catalog import RunCatalog
+    from imacs_app.components.overview import _summary
+    from imacs_app.reader import Filters
+
+    page = str(_summary(RunCatalog(tmp_path).get("r"), Filters()))  # the overview's lines
+    assert f"{title.get(method, method.capitalize())}, black baseline" in page
     delta = run.trust["b"]["delta"]
     assert ("median_rel" in delta) == (method == "deeplift")  # completeness: DeepLIFT only
