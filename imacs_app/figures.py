@@ -189,16 +189,38 @@ def ranking_marks(order: list[int], selected: int | None) -> list[dict]:
     ]
 
 
+def map_groups(patches: pd.DataFrame, colour: str, order: list[int] | None = None) -> list:
+    """The group each point trace of :func:`embedding_map` holds, in trace order: one
+    trace per group present (ranked as ``order`` says, then by id) when coloured by group,
+    a single trace of every point (``None``) when coloured by B − A. The outline of the
+    selected group is the trace after these."""
+    if colour == "diff":
+        return [None]
+    present = set(patches["cluster"].unique().tolist())
+    ranked = [g for g in (order or []) if g in present]
+    return ranked + sorted(present - set(ranked))
+
+
 def embedding_map(
-    patches: pd.DataFrame, colour: str, n_clusters: int, unit: str = "cluster"
+    patches: pd.DataFrame,
+    colour: str,
+    n_clusters: int,
+    unit: str = "cluster",
+    order: list[int] | None = None,
 ) -> go.Figure:
     """WebGL scatter of every patch's 2-D projection (stays responsive at 100k+ points),
     coloured by its group (``patches["cluster"]``: a cluster or a concept, ``unit``) or by
-    B − A."""
+    B − A.
+
+    Coloured by group, each group is a trace of its own colour with a legend entry, in
+    ranking order (``order``): a click on the entry hides the group, a double click shows
+    it alone. ``n_clusters`` is kept for callers; the colour of group ``g`` is
+    ``PALETTE[g % len(PALETTE)]``, whatever the filter leaves."""
     fig = go.Figure()
     x = patches["proj_x"].to_numpy().round(3)
     y = patches["proj_y"].to_numpy().round(3)
     cl = patches["cluster"].to_numpy()
+    groups = map_groups(patches, colour, order)
     if colour == "diff":
         d = patches["diff"].to_numpy().round(3)
         lim = float(np.abs(d).max()) if len(d) else 1.0
@@ -211,40 +233,23 @@ def embedding_map(
             "size": 4,
             "colorbar": {"title": "B − A", "thickness": 10},
         }
-    else:
-        k = max(n_clusters, 1)
-        scale = []
-        for i in range(k):
-            col = PALETTE[i % len(PALETTE)]
-            scale += [[i / k, col], [(i + 1) / k, col]]
-        marker = {
-            "color": cl,
-            "colorscale": scale,
-            "cmin": -0.5,
-            "cmax": k - 0.5,
-            "size": 4,
-            "colorbar": {  # the legend of cluster colours
-                "title": {"text": unit},
-                "tickvals": list(range(k)),
-                "ticktext": [f"c{i}" for i in range(k)],
-                "thickness": 12,
-                "tickfont": {"size": 10 if k <= 20 else 8},
-                "outlinewidth": 0,
-            },
-        }
-    fig.add_trace(
-        go.Scattergl(
-            x=x,
-            y=y,
-            mode="markers",
-            marker=marker,
-            # for the hover text; a click is read by its point index (components/navigation.py): a
-            # typed array is left out of click events, and a list of 100k is slow to build
-            customdata=cl,
-            hovertemplate=f"{unit} %{{customdata}}<extra></extra>",
-            name="patches",
-        )
-    )
+        # a click is read by its point index (components/common.py): a typed array is
+        # left out of click events, and a list of 100k is slow to build
+        fig.add_trace(
+            go.Scattergl(
+                x=x, y=y, mode="markers", marker=marker, customdata=cl, showlegend=False,
+                hovertemplate=f"{unit} %{{customdata}}<extra></extra>", name="patches",
+            )
+        )  # fmt: skip
+    for g in groups if colour != "diff" else []:
+        keep = cl == g
+        fig.add_trace(
+            go.Scattergl(
+                x=x[keep], y=y[keep], mode="markers", name=f"c{g}",
+                marker={"color": PALETTE[int(g) % len(PALETTE)], "size": 4},
+                hovertemplate=f"{unit} c{g}<extra></extra>",
+            )
+        )  # fmt: skip
     fig.add_trace(
         go.Scattergl(
             x=[],
@@ -252,14 +257,29 @@ def embedding_map(
             mode="markers",
             hoverinfo="skip",
             name="selected",
+            showlegend=False,
             marker={"size": 7, "color": "rgba(0,0,0,0)", "line": {"width": 1.5, "color": "#111"}},
         )
     )
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)  # no fixed aspect: the points use the whole card
-    fig.update_layout(showlegend=False, dragmode="pan", uirevision="map")
+    fig.update_layout(dragmode="pan", uirevision="map")
     _layout(fig, 460)
-    fig.update_layout(height=None, autosize=True)  # fills its card (the graph's CSS height)
+    fig.update_layout(
+        height=None,  # fills its card (the graph's CSS height)
+        autosize=True,
+        showlegend=colour != "diff",
+        legend={
+            "title": {"text": unit},
+            "orientation": "v",
+            "x": 1.0,
+            "xanchor": "left",
+            "y": 1.0,
+            "yanchor": "top",
+            "itemsizing": "constant",
+            "font": {"size": 10 if len(groups) <= 20 else 8},
+        },
+    )
     return fig
 
 

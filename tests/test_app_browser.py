@@ -300,18 +300,22 @@ def test_brw006_clicking_a_map_point_opens_its_cluster(page, server, marked_run)
     page.goto(f"{server}/?run=watermark&cluster={top}")
     page.wait_for_selector(".gallery .patch")
     plot = _PLOT.format(id="map")
-    page.wait_for_function(f"{plot} && {plot}._fullData && {plot}._fullData.length === 2")
-    # screen position of every point (the map holds the patches in table order)
-    xy = page.evaluate(
+    n = marked_run.patches["cluster"].nunique()
+    page.wait_for_function(f"{plot} && {plot}._fullData && {plot}._fullData.length === {n + 1}")
+    # screen position and cluster of every point (a trace per cluster, named c<k>, then the
+    # outline of the selected cluster)
+    points = page.evaluate(
         f"""() => {{
-            const gd = {plot}, fl = gd._fullLayout, tr = gd._fullData[0];
-            const r = gd.getBoundingClientRect();
-            return Array.from(tr.x, (x, i) => [r.left + fl._size.l + fl.xaxis.l2p(x),
-                                               r.top + fl._size.t + fl.yaxis.l2p(tr.y[i])]);
+            const gd = {plot}, fl = gd._fullLayout, r = gd.getBoundingClientRect();
+            return gd._fullData.filter(t => t.name !== "selected").flatMap(tr =>
+                Array.from(tr.x, (x, i) => [r.left + fl._size.l + fl.xaxis.l2p(x),
+                                            r.top + fl._size.t + fl.yaxis.l2p(tr.y[i]),
+                                            parseInt(tr.name.slice(1))]));
         }}"""
     )
-    clusters = marked_run.patches["cluster"].to_numpy()
-    assert len(xy) == len(clusters)
+    xy = [(x, y) for x, y, _ in points]
+    clusters = [c for _, _, c in points]
+    assert sorted(clusters) == sorted(marked_run.patches["cluster"].tolist())
 
     def room(i: int) -> float:  # distance to the nearest point of another cluster
         return min(
@@ -326,6 +330,9 @@ def test_brw006_clicking_a_map_point_opens_its_cluster(page, server, marked_run)
     page.mouse.click(*xy[i])
     _wait_for_query(page, "cluster", str(int(clusters[i])))
     page.wait_for_selector(f"#cluster-detail >> text=Cluster {int(clusters[i])} ·")
+    # the opened cluster's points are outlined (the last trace), without redrawing the map
+    size = int((marked_run.patches["cluster"] == clusters[i]).sum())
+    page.wait_for_function(f"{plot}._fullData.at(-1).x.length === {size}")
     assert page.console_errors == []
 
 
@@ -388,9 +395,23 @@ def test_brw008_run_picker_newest_first_and_filtered_download(page, server, runs
 def test_brw009_the_map_has_a_cluster_legend_and_fills_its_card(page, server, marked_run) -> None:
     page.goto(f"{server}/?run=watermark&level=cluster")
     page.wait_for_selector(".strip")
-    page.wait_for_selector("#map .colorbar")
-    ticks = page.locator("#map .colorbar .cbaxis text").all_text_contents()
-    assert ticks == [f"c{k}" for k in sorted(marked_run.patches["cluster"].unique())]
+    # a categorical legend, in ranking order, each entry the colour of its points
+    page.wait_for_selector("#map .legend .traces")
+    assert page.locator("#map .legend .legendtitletext").text_content() == "cluster"
+    entries = page.locator("#map .legend .traces .legendtext").all_text_contents()
+    assert entries == [f"c{k}" for k in marked_run.clusters["cluster"]]
+    plot = _PLOT.format(id="map")
+    colours = page.evaluate(f"() => {plot}.data.map(t => [t.name, (t.marker || {{}}).color])")
+    assert len({c for name, c in colours if name != "selected"}) == len(entries)  # all unlike
+    # a click on an entry hides its points; a double click shows them alone
+    page.locator("#map .legend .traces").first.click()
+    page.wait_for_function(f"{plot}._fullData[0].visible === 'legendonly'")
+    page.wait_for_timeout(400)  # past plotly's double-click window
+    page.locator("#map .legend .traces").nth(1).dblclick()
+    page.wait_for_function(
+        f"{plot}._fullData.filter(t => t.visible === true).map(t => t.name).join() === "
+        f"'{entries[1]}'"
+    )
     card = page.locator(".map-card").bounding_box()
     plot = page.locator("#map .main-svg").first.bounding_box()
     ranking_card = page.locator(".card", has=page.locator("#ranking")).bounding_box()
@@ -600,10 +621,10 @@ def test_brw015_concepts_rank_first_and_their_clusters_are_one_click_away(
     assert f"alone: A says {top['alone_a']}" in first and f"B says {top['alone_b']}" in first
     assert "what-if: B depends" in first
     # the map is coloured by concept
-    page.wait_for_selector("#map .colorbar")
-    assert page.locator("#map .colorbar .cbtitle").text_content() == "concept"
-    ticks = page.locator("#map .colorbar .cbaxis text").all_text_contents()
-    assert ticks == [f"c{i}" for i in range(len(concepts))]
+    page.wait_for_selector("#map .legend .traces")
+    assert page.locator("#map .legend .legendtitletext").text_content() == "concept"
+    entries = page.locator("#map .legend .traces .legendtext").all_text_contents()
+    assert entries == [f"c{i}" for i in concepts["concept"]]  # as ranked
 
     page.locator(".strip").first.click()
     _wait_for_query(page, "concept", str(k))

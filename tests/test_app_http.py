@@ -571,7 +571,7 @@ def test_app025_every_id_is_declared_by_the_component_that_renders_it() -> None:
             if isinstance(value, str) and not name.startswith("_"):
                 assert value not in declared, (value, module.__name__, declared.get(value))
                 declared[value] = module.__name__
-    assert len(declared) == 41  # 35 plain ids, 6 kinds of pattern-matching ids
+    assert len(declared) == 42  # 36 plain ids, 6 kinds of pattern-matching ids
 
 
 def _output(router, target: str) -> int:

@@ -16,6 +16,7 @@ from dash.exceptions import PreventUpdate
 
 from imacs.errors import InputError
 
+from .. import figures
 from ..catalog import RunCatalog
 from ..declare import Hit, ViewState
 from ..reader import RunView
@@ -150,8 +151,6 @@ def clicked_cluster(click: dict | None, source: str, s: ViewState, catalog: RunC
         if found:
             return int(found.group(1))
         raise PreventUpdate
-    if pt.get("curveNumber", 0) == 1 and s.cluster is not None:
-        return s.cluster  # the outline of the selected cluster's points
     return _map_point(pt, s, catalog)
 
 
@@ -166,16 +165,26 @@ def _customdata(pt: dict) -> int | None:
 
 
 def _map_point(pt: dict, s: ViewState, catalog: RunCatalog) -> int:
-    """A map point's cluster: the patch at its index if the coordinates agree, else the
-    nearest patch."""
+    """A map point's cluster: its trace's group (:func:`imacs_app.figures.map_groups`), or
+    the patch at its index in a trace of every point, if the coordinates agree; else the
+    nearest patch (the map was redrawn in between)."""
     try:
-        patches = view_of(catalog, s).filtered_patches(s.filters)
+        view = view_of(catalog, s)
+        patches = view.filtered_patches(s.filters)
     except InputError:
         raise PreventUpdate from None
+    groups = figures.map_groups(patches, s.color, view.groups["cluster"].tolist())
+    curve = pt.get("curveNumber", 0)
+    if curve == len(groups) and s.cluster is not None:
+        return s.cluster  # the outline of the selected cluster's points
     x, y = pt.get("x"), pt.get("y")
-    at_index = _at_index(pt.get("pointIndex", pt.get("pointNumber")), x, y, patches)
-    if at_index is not None:
-        return at_index
+    index = pt.get("pointIndex", pt.get("pointNumber"))
+    if isinstance(curve, int) and 0 <= curve < len(groups):
+        g = groups[curve]
+        sub = patches if g is None else patches[patches["cluster"] == g]
+        at_index = _at_index(index, x, y, sub)
+        if at_index is not None:
+            return at_index
     if x is None or y is None or patches.empty:
         raise PreventUpdate
     near = (patches["proj_x"] - x) ** 2 + (patches["proj_y"] - y) ** 2

@@ -21,6 +21,9 @@ class ids:
 
     COLOR = "map-color"
     MAP = "map"
+    #: which trace of the drawn map outlines the selection (0: a map that says why it is
+    #: empty), so the outline is updated without the browser posting the map back
+    DRAWN = "map-drawn"
 
 
 #: ``color=diff`` colours the map by B − A; a display choice, kept when another run is
@@ -43,6 +46,7 @@ def map_card() -> html.Section:
         className="card map-card",
         children=[
             html.H2("Patch map"),
+            dcc.Store(id=ids.DRAWN),
             dcc.RadioItems(
                 id=ids.COLOR,
                 options=[
@@ -51,6 +55,11 @@ def map_card() -> html.Section:
                 ],
                 value="cluster",
                 inline=True,
+            ),
+            html.Div(
+                "Click a point to open its group; in the legend, click an entry to hide "
+                "its points, double-click to show them alone.",
+                className="hint",
             ),
             dcc.Loading(
                 dcc.Graph(
@@ -68,27 +77,33 @@ def map_card() -> html.Section:
 def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
     """Draw the map; outline the selected cluster."""
 
-    @app.callback(Output(ids.MAP, "figure"), Input(navigation.ids.KEY_MAP, "data"))
+    @app.callback(
+        Output(ids.MAP, "figure"),
+        Output(ids.DRAWN, "data"),
+        Input(navigation.ids.KEY_MAP, "data"),
+    )
     def map_view(key):
         s = fmt.parse(key)
         try:
             view = view_of(catalog, s)
             p = view.filtered_patches(s.filters)
         except InputError as exc:
-            return figures.empty(problem(exc))
+            return figures.empty(problem(exc)), 0
         if p.empty:
-            return figures.empty(NO_MATCH)
-        return figures.embedding_map(p, s.color, len(view.groups), view.unit)
+            return figures.empty(NO_MATCH), 0
+        order = view.groups["cluster"].tolist()
+        fig = figures.embedding_map(p, s.color, len(view.groups), view.unit, order)
+        return fig, len(figures.map_groups(p, s.color, order))
 
     @app.callback(
         Output(ids.MAP, "figure", allow_duplicate=True),
         Input(navigation.ids.KEY_CLUSTER, "data"),
-        Input(ids.MAP, "figure"),
+        Input(ids.DRAWN, "data"),
         prevent_initial_call=True,
     )
-    def map_highlight(key, fig):
-        if fig is not None and len(fig.get("data") or []) < 2:
-            raise PreventUpdate  # a map that says why it is empty
+    def map_highlight(key, drawn):
+        if not drawn:
+            raise PreventUpdate  # not drawn yet, or a map that says why it is empty
         s = fmt.parse(key)
         try:
             p = view_of(catalog, s).filtered_patches(s.filters)
@@ -96,6 +111,6 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
             raise PreventUpdate from None
         sel = p[p["cluster"] == s.cluster] if s.cluster is not None else p.iloc[0:0]
         patch = Patch()
-        patch["data"][1]["x"] = sel["proj_x"].round(3).tolist()
-        patch["data"][1]["y"] = sel["proj_y"].round(3).tolist()
+        patch["data"][drawn]["x"] = sel["proj_x"].round(3).tolist()
+        patch["data"][drawn]["y"] = sel["proj_y"].round(3).tolist()
         return patch
