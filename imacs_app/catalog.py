@@ -161,6 +161,10 @@ class RunCatalog:
             path = dirs.get(rid)
             now = identity(path) if path is not None else None
             if now is None:
+                damaged = self._candidates().get(rid)
+                why = self._check(damaged) if damaged is not None else None
+                if why is not None:  # a run that is there but cannot be read says why
+                    raise InputError(why)
                 if self._swapping(rid):
                     continue
                 raise NoSuchRun(

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imacs.errors import InputError
 from imacs_app.catalog import RunCatalog
 from imacs_app.main import create_app
 from imacs_app.state import ViewState, parse_search
@@ -238,6 +239,11 @@ def test_app011_unreadable_runs_are_set_aside_and_reported(runs_root, tmp_path) 
     assert (
         "run format 0 is not one this imacs reads (1 to 2); re-run imacs analyze" in problems["old"]
     )
+    # asked for by name, a damaged run answers its problem, not "keeps being replaced"
+    for rid in ("old", "broken"):
+        with pytest.raises(InputError) as err:
+            cat.get(rid)
+        assert str(err.value) == problems[rid]
     assert create_app(root).server.test_client().get("/healthz").status_code == 200
 
 
