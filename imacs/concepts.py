@@ -103,8 +103,11 @@ def answer_distances(
         w[role] = share[:, None] + share[None, :] + 1e-6
         if role in flat:  # its answers say nothing: it cannot tell two clusters alike
             h2[role] = np.where(np.eye(k, dtype=bool), 0.0, 1.0)
-            w[role] = w[role] * 1e-9 if len(flat) < 2 else w[role]
-    d2 = (w["a"] * h2["a"] + w["b"] * h2["b"]) / (w["a"] + w["b"])
+    heard = [role for role in ("a", "b") if role not in flat]
+    if len(heard) == 1:  # one model's answers say something: compare by those alone
+        d2 = h2[heard[0]]
+    else:
+        d2 = (w["a"] * h2["a"] + w["b"] * h2["b"]) / (w["a"] + w["b"])
     both_b = (side[:, None] == 1) & (side[None, :] == 1)
     both_a = (side[:, None] == -1) & (side[None, :] == -1)
     d2 = np.where(both_b, h2["b"], np.where(both_a, h2["a"], d2))
@@ -188,6 +191,7 @@ def group_into_concepts(
     classes: list[str],
     concepts: ConceptSettings,
     comparison: ComparisonSettings,
+    flat: set[str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The concepts stage: ``patches`` and ``clusters`` with a ``concept`` column (and the
     clusters with what the models answer to them alone), and the concepts table.
@@ -200,9 +204,11 @@ def group_into_concepts(
         classes (list[str]): class names.
         concepts (ConceptSettings): the merge distance.
         comparison (ComparisonSettings): the statistics of each concept.
+        flat (set, optional): the models whose answers say nothing. Default: None (found
+            by :func:`flat_answers`).
     """
     labels = patches["cluster"].to_numpy()
-    flat = set(flat_answers(patches))
+    flat = set(flat_answers(patches)) if flat is None else flat
     distances = answer_distances(views.responses, views.split, labels, clusters, flat)
     concept_of = group_clusters(distances, clusters, concepts)
     patches = patches.assign(concept=concept_of[labels])
@@ -234,14 +240,16 @@ def concepts_stage(
 ) -> dict[str, object]:
     """Clusters the models answer alike, grouped into concepts with their own statistics
     (and a warning when a model's answers say nothing, so concepts do not rest on them)."""
+    flat = flat_answers(patches)
     patches, clusters, table = group_into_concepts(
-        views, patches, clusters, images.set_index("image_id"), classes, concepts, comparison
-    )
+        views, patches, clusters, images.set_index("image_id"), classes, concepts, comparison,
+        flat=set(flat),
+    )  # fmt: skip
     return {
         "patches": patches,
         "clusters": clusters,
         "concepts": table,
-        "warnings": [*warnings, *flat_warnings(flat_answers(patches), patches, classes, names)],
+        "warnings": [*warnings, *flat_warnings(flat, patches, classes, names)],
     }
 
 
