@@ -26,10 +26,16 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> 
 @pytest.mark.slow
 def test_cli001_analyze_export_info_end_to_end(shortcut, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _analyze(shortcut, out, "--name-a", "clean", "--name-b", "shortcut", "--clusters", "6")
+    proc = _analyze(
+        shortcut, out, "--name-a", "clean", "--name-b", "shortcut", "--clusters", "6", "--no-cache"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "top concepts" in proc.stdout and "#1 concept" in proc.stdout
     assert "run written to" in proc.stderr
+    # after the first chunk of 64 images, what the other 16 will take (short: no advice)
+    estimate = [ln for ln in proc.stderr.splitlines() if ln.startswith("imacs: attribution: about")]
+    assert len(estimate) == 1 and "more for the 16 images left" in estimate[0], proc.stderr
+    assert "both models, on cpu)" in estimate[0] and "shorten" not in estimate[0]
     assert (out / "run.json").is_file()
 
     patches_csv, clusters_csv = tmp_path / "p.csv", tmp_path / "exports" / "c.csv"
@@ -210,6 +216,18 @@ def test_cli030_plain_progress_lines_name_the_model_and_come_once() -> None:
     assert "left" in lines[0]
     assert lines[-1].startswith("attribution, model B (mB): 8/8 maps (100 %)")
     assert len(lines) == 4  # one per update; the last is not repeated at close
+
+
+def test_cli032_a_long_run_is_told_how_to_shorten_it() -> None:
+    from imacs.attribute_set import estimate_line
+    from imacs.settings import AttributionSettings
+
+    line = estimate_line(2.0, 1000, "cpu", AttributionSettings(steps=50))
+    assert line.startswith("attribution: about 33 min more for the 1000 images left (2 s per")
+    assert "--steps 16 (about 32% of the time)" in line and "a GPU (--device cuda)" in line
+    on_gpu = estimate_line(2.0, 1000, "cuda", AttributionSettings(algorithm="saliency"))
+    assert "--steps" not in on_gpu and "GPU" not in on_gpu and "a --labels-csv" in on_gpu
+    assert estimate_line(0.05, 100, "cpu", AttributionSettings()).endswith("on cpu)")
 
 
 def test_cli031_a_hook_method_on_torchscript_is_refused_before_any_work(
