@@ -29,10 +29,12 @@ COPY imacs_app ./imacs_app
 COPY scripts ./scripts
 
 # The same install script CI runs. The CPU variant takes PyTorch's CPU wheel; the CUDA
-# variant takes the default Linux wheel, which bundles the CUDA runtime.
+# variant takes the default Linux wheel, which bundles the CUDA runtime, with the
+# torchvision built for it, timm and transformers: the pairing CI's real-model environment
+# tests (scripts/real-env.sh).
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN if [[ "$VARIANT" == "cuda" ]]; then \
-        export TORCH_SPEC="torch==2.13.0"; \
+        export TORCH_SPEC="torch==2.14.1 torchvision==0.29.1" IMACS_EXTRAS="timm,hf"; \
     else \
         export TORCH_SPEC="torch==2.13.0+cpu" PIP_EXTRA_INDEX_URL="https://download.pytorch.org/whl/cpu"; \
     fi \

@@ -15,10 +15,25 @@ HEAVY_FIXTURES = frozenset(
 )
 
 
+def _have_timm() -> bool:
+    try:
+        import timm  # noqa: F401  (needs torchvision: only the real-model environment has it)
+    except ImportError:
+        return False
+    return True
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    real_ok = None
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("real") is not None:
+            real_ok = _have_timm() if real_ok is None else real_ok
+            if not real_ok and os.environ.get("IMACS_REQUIRE_REAL") != "1":
+                item.add_marker(
+                    pytest.mark.skip(reason="runs in scripts/real-env.sh's environment")
+                )
 
 
 @pytest.fixture(autouse=True)

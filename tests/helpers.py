@@ -132,9 +132,9 @@ def sample(rng: np.random.Generator, label: int, mode: str) -> tuple[np.ndarray,
     return img, None
 
 
-def train(mode: str, seed: int, n: int = 600, epochs: int = 12, draw=None) -> nn.Module:
-    """A TinyCNN trained on ``n`` images from ``draw(rng, label, mode)`` (default
-    :func:`sample`)."""
+def train(mode: str, seed: int, n: int = 600, epochs: int = 12, draw=None, build=None) -> nn.Module:
+    """A TinyCNN (or ``build()``'s model) trained on ``n`` images from ``draw(rng, label,
+    mode)`` (default :func:`sample`)."""
     draw = draw or sample
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
@@ -142,7 +142,7 @@ def train(mode: str, seed: int, n: int = 600, epochs: int = 12, draw=None) -> nn
     x_t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     y_t = torch.from_numpy(labels)
     torch.manual_seed(seed)
-    model = TinyCNN()
+    model = (build or TinyCNN)()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):

@@ -93,10 +93,13 @@ def _fresh_venv(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return venv, env
 
 
-def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
+@pytest.mark.parametrize("variant", ["cpu", pytest.param("cuda", marks=pytest.mark.real)])
+def test_hst002_image_installs_with_the_script_ci_runs(variant: str, tmp_path) -> None:
     """The Dockerfile's install step, run for real (without docker, without network): its
     COPY lines staged into a fake image, its RUN line executed with its SHELL, ARG and ENV
-    into a fresh virtual environment, pip offline on the packages CI installed."""
+    into a fresh virtual environment, pip offline on the packages CI installed. The CPU
+    image in the main environment; the CUDA image (PyTorch's default build, torchvision,
+    timm, transformers) in the real-model environment, which holds that very pairing."""
     steps = _dockerfile()
     env = {"HOME": str(tmp_path), "LANG": "C.UTF-8"}
     for instr, args in steps:
@@ -108,11 +111,15 @@ def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
     shell = next(json.loads(args) for instr, args in steps if instr == "SHELL")
     installs = [args for instr, args in steps if instr == "RUN" and "install.sh" in args]
     assert len(installs) == 1, "the image must install through scripts/install.sh"
-    pin = re.search(r"torch==([\w.]+)", (ROOT / "scripts" / "install.sh").read_text())[1]
-    pins = re.findall(r"torch==([\w.+]+)", installs[0])
-    assert pins and {p.split("+")[0] for p in pins} == {pin}  # every variant: CI's torch
-    # the variant whose torch build CI installed (the CPU wheel, or PyPI's default build)
-    env["VARIANT"] = "cpu" if importlib.metadata.version("torch").endswith("+cpu") else "cuda"
+    script = (ROOT / "scripts" / "install.sh").read_text()
+    cpu_pin = re.search(r'TORCH_SPEC="\$\{TORCH_SPEC:-torch==([\w.]+)\}"', script)[1]
+    real = re.search(r'REAL_TORCH_SPEC="([^"]+)"', (ROOT / "scripts" / "real-env.sh").read_text())
+    # the CPU image takes CI's torch; the CUDA image the real-model environment's pairing
+    assert f'TORCH_SPEC="torch=={cpu_pin}+cpu"' in installs[0]
+    assert f'TORCH_SPEC="{real[1]}"' in installs[0]
+    pin = cpu_pin if variant == "cpu" else re.search(r"torch==([\w.]+)", real[1])[1]
+    assert importlib.metadata.version("torch").split("+")[0] == pin, "the wrong environment"
+    env["VARIANT"] = variant
     image = tmp_path / "image"
     workdir = _stage_image(image, steps)
 
@@ -137,6 +144,12 @@ def test_hst002_image_installs_with_the_script_ci_runs(tmp_path) -> None:
     where, assets, torch_version = got.stdout.split()
     assert Path(where).is_relative_to(venv) and assets == "True"  # installed, not the source
     assert torch_version.split("+")[0] == pin  # the image's torch is the one CI pins
+    if variant == "cuda":  # the model kinds' extras: timm with its torchvision, transformers
+        kinds = "import timm, torchvision, transformers; print(torchvision.__version__)"
+        got = subprocess.run([vpy, "-c", kinds], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.strip().split("+")[0] in real[1]
     version = subprocess.run([venv / "bin" / "imacs", "--version"], env=env,
                              capture_output=True, text=True)  # fmt: skip
     assert version.returncode == 0 and version.stdout.startswith("imacs ")
