@@ -11,10 +11,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import ImacsError, InputError
 from .settings import add_cli_options
+
+if TYPE_CHECKING:
+    from .run import Run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="print a run's summary")
     s.add_argument("run", metavar="RUN_DIR")
+
+    q = sub.add_parser(
+        "query", help="ask a run in SQL (read-only views: images, patches, concepts...)"
+    )
+    q.add_argument("run", metavar="RUN_DIR")
+    q.add_argument("sql", metavar="SQL", nargs="?", help='one SELECT, e.g. "SELECT * FROM images"')
+    q.add_argument("--schema", action="store_true", help="list the views, columns and helpers")
+    q.add_argument("--csv", metavar="FILE.csv", help="write the whole result as CSV")
+    q.add_argument("--parquet", metavar="FILE.parquet", help="write the whole result as Parquet")
+    q.add_argument("--rows", type=int, default=40, metavar="N", help="rows printed (default 40)")
 
     d = sub.add_parser(
         "demo", help="analyse the bundled sample data and models, then serve the dashboard"
@@ -171,11 +185,49 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "info":
         print(load_run(args.run).summary())
         return 0
+    if args.command == "query":
+        return _query(args, load_run(args.run))
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
         return _demo(args)
     raise AssertionError(args.command)
+
+
+def _query(args: argparse.Namespace, run: Run) -> int:
+    """``imacs query``: the schema, or one SELECT printed and/or written to a file."""
+    import pandas as pd
+
+    from .errors import disk_error
+    from .query import HELPERS, VIEWS
+
+    if args.schema:
+        for view, cols in run.query_engine.schema().items():
+            print(f"{view}: {VIEWS[view]}")
+            print("  " + ", ".join(f"{c} {t.lower()}" for c, t in cols))
+        print("helpers:")
+        for call, what in HELPERS.items():
+            print(f"  {call}: {what}")
+        return 0
+    if not args.sql:
+        raise InputError('query: give one SELECT, e.g. imacs query RUN "SELECT * FROM images"')
+    result = run.query(args.sql)
+    for target, write in ((args.csv, "to_csv"), (args.parquet, "to_parquet")):
+        if target:
+            path = Path(target).expanduser()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                getattr(result, write)(path, index=False)
+            except OSError as exc:
+                raise disk_error(exc, path) from None
+            print(f"wrote {len(result)} rows to {path}", file=sys.stderr)
+    if args.csv or args.parquet:
+        return 0
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(result.head(args.rows).to_string(index=False))
+    if len(result) > args.rows:
+        print(f"({len(result)} rows; the first {args.rows} shown: --rows N, or --csv FILE for all)")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import json
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,9 @@ from .runformat import (
     upgrade_table,
 )
 from .settings import AnalysisSettings, ComparisonSettings
+
+if TYPE_CHECKING:
+    from .query import QueryEngine
 
 
 class RunReplaced(InputError):
@@ -412,6 +416,23 @@ class Run:
                 target.write_text(safe_csv(frame()), encoding="utf-8")
             except OSError as exc:
                 raise disk_error(exc, target) from None
+
+    @cached_property
+    def query_engine(self) -> QueryEngine:
+        """The run's tables as read-only SQL views (:mod:`imacs.query`), built on first use."""
+        from .query import QueryEngine
+
+        return QueryEngine(self)
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """The result of one read-only SQL ``SELECT`` over the run's views (``images``,
+        ``patches``, ``clusters``, ``concepts``, ``whatif_images``, ``meta``) and helpers
+        (``images_with(k)``...; see :mod:`imacs.query`).
+
+        Raises:
+            QueryError: not one SELECT, wrong SQL, or slower than the time limit (10 s).
+        """
+        return self.query_engine.query(sql)
 
     def summary(self) -> str:
         """A few lines for a terminal: accuracies and the top clusters."""

@@ -1,0 +1,278 @@
+"""SQL over a run: the run's tables as read-only views in an in-process DuckDB.
+
+A question the fixed filters cannot ask ("images where A is right, B is wrong and concept 3
+is present") is one ``SELECT``::
+
+    run.query("SELECT * FROM images_with(3) WHERE a_correct AND NOT b_correct")
+
+Views (:data:`VIEWS` says what each holds; :meth:`QueryEngine.schema` lists the columns):
+
+* ``images``: one row per analysed image: ``image_id``, ``image`` (its path in the data),
+  ``label``, ``a_pred``/``b_pred`` (class names), ``a_prob``/``b_prob``,
+  ``a_correct``/``b_correct``, ``disagree`` (the two predictions differ), ``agreement``
+  (Spearman correlation of the two maps), ``map_iou``, and the meta-annotation columns;
+* ``patches``: one row per salient patch: its box, ``cluster``, ``concept``, each model's
+  share of attribution ``attr_a``/``attr_b`` and ``diff`` (B - A), the relative shares,
+  what each model answers to it alone (``alone_a``/``alone_b``), its map position;
+* ``clusters``, ``concepts``: the stored statistics (rank, shares, interval, what-if);
+* ``whatif_images``: per concept (``level`` 'concept') or cluster ('cluster') and image,
+  each model's answer after the group's content was removed, and ``a_flipped``/
+  ``b_flipped`` (the answer changed);
+* ``meta``: ``image_id`` and the meta-annotation columns.
+
+Helpers (the operators of the i-Algebra paper over the views): ``images_with(k)`` and
+``images_with_cluster(k)`` (drill-down: the images holding concept/cluster ``k``), and
+``flip_rates(k)`` (what-if: per model, how often removing concept ``k`` flips it; filter
+``whatif_images`` by ``image_id IN (...)`` for a slice).
+
+Read-only by construction: only one ``SELECT`` (or ``WITH ... SELECT``) statement runs; the
+database lives in memory and holds the run's tables, file access, extensions and Python
+variable lookups are switched off and the configuration is locked before any query runs;
+a query that runs longer than ``timeout`` seconds is interrupted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError, first_line
+
+if TYPE_CHECKING:
+    from .run import Run
+
+#: what each view holds, for ``imacs query --schema`` and the dashboard
+VIEWS = {
+    "images": "one row per analysed image, A and B side by side",
+    "patches": "one row per salient patch, with its cluster and concept",
+    "clusters": "the clusters' statistics, as ranked",
+    "concepts": "the concepts' statistics, as ranked",
+    "whatif_images": "per group and image: the answers after removing the group's content",
+    "meta": "image_id and the meta-annotation columns",
+}
+
+#: the helpers' signatures and what they return
+HELPERS = {
+    "images_with(k)": "images holding a patch of concept k (the columns of images)",
+    "images_with_cluster(k)": "images holding a patch of cluster k",
+    "flip_rates(k)": "n_images, flip_a, flip_b: how often removing concept k flips each model",
+}
+
+#: example queries, one click away in the dashboard
+EXAMPLES = {
+    "A right, B wrong": "SELECT * FROM images WHERE a_correct AND NOT b_correct",
+    "maps that agree least": (
+        "SELECT image_id, image, label, agreement FROM images "
+        "WHERE a_correct AND b_correct ORDER BY agreement LIMIT 20"
+    ),
+    "images with the top concept": (
+        "SELECT * FROM images_with((SELECT concept FROM concepts ORDER BY rank LIMIT 1))"
+    ),
+    "concepts per class": (
+        "SELECT i.label, p.concept, avg(p.diff) AS diff, count(*) AS n_patches "
+        "FROM patches p JOIN images i USING (image_id) GROUP BY ALL ORDER BY diff DESC"
+    ),
+}
+
+#: seconds a query may run
+TIMEOUT = 10.0
+
+
+class QueryError(InputError):
+    """A query that cannot run: not a single SELECT, wrong SQL, too slow; one line."""
+
+
+def _images_view(run: Run) -> pd.DataFrame:
+    img = run.images
+    names = np.asarray(run.classes, dtype=object)
+
+    def name(col: str) -> np.ndarray:
+        codes = img[col].to_numpy()
+        ok = (codes >= 0) & (codes < len(names))
+        return np.where(ok, names[np.clip(codes, 0, len(names) - 1)], None)
+
+    out = pd.DataFrame(
+        {
+            "image_id": img["image_id"],
+            "image": img["image"],
+            "label": img["label_name"],
+            "a_pred": name("pred_a"),
+            "b_pred": name("pred_b"),
+            "a_prob": img["prob_a"],
+            "b_prob": img["prob_b"],
+            "a_correct": img["correct_a"].astype(bool),
+            "b_correct": img["correct_b"].astype(bool),
+            "disagree": (img["pred_a"] != img["pred_b"]).to_numpy(),
+        }
+    )
+    for src, dst in (("map_spearman", "agreement"), ("map_iou_top10", "map_iou")):
+        if src in img:
+            out[dst] = img[src]
+    for col in run.info.meta_columns:
+        if col in img and col not in out:
+            out[col] = img[col]
+    return out
+
+
+def _patches_view(run: Run) -> pd.DataFrame:
+    """The patches table with each model's answer to the patch alone as a class name."""
+    p = run.patches
+    names = np.asarray(run.classes, dtype=object)
+    out = p.copy()
+    for col in ("alone_a", "alone_b"):
+        if col in p:
+            codes = p[col].to_numpy()
+            ok = (codes >= 0) & (codes < len(names))
+            out[col] = np.where(ok, names[np.clip(codes, 0, len(names) - 1)], None)
+    return out
+
+
+def _whatif_view(run: Run) -> pd.DataFrame:
+    parts = []
+    for level, table in (("concept", run.concept_whatif_images), ("cluster", run.whatif_images)):
+        if table.empty:
+            continue
+        key = "concept" if level == "concept" else "cluster"
+        parts.append(table.rename(columns={key: "grp"}).assign(level=level))
+    cols = ["level", "grp", "image_id", "a_pred_after", "b_pred_after", "area"]
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
+    w = pd.concat(parts, ignore_index=True).rename(
+        columns={"pred_a_after": "a_pred_after", "pred_b_after": "b_pred_after"}
+    )
+    return w[cols]
+
+
+def _tables(run: Run) -> dict[str, pd.DataFrame]:
+    images = _images_view(run)
+    meta = images[["image_id", *[c for c in run.info.meta_columns if c in images]]]
+    return {
+        "t_images": images,
+        "t_patches": _patches_view(run),
+        "t_clusters": run.clusters,
+        "t_concepts": run.concepts,
+        "t_whatif": _whatif_view(run),
+        "t_meta": meta,
+        "t_preds": run.images[["image_id", "pred_a", "pred_b"]],
+    }
+
+
+_SETUP = """
+CREATE VIEW images AS SELECT * FROM t_images;
+CREATE VIEW patches AS SELECT * FROM t_patches;
+CREATE VIEW clusters AS SELECT * FROM t_clusters ORDER BY rank;
+CREATE VIEW concepts AS SELECT * FROM t_concepts ORDER BY rank;
+CREATE VIEW meta AS SELECT * FROM t_meta;
+CREATE VIEW whatif_images AS
+  SELECT w.level, w.grp, w.image_id, w.a_pred_after, w.b_pred_after, w.area,
+         w.a_pred_after <> p.pred_a AS a_flipped, w.b_pred_after <> p.pred_b AS b_flipped
+  FROM t_whatif w JOIN t_preds p USING (image_id);
+CREATE MACRO images_with(k) AS TABLE
+  SELECT * FROM images WHERE image_id IN (SELECT image_id FROM patches WHERE concept = k);
+CREATE MACRO images_with_cluster(k) AS TABLE
+  SELECT * FROM images WHERE image_id IN (SELECT image_id FROM patches WHERE cluster = k);
+CREATE MACRO flip_rates(k) AS TABLE
+  SELECT count(*) AS n_images, avg(a_flipped::DOUBLE) AS flip_a, avg(b_flipped::DOUBLE) AS flip_b
+  FROM whatif_images WHERE level = 'concept' AND grp = k;
+"""
+
+#: switched off before any user query: files, extensions, Python lookups, then the lock
+_LOCKDOWN = (
+    "SET enable_external_access = false",
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET python_enable_replacements = false",
+    "SET lock_configuration = true",
+)
+
+
+class QueryEngine:
+    """Read-only SQL over one run (see the module's docstring).
+
+    Args:
+        run (Run): the run whose tables the views show.
+        timeout (float): seconds a query may run. Default: :data:`TIMEOUT`.
+
+    Raises:
+        InputError: duckdb is not installed.
+    """
+
+    def __init__(self, run: Run, timeout: float = TIMEOUT) -> None:
+        self.run = run
+        self.timeout = timeout
+        try:
+            import duckdb
+        except ImportError as exc:
+            raise InputError(
+                f"queries need duckdb ({first_line(exc, 200)}); pip install duckdb"
+            ) from None
+        self._duckdb = duckdb
+        con = duckdb.connect(":memory:", config={"threads": 2})
+        for name, frame in _tables(run).items():
+            con.register(f"{name}_df", frame)
+            con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_df")
+            con.unregister(f"{name}_df")
+        con.execute(_SETUP)
+        for statement in _LOCKDOWN:
+            con.execute(statement)
+        self._con = con
+        self._lock = threading.Lock()
+
+    def schema(self) -> dict[str, list[tuple[str, str]]]:
+        """``{view: [(column, type), ...]}`` of every view."""
+        out = {}
+        for view in VIEWS:
+            rows = self._con.cursor().execute(f"DESCRIBE {view}").fetchall()
+            out[view] = [(r[0], str(r[1])) for r in rows]
+        return out
+
+    def query(self, sql: str) -> pd.DataFrame:
+        """The result of one read-only ``SELECT``.
+
+        Raises:
+            QueryError: not exactly one SELECT statement, an error in it (the database's
+                first line), or it ran longer than the time limit.
+        """
+        text = (sql or "").strip().rstrip(";").strip()
+        if not text:
+            raise QueryError("query: empty; write one SELECT, e.g. SELECT * FROM images")
+        cur = self._con.cursor()
+        try:
+            statements = cur.extract_statements(text)
+        except self._duckdb.Error as exc:
+            raise QueryError(f"query: {first_line(exc, 300)}") from None
+        if len(statements) != 1:
+            raise QueryError(f"query: {len(statements)} statements; write one SELECT")
+        kind = statements[0].type
+        if kind != self._duckdb.StatementType.SELECT:
+            raise QueryError(
+                f"query: {kind.name} statements are not allowed: queries are read-only; "
+                "write one SELECT"
+            )
+        with self._deadline(cur):
+            try:
+                return cur.execute(text).df()
+            except self._duckdb.InterruptException:
+                raise QueryError(
+                    f"query: stopped after {self.timeout:g} s; narrow it (a WHERE, a LIMIT)"
+                ) from None
+            except self._duckdb.Error as exc:
+                raise QueryError(f"query: {first_line(exc, 300)}") from None
+
+    @contextmanager
+    def _deadline(self, cur: object) -> Iterator[None]:
+        timer = threading.Timer(self.timeout, cur.interrupt)  # type: ignore[attr-defined]
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+
+__all__ = ["EXAMPLES", "HELPERS", "TIMEOUT", "VIEWS", "QueryEngine", "QueryError"]
