@@ -273,6 +273,7 @@ class QueryEngine:
             yield
         finally:
             timer.cancel()
+            timer.join()  # no thread left behind (a daemon killed at exit aborts the process)
 
 
 __all__ = ["EXAMPLES", "HELPERS", "TIMEOUT", "VIEWS", "QueryEngine", "QueryError"]

@@ -329,7 +329,12 @@ class ViewState:
     @property
     def filters(self) -> Filters:
         """The filter component's parts, as the reader takes them."""
-        return Filters(classes=self.classes, outcome=self.outcome, meta=self.meta)
+        return Filters(
+            classes=self.classes,
+            outcome=self.outcome,
+            meta=self.meta,
+            query=self._values.get("query", ""),
+        )
 
     def with_(self, **kw: Any) -> ViewState:
         """A copy with some parts changed."""

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from imacs.comparison import compare_clusters
+from imacs.errors import InputError
 from imacs.run import Run
 from imacs.runformat import merge_whatif
 
@@ -51,10 +52,23 @@ class Filters:
     classes: tuple[str, ...] = ()
     outcome: str | None = None
     meta: tuple[tuple[str, str], ...] = ()  # (column, value) pairs
+    query: str = ""  # SQL over the run (imacs.query): the images or patches it returns
 
     @property
     def active(self) -> bool:
-        return bool(self.classes or self.outcome or self.meta)
+        return bool(self.classes or self.outcome or self.meta or self.query)
+
+
+@dataclass(frozen=True, eq=False)
+class QuerySlice:
+    """What a query makes of the view: a slice of ``images`` or ``patches`` (their ids:
+    the result has an ``image_id`` or ``patch_id`` column), a ``table`` to show (any other
+    result), or an ``error`` (a sentence); only a slice filters the views."""
+
+    kind: str
+    ids: frozenset[int] = frozenset()
+    table: pd.DataFrame | None = None
+    message: str = ""
 
 
 @dataclass
@@ -291,9 +305,40 @@ class RunView:
         )
         return b.groupby("cluster").head(1).drop(columns="_col").set_index("cluster")
 
+    def query_slice(self, sql: str) -> QuerySlice:
+        """What ``sql`` (one SELECT over :mod:`imacs.query`'s views) makes of this run:
+        memoised, and shared by both levels (the run's engine is)."""
+        key = ("query", Filters(query=sql))
+        with self._lock:
+            hit = self._memo.get(key)
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        try:
+            result = self.run.query(sql)
+        except InputError as exc:
+            out = QuerySlice("error", message=str(exc))
+        else:
+            for kind, col in (("patches", "patch_id"), ("images", "image_id")):
+                if col in result.columns:
+                    ids = pd.to_numeric(result[col], errors="coerce").dropna().astype(int)
+                    out = QuerySlice(kind, frozenset(ids.tolist()), result)
+                    break
+            else:
+                out = QuerySlice("table", table=result)
+        with self._lock:
+            self._memo[key] = out
+        return out
+
     def image_mask(self, f: Filters) -> np.ndarray:
         img = self.images
         mask = np.ones(len(img), dtype=bool)
+        if f.query:
+            sl = self.query_slice(f.query)
+            if sl.kind == "images":
+                mask &= img.index.isin(list(sl.ids))
+            elif sl.kind == "patches":
+                held = self.run.patches.loc[self.run.patches["patch_id"].isin(list(sl.ids))]
+                mask &= img.index.isin(held["image_id"].unique())
         if f.classes:
             mask &= img["label_name"].isin(f.classes).to_numpy()
         if f.outcome:
@@ -311,7 +356,12 @@ class RunView:
         if not f.active:
             return patches
         keep = self.images.index[self.image_mask(f)]
-        return patches[patches["image_id"].isin(keep)]
+        kept = patches[patches["image_id"].isin(keep)]
+        if f.query:
+            sl = self.query_slice(f.query)
+            if sl.kind == "patches":
+                kept = kept[kept["patch_id"].isin(list(sl.ids))]
+        return kept
 
     def filtered_patches(self, f: Filters) -> pd.DataFrame:
         return self._kept(self.patches, f)

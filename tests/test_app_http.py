@@ -577,7 +577,7 @@ def test_app025_every_id_is_declared_by_the_component_that_renders_it() -> None:
             if isinstance(value, str) and not name.startswith("_"):
                 assert value not in declared, (value, module.__name__, declared.get(value))
                 declared[value] = module.__name__
-    assert len(declared) == 42  # 36 plain ids, 6 kinds of pattern-matching ids
+    assert len(declared) == 47  # 40 plain ids, 7 kinds of pattern-matching ids
 
 
 def _output(router, target: str) -> int:
@@ -593,12 +593,14 @@ def test_app026_the_state_callback_follows_every_components_clicks(runs_root) ->
     from imacs_app.components.navigation import Router, ids
 
     router = Router(COMPONENTS, RunCatalog(runs_root))
-    # the hand-written router's 16 inputs and 12 outputs, and the meta filter's visibility
-    assert len(router.inputs) == 16 and len(router.outputs) == 13
+    # the hand-written router's 16 inputs and 12 outputs, the meta filter's visibility, and
+    # the query box (its text, clear and the examples; the box mirrors the query)
+    assert len(router.inputs) == 19 and len(router.outputs) == 14
     level = _output(router, f"{overview.ids.LEVEL}.value")
     out = router.route("?run=shortcut&level=cluster", overview.ids.strip(5), "n_clicks", 1)
     assert out[0] == "?run=shortcut&cluster=5"
-    assert out[level] == "cluster" and out.count(no_update) == 10 and out[-1] is None
+    assert out[level] == "cluster" and out.count(no_update) == 11
+    assert out[_output(router, f"{filters.ids.META}.style")] is None
     opened = "?run=shortcut&cluster=5&image=3&color=diff"
     with pytest.raises(PreventUpdate):  # a strip just rendered, not clicked
         router.route(opened, overview.ids.strip(6), "n_clicks", 0)

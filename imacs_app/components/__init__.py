@@ -28,10 +28,10 @@ from dash import Dash
 
 from ..catalog import RunCatalog
 from ..declare import UrlFormat
-from . import agreement, cluster, filters, image, navigation, overview, patch_map
+from . import agreement, cluster, filters, image, navigation, overview, patch_map, query
 
 #: the page's components, in page order (within each region of :mod:`imacs_app.layout`)
-COMPONENTS = (navigation, overview, filters, patch_map, cluster, image, agreement)
+COMPONENTS = (navigation, overview, filters, query, patch_map, cluster, image, agreement)
 
 
 def register(
