@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -745,3 +746,40 @@ def test_brw018_the_map_and_the_histogram_follow_the_window(browser, server) -> 
             assert svg_n < svg_w  # it shrank with its card, not merely fits by chance
     finally:
         page.close()
+
+
+def test_brw019_a_composed_query_slices_every_view(page, server, runs, marked_run) -> None:
+    """Type a query that composes a meta-annotation, a model outcome and a patch condition;
+    the ranking shows the slice's numbers, as the same query through the API gives them."""
+    from imacs_app.catalog import RunCatalog
+    from imacs_app.reader import Filters
+
+    sql = (
+        "SELECT * FROM images WHERE mark = 'no' AND a_correct "
+        "AND image_id IN (SELECT image_id FROM patches WHERE attr_a > 0.3)"
+    )
+    view = RunCatalog(runs).get("watermark").at("cluster")
+    f = Filters(query=sql)
+    want = view.clusters(f).set_index("cluster")
+    n_images = int(view.image_mask(f).sum())
+    assert 0 < n_images < len(marked_run.images)
+    page.goto(f"{server}/?run=watermark&level=cluster")
+    page.wait_for_selector(".strip")
+    page.fill("#q-sql", sql)
+    page.press("#q-sql", "Enter")
+    _wait_for_query(page, "q", sql)
+    page.wait_for_selector(f".query-slice >> text=every view below shows {n_images} images")
+    page.wait_for_selector(f".stat .value >> text='{n_images} / {len(marked_run.images)}'")
+    assert _stat(page, "images") == f"{n_images} / {len(marked_run.images)}"
+    first = page.locator(".strip").first.inner_text()
+    k = int(re.search(r"#1 cluster (\d+)", first)[1])
+    assert f"B − A {want.loc[k, 'diff']:+.3f}" in first
+    # a link keeps the query; a wrong one says why under the box and slices nothing
+    page.goto(f"{server}/?run=watermark&level=cluster&q=DROP+VIEW+images")
+    page.wait_for_selector(".query-error >> text=DROP statements are not allowed")
+    assert "(not applied)" in page.locator(".query-error").inner_text()
+    # an example one click away; a result without ids shows as a table
+    page.get_by_role("button", name="concepts per class").click()
+    page.wait_for_selector(".query-table table")
+    assert "no image_id or patch_id column" in page.locator("#q-out").inner_text()
+    assert page.console_errors == []
