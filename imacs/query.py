@@ -38,7 +38,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from .errors import InputError, first_line
@@ -87,14 +86,16 @@ class QueryError(InputError):
     """A query that cannot run: not a single SELECT, wrong SQL, too slow; one line."""
 
 
+def _class_names(codes: pd.Series, classes: list[str]) -> pd.Series:
+    """Class indices as names (None where missing or out of range)."""
+    return codes.map(dict(enumerate(classes))).astype(object)
+
+
 def _images_view(run: Run) -> pd.DataFrame:
     img = run.images
-    names = np.asarray(run.classes, dtype=object)
 
-    def name(col: str) -> np.ndarray:
-        codes = img[col].to_numpy()
-        ok = (codes >= 0) & (codes < len(names))
-        return np.where(ok, names[np.clip(codes, 0, len(names) - 1)], None)
+    def name(col: str) -> pd.Series:
+        return _class_names(img[col], run.classes)
 
     out = pd.DataFrame(
         {
@@ -107,7 +108,7 @@ def _images_view(run: Run) -> pd.DataFrame:
             "b_prob": img["prob_b"],
             "a_correct": img["correct_a"].astype(bool),
             "b_correct": img["correct_b"].astype(bool),
-            "disagree": (img["pred_a"] != img["pred_b"]).to_numpy(),
+            "disagree": (img["pred_a"] != img["pred_b"]).to_numpy(bool),
         }
     )
     for src, dst in (("map_spearman", "agreement"), ("map_iou_top10", "map_iou")):
@@ -122,13 +123,10 @@ def _images_view(run: Run) -> pd.DataFrame:
 def _patches_view(run: Run) -> pd.DataFrame:
     """The patches table with each model's answer to the patch alone as a class name."""
     p = run.patches
-    names = np.asarray(run.classes, dtype=object)
     out = p.copy()
     for col in ("alone_a", "alone_b"):
         if col in p:
-            codes = p[col].to_numpy()
-            ok = (codes >= 0) & (codes < len(names))
-            out[col] = np.where(ok, names[np.clip(codes, 0, len(names) - 1)], None)
+            out[col] = _class_names(p[col], run.classes)
     return out
 
 
