@@ -36,15 +36,35 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError, first_line
 
-if TYPE_CHECKING:
-    from .run import Run
+
+class Run(Protocol):
+    """What the engine reads of a run (:class:`imacs.run.Run` has it; the engine does not
+    import it, so the run can offer queries without an import circle)."""
+
+    @property
+    def images(self) -> pd.DataFrame: ...
+    @property
+    def patches(self) -> pd.DataFrame: ...
+    @property
+    def clusters(self) -> pd.DataFrame: ...
+    @property
+    def concepts(self) -> pd.DataFrame: ...
+    @property
+    def whatif_images(self) -> pd.DataFrame: ...
+    @property
+    def concept_whatif_images(self) -> pd.DataFrame: ...
+    @property
+    def classes(self) -> list[str]: ...
+    @property
+    def info(self) -> Any: ...  # its ``meta_columns``
+
 
 #: what each view holds, for ``imacs query --schema`` and the dashboard
 VIEWS = {
