@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # torch 2.14.1 and torchvision 0.29.1 are one pair (torchvision is built against one torch);
 # timm needs torchvision
 REAL_TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
-ENV_DIR="${IMACS_REAL_ENV:-${XDG_CACHE_HOME:-$HOME/.cache}/imacs/real-env}"
+ENV_DIR="${IMACS_REAL_ENV:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/imacs/real-env}"
 
 if [[ ! -x "$ENV_DIR/bin/python" ]]; then
   mkdir -p "$(dirname "$ENV_DIR")"
