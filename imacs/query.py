@@ -154,10 +154,8 @@ def _patches_view(run: Run) -> pd.DataFrame:
 def _whatif_view(run: Run) -> pd.DataFrame:
     parts = []
     for level, table in (("concept", run.concept_whatif_images), ("cluster", run.whatif_images)):
-        if table.empty:
-            continue
-        key = "concept" if level == "concept" else "cluster"
-        parts.append(table.rename(columns={key: "grp"}).assign(level=level))
+        if not table.empty:  # its group column is named after the level
+            parts.append(table.rename(columns={level: "grp"}).assign(level=level))
     cols = ["level", "grp", "image_id", "a_pred_after", "b_pred_after", "area"]
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
@@ -240,7 +238,6 @@ class QueryEngine:
         for statement in _LOCKDOWN:
             con.execute(statement)
         self._con = con
-        self._lock = threading.Lock()
 
     def schema(self) -> dict[str, list[tuple[str, str]]]:
         """``{view: [(column, type), ...]}`` of every view."""

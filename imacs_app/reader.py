@@ -61,12 +61,14 @@ class Filters:
 
 @dataclass(frozen=True, eq=False)
 class QuerySlice:
-    """What a query makes of the view: a slice of ``images`` or ``patches`` (their ids:
-    the result has an ``image_id`` or ``patch_id`` column), a ``table`` to show (any other
-    result), or an ``error`` (a sentence); only a slice filters the views."""
+    """What a query makes of the view: a slice of ``images`` or ``patches`` (``ids``, the
+    distinct ids of the result's ``image_id`` or ``patch_id`` column, and ``images``, the
+    images they hold), a ``table`` to show (any other result), or an ``error`` (a
+    sentence); only a slice filters the views."""
 
     kind: str
-    ids: frozenset[int] = frozenset()
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    images: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     table: pd.DataFrame | None = None
     message: str = ""
 
@@ -306,8 +308,8 @@ class RunView:
         return b.groupby("cluster").head(1).drop(columns="_col").set_index("cluster")
 
     def query_slice(self, sql: str) -> QuerySlice:
-        """What ``sql`` (one SELECT over :mod:`imacs.query`'s views) makes of this run:
-        memoised, and shared by both levels (the run's engine is)."""
+        """What ``sql`` (one SELECT over :mod:`imacs.query`'s views) makes of this run,
+        memoised per level (both levels query the run's one engine)."""
         key = ("query", Filters(query=sql))
         with self._lock:
             hit = self._memo.get(key)
@@ -320,8 +322,13 @@ class RunView:
         else:
             for kind, col in (("patches", "patch_id"), ("images", "image_id")):
                 if col in result.columns:
-                    ids = pd.to_numeric(result[col], errors="coerce").dropna().astype(int)
-                    out = QuerySlice(kind, frozenset(ids.tolist()), result)
+                    ids = pd.to_numeric(result[col], errors="coerce").dropna().astype(np.int64)
+                    ids = np.unique(ids.to_numpy())
+                    held = ids
+                    if kind == "patches":  # the images those patches lie in, found once
+                        p = self.run.patches
+                        held = np.unique(p.loc[p["patch_id"].isin(ids), "image_id"].to_numpy())
+                    out = QuerySlice(kind, ids, held, result)
                     break
             else:
                 out = QuerySlice("table", table=result)
@@ -334,11 +341,8 @@ class RunView:
         mask = np.ones(len(img), dtype=bool)
         if f.query:
             sl = self.query_slice(f.query)
-            if sl.kind == "images":
-                mask &= img.index.isin(list(sl.ids))
-            elif sl.kind == "patches":
-                held = self.run.patches.loc[self.run.patches["patch_id"].isin(list(sl.ids))]
-                mask &= img.index.isin(held["image_id"].unique())
+            if sl.kind in ("images", "patches"):
+                mask &= img.index.isin(sl.images)
         if f.classes:
             mask &= img["label_name"].isin(f.classes).to_numpy()
         if f.outcome:
@@ -360,7 +364,7 @@ class RunView:
         if f.query:
             sl = self.query_slice(f.query)
             if sl.kind == "patches":
-                kept = kept[kept["patch_id"].isin(list(sl.ids))]
+                kept = kept[kept["patch_id"].isin(sl.ids)]
         return kept
 
     def filtered_patches(self, f: Filters) -> pd.DataFrame:
