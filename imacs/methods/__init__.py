@@ -17,6 +17,7 @@ with
   of shape (n, C, H, W) for (n, 3, H, W) inputs (C may be 1 for a layer map upsampled to
   the image); the engine sums them over C into one map per image.
 
+:class:`~imacs.methods.base.MethodBase` gives a method its ``__init__``.
 :data:`METHODS` lists them; adding one is one module plus one line there (and its name
 in :data:`imacs.settings.METHOD_TITLES`, which the torch-free CLI and dashboard read).
 """

@@ -20,7 +20,7 @@ import torch
 from captum.attr import DeepLift
 from torch import nn
 
-from ..settings import AttributionSettings
+from .base import MethodBase
 
 
 class _Pixels(nn.Module):
@@ -36,7 +36,7 @@ class _Pixels(nn.Module):
         return self.forward_func(x)
 
 
-class DeepLiftMethod:
+class DeepLiftMethod(MethodBase):
     """DeepLIFT's rescale rule against the run's baseline.
 
     Args:
@@ -50,16 +50,6 @@ class DeepLiftMethod:
     title = "DeepLIFT"
     needs_hooks = True
     completeness = True
-
-    def __init__(
-        self,
-        forward_func: Callable[[torch.Tensor], torch.Tensor],
-        model: nn.Module,
-        settings: AttributionSettings,
-    ) -> None:
-        self.forward_func = forward_func
-        self.model = model
-        self.settings = settings
 
     def attribute(
         self,

@@ -15,12 +15,9 @@ programs work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import nn
 
-from ..settings import AttributionSettings
+from .base import MethodBase
 
 #: standard deviation of the noise added to the image, in [0, 1] pixel units
 NOISE = 0.05
@@ -28,7 +25,7 @@ NOISE = 0.05
 SEED = 0
 
 
-class GradientShapMethod:
+class GradientShapMethod(MethodBase):
     """GradientSHAP with ``steps`` samples per image and the run's baseline.
 
     Args:
@@ -42,16 +39,6 @@ class GradientShapMethod:
     title = "GradientSHAP"
     needs_hooks = False
     completeness = False
-
-    def __init__(
-        self,
-        forward_func: Callable[[torch.Tensor], torch.Tensor],
-        model: nn.Module,
-        settings: AttributionSettings,
-    ) -> None:
-        self.forward_func = forward_func
-        self.model = model
-        self.settings = settings
 
     def attribute(
         self,

@@ -8,16 +8,13 @@ no hooks, so TorchScript and ``torch.export`` programs work.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from captum.attr import IntegratedGradients
-from torch import nn
 
-from ..settings import AttributionSettings
+from .base import MethodBase
 
 
-class IntegratedGradientsMethod:
+class IntegratedGradientsMethod(MethodBase):
     """Integrated Gradients with the run's steps and integral approximation.
 
     Args:
@@ -31,16 +28,6 @@ class IntegratedGradientsMethod:
     title = "Integrated Gradients"
     needs_hooks = False
     completeness = True
-
-    def __init__(
-        self,
-        forward_func: Callable[[torch.Tensor], torch.Tensor],
-        model: nn.Module,
-        settings: AttributionSettings,
-    ) -> None:
-        self.forward_func = forward_func
-        self.model = model
-        self.settings = settings
 
     def attribute(
         self,

@@ -11,13 +11,10 @@ steps. No completeness: the drops of overlapping windows do not add up to f(x) -
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from captum.attr import Occlusion
-from torch import nn
 
-from ..settings import AttributionSettings
+from .base import MethodBase
 
 
 def window(height: int, width: int) -> tuple[int, int]:
@@ -26,7 +23,7 @@ def window(height: int, width: int) -> tuple[int, int]:
     return side, max(1, side // 2)
 
 
-class OcclusionMethod:
+class OcclusionMethod(MethodBase):
     """Occlusion by squares of the run's baseline.
 
     Args:
@@ -40,16 +37,6 @@ class OcclusionMethod:
     title = "Occlusion"
     needs_hooks = False
     completeness = False
-
-    def __init__(
-        self,
-        forward_func: Callable[[torch.Tensor], torch.Tensor],
-        model: nn.Module,
-        settings: AttributionSettings,
-    ) -> None:
-        self.forward_func = forward_func
-        self.model = model
-        self.settings = settings
 
     def attribute(
         self,

@@ -8,16 +8,13 @@ carries (no baseline, no completeness). Maps are never negative. No hooks: Torch
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from captum.attr import Saliency
-from torch import nn
 
-from ..settings import AttributionSettings
+from .base import MethodBase
 
 
-class SaliencyMethod:
+class SaliencyMethod(MethodBase):
     """Absolute input gradients of the target logit.
 
     Args:
@@ -31,16 +28,6 @@ class SaliencyMethod:
     title = "Saliency"
     needs_hooks = False
     completeness = False
-
-    def __init__(
-        self,
-        forward_func: Callable[[torch.Tensor], torch.Tensor],
-        model: nn.Module,
-        settings: AttributionSettings,
-    ) -> None:
-        self.forward_func = forward_func
-        self.model = model
-        self.settings = settings
 
     def attribute(
         self,
