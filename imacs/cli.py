@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ._version import __version__
 from .errors import ImacsError, InputError
-from .settings import add_cli_options
+from .settings import MEASURES, SHIFT_RANKINGS, add_cli_options
 
 if TYPE_CHECKING:
     from .run import Run
@@ -51,6 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--csv", metavar="FILE.csv", help="write the whole result as CSV")
     q.add_argument("--parquet", metavar="FILE.parquet", help="write the whole result as Parquet")
     q.add_argument("--rows", type=int, default=40, metavar="N", help="rows printed (default 40)")
+
+    c = sub.add_parser(
+        "compare-slices",
+        help="how each model's reliance on each concept changes from one slice to another",
+    )
+    c.add_argument("run", metavar="RUN_DIR")
+    for name in ("X", "Y"):
+        c.add_argument(
+            name.lower(),
+            metavar=name,
+            help=f"slice {name}: a SELECT returning image_id or patch_id, column=value "
+            '(e.g. season=autumn), or "" for every image',
+        )
+    c.add_argument("--level", choices=("concept", "cluster"), default="concept")
+    c.add_argument("--by", choices=tuple(SHIFT_RANKINGS), default="either", help="what ranks them")
+    c.add_argument("--measure", choices=MEASURES, default="share", help="share or relative")
+    c.add_argument("--csv", metavar="FILE.csv", help="write the whole table as CSV")
+    c.add_argument("--rows", type=int, default=20, metavar="N", help="rows printed (default 20)")
 
     d = sub.add_parser(
         "demo", help="analyse the bundled sample data and models, then serve the dashboard"
@@ -187,6 +205,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "query":
         return _query(args, load_run(args.run))
+    if args.command == "compare-slices":
+        return _compare_slices(args, load_run(args.run))
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
@@ -198,7 +218,6 @@ def _query(args: argparse.Namespace, run: Run) -> int:
     """``imacs query``: the schema, or one SELECT printed and/or written to a file."""
     import pandas as pd
 
-    from .errors import disk_error
     from .query import HELPERS, VIEWS
 
     if args.schema:
@@ -214,13 +233,7 @@ def _query(args: argparse.Namespace, run: Run) -> int:
     result = run.query(args.sql)
     for target, write in ((args.csv, "to_csv"), (args.parquet, "to_parquet")):
         if target:
-            path = Path(target).expanduser()
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                getattr(result, write)(path, index=False)
-            except OSError as exc:
-                raise disk_error(exc, path) from None
-            print(f"wrote {len(result)} rows to {path}", file=sys.stderr)
+            _write_table(result, target, write)
     if args.csv or args.parquet:
         return 0
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -228,6 +241,37 @@ def _query(args: argparse.Namespace, run: Run) -> int:
     if len(result) > args.rows:
         print(f"({len(result)} rows; the first {args.rows} shown: --rows N, or --csv FILE for all)")
     return 0
+
+
+def _compare_slices(args: argparse.Namespace, run: Run) -> int:
+    """``imacs compare-slices``: the ranked table of changes, printed and/or written."""
+    from .shift import describe
+
+    table = run.compare_slices(args.x, args.y, args.level, args.by, args.measure)
+    if args.csv:
+        _write_table(table, args.csv, "to_csv")
+        return 0
+    print(
+        f"{args.level}s ranked by {SHIFT_RANKINGS[args.by]}; X: {args.x or 'every image'}; "
+        f"Y: {args.y or 'every image'}"
+    )
+    for line in describe(table.head(args.rows), args.level, run.names):
+        print(line)
+    if len(table) > args.rows:
+        print(f"({len(table)} {args.level}s; the first {args.rows} shown: --rows N, or --csv FILE)")
+    return 0
+
+
+def _write_table(table: object, target: str, write: str) -> None:
+    from .errors import disk_error
+
+    path = Path(target).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        getattr(table, write)(path, index=False)
+    except OSError as exc:
+        raise disk_error(exc, path) from None
+    print(f"wrote {len(table)} rows to {path}", file=sys.stderr)  # type: ignore[arg-type]
 
 
 def _demo(args: argparse.Namespace) -> int:

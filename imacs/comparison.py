@@ -38,6 +38,7 @@ the headline and the ranking.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -199,6 +200,72 @@ def relative_shares(patches: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
+def resample_weights(
+    rng: np.random.Generator,
+    n_boot: int,
+    n: int,
+    strata: list[np.ndarray] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Bootstrap resamples of ``n`` units as weights (how often each unit was drawn), a
+    block at a time: ``(first resample's index, (block, n) float32 weights)``.
+
+    Args:
+        rng (numpy.random.Generator): where the draws come from.
+        n_boot (int): resamples in all.
+        n (int): units (images).
+        strata (list of numpy.ndarray, optional): disjoint index arrays covering the units;
+            each resample draws as many units from each stratum as it holds, with
+            replacement. Default: one stratum of all units.
+    """
+    block = max(1, 4_000_000 // max(n, 1))  # bound memory: ~4M weights at a time
+    for start in range(0, n_boot, block):
+        b = min(block, n_boot - start)
+        if strata is None:
+            drawn = rng.integers(0, n, size=(b, n))
+        else:
+            drawn = np.concatenate(
+                [m[rng.integers(0, len(m), size=(b, len(m)))] for m in strata if len(m)], axis=1
+            )
+        drawn = drawn + (np.arange(b) * n)[:, None]
+        yield start, np.bincount(drawn.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
+
+
+def ratio(sums: sparse.spmatrix, counts: sparse.spmatrix, w: np.ndarray) -> np.ndarray:
+    """Weighted means per row of ``sums``/``counts`` (groups × units) under each row of
+    weights ``w`` (resamples × units): (resamples, groups), NaN where no unit counts."""
+    num, den = (sums @ w.T).T, (counts @ w.T).T
+    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def simultaneous(
+    boot: np.ndarray, estimate: np.ndarray, ci: float, bound: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simultaneous intervals for a family of estimates from their bootstrap replicates.
+
+    Args:
+        boot (numpy.ndarray): (resamples, family) replicates; NaN where a member has no
+            value in a resample.
+        estimate (numpy.ndarray): (family,) the estimates.
+        ci (float): the level all intervals hold at together.
+        bound (float): the estimates lie in [-bound, bound]; so do the intervals.
+
+    Returns:
+        ``lo``, ``hi`` and the bootstrap standard errors ``se``: each estimate ± the
+        ``ci`` quantile of the bootstrap's max-|t| over the family times its ``se``.
+    """
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        # a member with no value (relative measure, single-patch images): no spread
+        warnings.simplefilter("ignore", RuntimeWarning)
+        se = np.nan_to_num(np.nanstd(boot, axis=0, ddof=1))
+        t = np.abs(boot - estimate) / np.where(se > 0, se, np.inf)
+    max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
+    finite = max_t[np.isfinite(max_t)]  # none when no member has a value
+    q = float(np.quantile(finite, ci)) if len(finite) else 0.0
+    lo = np.clip(estimate - q * se, -bound, bound)
+    hi = np.clip(estimate + q * se, -bound, bound)
+    return lo, hi, se
+
+
 def _family_stats(
     p: pd.DataFrame,
     settings: ComparisonSettings,
@@ -235,26 +302,12 @@ def _family_stats(
     boot = np.empty((len(pairs), settings.n_boot, n_c))
     sums32 = [m.astype(np.float32) for m in sums]  # float32 products: half the time
     counts32 = [m.astype(np.float32) for m in counts]
-    block = max(1, 4_000_000 // max(n_i, 1))  # bound memory: ~4M weights at a time
-    for start in range(0, settings.n_boot, block):
-        b = min(block, settings.n_boot - start)
-        drawn = rng.integers(0, n_i, size=(b, n_i)) + (np.arange(b) * n_i)[:, None]
-        w = np.bincount(drawn.ravel(), minlength=b * n_i).reshape(b, n_i).astype(np.float32)
+    for start, w in resample_weights(rng, settings.n_boot, n_i):
         for j in range(len(pairs)):
-            num, den = (sums32[j] @ w.T).T, (counts32[j] @ w.T).T
-            boot[j, start : start + b] = np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+            boot[j, start : start + len(w)] = ratio(sums32[j], counts32[j], w)
     out = []
     for j in range(len(pairs)):
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            # a cluster with no value (relative measure, single-patch images): no spread
-            warnings.simplefilter("ignore", RuntimeWarning)
-            se = np.nan_to_num(np.nanstd(boot[j], axis=0, ddof=1))
-            t = np.abs(boot[j] - diff[j]) / np.where(se > 0, se, np.inf)
-        max_t = np.nanmax(np.where(np.isnan(t), -np.inf, t), axis=1)
-        finite = max_t[np.isfinite(max_t)]  # none when no cluster has a value (relative
-        q = float(np.quantile(finite, settings.ci)) if len(finite) else 0.0  # measure: NaN)
-        # a difference of two shares lies in [-1, 1]: so does every interval of one
-        lo, hi = np.clip(diff[j] - q * se, -1.0, 1.0), np.clip(diff[j] + q * se, -1.0, 1.0)
+        lo, hi, se = simultaneous(boot[j], diff[j], settings.ci, bound=1.0)
         n_img = np.asarray((counts[j] > 0).sum(1)).ravel()
         out.append({"se": se, "lo": lo, "hi": hi, "n_images": n_img})
 

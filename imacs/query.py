@@ -33,9 +33,11 @@ a query that runs longer than ``timeout`` seconds is interrupted.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -64,6 +66,7 @@ class Run(Protocol):
     def classes(self) -> list[str]: ...
     @property
     def info(self) -> Any: ...  # its ``meta_columns``
+    def query(self, sql: str) -> pd.DataFrame: ...
 
 
 #: what each view holds, for ``imacs query --schema`` and the dashboard
@@ -292,4 +295,76 @@ class QueryEngine:
             timer.join()  # no thread left behind (a daemon killed at exit aborts the process)
 
 
-__all__ = ["EXAMPLES", "HELPERS", "TIMEOUT", "VIEWS", "QueryEngine", "QueryError"]
+#: ``column=value``: the images whose meta-annotation (or any ``images`` column) has it
+_SHORTHAND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.+?)\s*$", re.DOTALL)
+
+
+def slice_sql(text: str) -> str:
+    """A slice's SQL: ``text`` itself, or for the shorthand ``column=value`` (e.g.
+    ``season=autumn``) the images whose ``column`` reads ``value`` (as text)."""
+    m = _SHORTHAND.match(text or "")
+    if m is None or re.match(r"\s*(select|with|from)\b", text, re.IGNORECASE):
+        return (text or "").strip()
+    col, value = m.group(1), m.group(2).strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    value = value.replace("'", "''")
+    return f"SELECT image_id FROM images WHERE CAST(\"{col}\" AS VARCHAR) = '{value}'"
+
+
+@dataclass(frozen=True, eq=False)
+class Slice:
+    """What a query's result makes of a run: a slice of ``images`` or ``patches`` (``ids``,
+    the distinct ids of the result's ``image_id`` or ``patch_id`` column, and ``images``,
+    the images they hold), a ``table`` (any other result), or an ``error`` (a sentence)."""
+
+    kind: str
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    images: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    table: pd.DataFrame | None = None
+    message: str = ""
+
+    @property
+    def slices(self) -> bool:
+        """True if it selects images or patches (a table or an error selects nothing)."""
+        return self.kind in ("images", "patches")
+
+    def patch_mask(self, patches: pd.DataFrame) -> np.ndarray:
+        """Bool per row of ``patches`` (with ``image_id``, ``patch_id``): in the slice."""
+        if self.kind == "patches":
+            return patches["patch_id"].isin(self.ids).to_numpy()
+        if self.kind == "images":
+            return patches["image_id"].isin(self.images).to_numpy()
+        raise QueryError(f"query: {self.message or 'it returns no image_id or patch_id'}")
+
+
+def slice_of(result: pd.DataFrame, patches: pd.DataFrame) -> Slice:
+    """The slice a query's ``result`` selects in a run whose patches are ``patches``: its
+    ``patch_id`` column if it has one, else its ``image_id`` column, else a table."""
+    for kind, col in (("patches", "patch_id"), ("images", "image_id")):
+        if col in result.columns:
+            ids = pd.to_numeric(result[col], errors="coerce").dropna().astype(np.int64)
+            ids = np.unique(ids.to_numpy())
+            held = ids
+            if kind == "patches":  # the images those patches lie in, found once
+                held = np.unique(patches.loc[patches["patch_id"].isin(ids), "image_id"])
+            return Slice(kind, ids, held, result)
+    return Slice("table", table=result)
+
+
+def run_slice(run: Run, text: str) -> Slice:
+    """The slice ``text`` (a SELECT, or ``column=value``) selects in ``run``; an empty text
+    is every image; an error or a result without ids is a :class:`Slice` saying so."""
+    if not (text or "").strip():
+        return Slice("images", run.images["image_id"].to_numpy(), run.images["image_id"].to_numpy())
+    try:
+        result = run.query(slice_sql(text))
+    except InputError as exc:
+        return Slice("error", message=str(exc))
+    return slice_of(result, run.patches)
+
+
+__all__ = [
+    *("EXAMPLES", "HELPERS", "TIMEOUT", "VIEWS", "QueryEngine", "QueryError", "Slice"),
+    *("run_slice", "slice_of", "slice_sql"),
+]

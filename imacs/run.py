@@ -434,6 +434,46 @@ class Run:
         """
         return self.query_engine.query(sql)
 
+    def compare_slices(
+        self, x: str, y: str, level: str = "concept", by: str = "either", measure: str = "share"
+    ) -> pd.DataFrame:
+        """How each model's reliance on each group changes from slice ``x`` to slice ``y``
+        (see :mod:`imacs.shift`): e.g. ``run.compare_slices("season=autumn",
+        "season=summer")``.
+
+        Args:
+            x (str): slice X: one SELECT returning ``image_id`` or ``patch_id`` (see
+                :meth:`query`), ``column=value`` (the images whose meta-annotation or
+                ``images`` column reads ``value``), or "" (every image).
+            y (str): slice Y, the same way.
+            level (str): ``concept`` or ``cluster``. Default: "concept"
+            by (str): the ranking, one of :data:`imacs.shift.RANK_BY`. Default: "either"
+            measure (str): ``share`` or ``relative``. Default: "share"
+
+        Returns:
+            One row per group (keyed ``level``), ranked: each model's reliance in X and Y,
+            the changes and ``B - A`` within each slice, with simultaneous intervals.
+
+        Raises:
+            QueryError: a slice's query fails or returns no image_id or patch_id column.
+            InputError: a slice holds no patch, or an unknown level, ranking or measure.
+        """
+        from .query import QueryError, run_slice
+        from .shift import compare_slices, reliance
+
+        if level not in ("concept", "cluster"):
+            raise InputError(f"level {level!r}: choose concept or cluster")
+        masks = []
+        for name, text in (("X", x), ("Y", y)):
+            sl = run_slice(self, text)
+            if not sl.slices:
+                why = sl.message or "the query returns no image_id or patch_id column"
+                raise QueryError(f"slice {name}: {why}")
+            masks.append(sl.patch_mask(self.patches))
+        p = reliance(self.patches, level, measure)
+        table = compare_slices(p, masks[0], masks[1], self.comparison_settings(), by)
+        return table.rename(columns={"cluster": level})
+
     def summary(self) -> str:
         """A few lines for a terminal: accuracies and the top clusters."""
         s = self.info.summary

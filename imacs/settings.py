@@ -133,6 +133,19 @@ METHOD_TITLES = {
 }
 
 
+#: how slice-against-slice groups may be ranked (:mod:`imacs.shift`), and how each reads
+SHIFT_RANKINGS = {
+    "either": "the larger change of the two models",
+    "a": "the change in A",
+    "b": "the change in B",
+    "gap": "B's change minus A's",
+    "x": "B - A within X",
+    "y": "B - A within Y",
+}
+#: the measures of reliance: shares of each model's attribution, or relative shares
+MEASURES = ("share", "relative")
+
+
 @dataclass(frozen=True)
 class AttributionSettings:
     """Attribution settings.

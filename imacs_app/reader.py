@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TypeVar
 
@@ -24,9 +24,10 @@ import numpy as np
 import pandas as pd
 
 from imacs.comparison import compare_clusters
-from imacs.errors import InputError
+from imacs.query import QueryError, Slice, run_slice
 from imacs.run import Run
 from imacs.runformat import merge_whatif
+from imacs.shift import compare_slices, reliance
 
 #: the levels a view ranks: concepts (clusters grouped) or plain clusters
 LEVELS = ("concept", "cluster")
@@ -59,18 +60,8 @@ class Filters:
         return bool(self.classes or self.outcome or self.meta or self.query)
 
 
-@dataclass(frozen=True, eq=False)
-class QuerySlice:
-    """What a query makes of the view: a slice of ``images`` or ``patches`` (``ids``, the
-    distinct ids of the result's ``image_id`` or ``patch_id`` column, and ``images``, the
-    images they hold), a ``table`` to show (any other result), or an ``error`` (a
-    sentence); only a slice filters the views."""
-
-    kind: str
-    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    images: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    table: pd.DataFrame | None = None
-    message: str = ""
+#: what a query makes of a view (the name the components know)
+QuerySlice = Slice
 
 
 @dataclass
@@ -308,30 +299,14 @@ class RunView:
         return b.groupby("cluster").head(1).drop(columns="_col").set_index("cluster")
 
     def query_slice(self, sql: str) -> QuerySlice:
-        """What ``sql`` (one SELECT over :mod:`imacs.query`'s views) makes of this run,
-        memoised per level (both levels query the run's one engine)."""
+        """What ``sql`` (one SELECT over :mod:`imacs.query`'s views, or ``column=value``)
+        makes of this run, memoised per level (both levels query the run's one engine)."""
         key = ("query", Filters(query=sql))
         with self._lock:
             hit = self._memo.get(key)
         if hit is not None:
             return hit  # type: ignore[return-value]
-        try:
-            result = self.run.query(sql)
-        except InputError as exc:
-            out = QuerySlice("error", message=str(exc))
-        else:
-            for kind, col in (("patches", "patch_id"), ("images", "image_id")):
-                if col in result.columns:
-                    ids = pd.to_numeric(result[col], errors="coerce").dropna().astype(np.int64)
-                    ids = np.unique(ids.to_numpy())
-                    held = ids
-                    if kind == "patches":  # the images those patches lie in, found once
-                        p = self.run.patches
-                        held = np.unique(p.loc[p["patch_id"].isin(ids), "image_id"].to_numpy())
-                    out = QuerySlice(kind, ids, held, result)
-                    break
-            else:
-                out = QuerySlice("table", table=result)
+        out = run_slice(self.run, sql)
         with self._lock:
             self._memo[key] = out
         return out
@@ -341,7 +316,7 @@ class RunView:
         mask = np.ones(len(img), dtype=bool)
         if f.query:
             sl = self.query_slice(f.query)
-            if sl.kind in ("images", "patches"):
+            if sl.slices:
                 mask &= img.index.isin(sl.images)
         if f.classes:
             mask &= img["label_name"].isin(f.classes).to_numpy()
@@ -407,6 +382,34 @@ class RunView:
         clusters = merge_whatif(clusters, self.whatif, "cluster")
         extra = [c for c in self.groups.columns if c not in clusters.columns]
         return clusters.merge(self.groups[["cluster", *extra]], on="cluster", how="left")
+
+    def shift(
+        self, f: Filters, versus: str, by: str = "either", measure: str = "share"
+    ) -> pd.DataFrame:
+        """Slice against slice (:mod:`imacs.shift`): slice X is what ``f`` keeps, slice Y
+        the same filters with the query ``versus`` in place of ``f.query``; memoised.
+
+        Raises:
+            InputError: ``versus`` fails or selects nothing, or a slice holds no patch.
+        """
+        g = replace(f, query=versus)
+        return self._memoised(
+            f"shift {by} {measure}",
+            (f, g),  # type: ignore[arg-type]
+            lambda fg: self._shift(fg, by, measure),  # type: ignore[arg-type]
+        )
+
+    def _shift(self, fg: tuple[Filters, Filters], by: str, measure: str) -> pd.DataFrame:
+        f, g = fg
+        sl = self.query_slice(g.query)
+        if not sl.slices:
+            why = sl.message or "the query returns no image_id or patch_id column"
+            raise QueryError(f"slice Y: {why}")
+        p = self.patches
+        masks = [p.index.isin(self._kept(p, h).index) for h in (f, g)]
+        return compare_slices(
+            reliance(p, "cluster", measure), *masks, self.run.comparison_settings(), by
+        )
 
     def export_patches(self, f: Filters) -> pd.DataFrame:
         return self._kept(self.run.patch_rows(), f)

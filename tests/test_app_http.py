@@ -577,7 +577,7 @@ def test_app025_every_id_is_declared_by_the_component_that_renders_it() -> None:
             if isinstance(value, str) and not name.startswith("_"):
                 assert value not in declared, (value, module.__name__, declared.get(value))
                 declared[value] = module.__name__
-    assert len(declared) == 47  # 40 plain ids, 7 kinds of pattern-matching ids
+    assert len(declared) == 52  # 44 plain ids, 8 kinds of pattern-matching ids
 
 
 def _output(router, target: str) -> int:
@@ -589,17 +589,22 @@ def test_app026_the_state_callback_follows_every_components_clicks(runs_root) ->
     from dash import no_update
     from dash.exceptions import PreventUpdate
 
-    from imacs_app.components import COMPONENTS, cluster, common, filters, overview
+    from imacs_app.components import COMPONENTS, cluster, common, filters, overview, versus
     from imacs_app.components.navigation import Router, ids
 
     router = Router(COMPONENTS, RunCatalog(runs_root))
     # the hand-written router's 16 inputs and 12 outputs, the meta filter's visibility, and
-    # the query box (its text, clear and the examples; the box mirrors the query)
-    assert len(router.inputs) == 19 and len(router.outputs) == 14
+    # the query box (its text, clear and the examples; the box mirrors the query), and the
+    # slice-against-slice card (its text, clear, ranking and group names; two mirrors)
+    assert len(router.inputs) == 23 and len(router.outputs) == 16
     level = _output(router, f"{overview.ids.LEVEL}.value")
     out = router.route("?run=shortcut&level=cluster", overview.ids.strip(5), "n_clicks", 1)
     assert out[0] == "?run=shortcut&cluster=5"
-    assert out[level] == "cluster" and out.count(no_update) == 11 and out[-1] is None
+    assert out[level] == "cluster" and out.count(no_update) == 13 and out[-1] is None
+    vs = router.route("?run=shortcut", versus.ids.VERSUS, "value", "label=vertical")
+    assert vs[0] == "?run=shortcut&vs=label%3Dvertical"
+    picked = router.route(vs[0] + "&vsby=b", versus.ids.group(4), "n_clicks", 1)[0]
+    assert picked == "?run=shortcut&concept=4&vs=label%3Dvertical&vsby=b"
     opened = "?run=shortcut&cluster=5&image=3&color=diff"
     with pytest.raises(PreventUpdate):  # a strip just rendered, not clicked
         router.route(opened, overview.ids.strip(6), "n_clicks", 0)

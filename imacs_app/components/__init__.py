@@ -28,10 +28,22 @@ from dash import Dash
 
 from ..catalog import RunCatalog
 from ..declare import UrlFormat
-from . import agreement, cluster, filters, image, navigation, overview, patch_map, query
+from . import (
+    agreement,
+    cluster,
+    filters,
+    image,
+    navigation,
+    overview,
+    patch_map,
+    query,
+    versus,
+)
 
 #: the page's components, in page order (within each region of :mod:`imacs_app.layout`)
-COMPONENTS = (navigation, overview, filters, query, patch_map, cluster, image, agreement)
+COMPONENTS = (
+    *(navigation, overview, filters, query, versus, patch_map, cluster, image, agreement),
+)
 
 
 def register(

@@ -120,7 +120,7 @@ def _result(catalog: RunCatalog, s: Any) -> list:
     sl = view.query_slice(s.query)
     if sl.kind == "error":
         return [html.Div(f"{sl.message} (not applied)", className="warning query-error")]
-    if sl.kind in ("images", "patches"):
+    if sl.slices:
         n_img = int(view.image_mask(s.filters).sum())
         n_patch = len(view.filtered_patches(s.filters))
         return [
