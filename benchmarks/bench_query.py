@@ -3,7 +3,8 @@
 On a run directory (e.g. one made by ``make_large_run.py``): building the query engine
 (once per run and process), a few queries through ``imacs query``'s engine, and the slice
 ranking the dashboard computes for a query (statistics with intervals and p-values on the
-slice), best of ``--repeats``, wall and CPU seconds.
+slice), and slice against slice (``site=north`` vs ``site=south`` and the like, the run's
+meta column), best of ``--repeats``, wall and CPU seconds.
 
 Usage: python benchmarks/bench_query.py RUN_DIR [--repeats 3]
 """
@@ -68,6 +69,18 @@ def main() -> None:
 
         w, c = best(rank, args.repeats)
         print(f"slice ranking {name!r} ({kept} images): wall {w:.2f} s, CPU {c:.2f} s")
+    meta = run.info.meta_columns
+    if meta:
+        values = run.images[meta[0]].astype(str).value_counts().index[:2]
+        x, y = (f"{meta[0]}={v}" for v in values)
+        view.shift(Filters(), y)  # warm the slices' queries
+
+        def versus() -> None:
+            view._memo.clear()
+            view.shift(Filters(query=x), y)
+
+        w, c = best(versus, args.repeats)
+        print(f"slice against slice {x!r} vs {y!r}: wall {w:.2f} s, CPU {c:.2f} s")
 
 
 if __name__ == "__main__":

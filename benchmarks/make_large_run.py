@@ -17,14 +17,21 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from imacs.comparison import ComparisonSettings, compare_clusters
+from imacs.comparison import ComparisonSettings, compare_clusters, relative_shares
 from imacs.runformat import FORMAT
 from imacs.store import write_array, write_table
 
 
 def make_run(
-    out: Path, n_patches: int = 100_000, n_clusters: int = 40, seed: int = 0, thumbs: int = 200
+    out: Path,
+    n_patches: int = 100_000,
+    n_clusters: int = 40,
+    seed: int = 0,
+    thumbs: int = 200,
+    current: bool = False,
 ) -> Path:
+    """A synthetic run in ``out``; with ``current``, its images and patches tables hold every
+    column a current analysis writes (else the older shape, which the reader upgrades)."""
     rng = np.random.default_rng(seed)
     per_image = 4
     n_images = n_patches // per_image
@@ -86,6 +93,14 @@ def make_run(
             "proj_y": xy[:, 1].astype(np.float32),
         }
     )
+    if current:  # what analysis has written since concepts, relative shares, map agreement
+        patches["concept"] = patches["cluster"]
+        patches = patches.assign(**relative_shares(patches))
+        for r in ("a", "b"):
+            patches[f"alone_{r}"] = rng.integers(0, len(classes), n_patches)
+            patches[f"alone_{r}_prob"] = rng.random(n_patches).astype(np.float32)
+        images["map_spearman"] = rng.uniform(-0.2, 0.9, n_images).astype(np.float32)
+        images["map_iou_top10"] = rng.uniform(0, 0.6, n_images).astype(np.float32)
     clusters, by_class = compare_clusters(
         patches, images.set_index("image_id"), classes, ComparisonSettings()
     )
@@ -164,5 +179,6 @@ if __name__ == "__main__":
     ap.add_argument("out", type=Path)
     ap.add_argument("--patches", type=int, default=100_000)
     ap.add_argument("--clusters", type=int, default=40)
+    ap.add_argument("--current", action="store_true", help="every column a current analysis writes")
     a = ap.parse_args()
-    print(make_run(a.out, a.patches, a.clusters))
+    print(make_run(a.out, a.patches, a.clusters, current=a.current))

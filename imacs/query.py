@@ -66,6 +66,7 @@ class Run(Protocol):
     def classes(self) -> list[str]: ...
     @property
     def info(self) -> Any: ...  # its ``meta_columns``
+    def current_file(self, name: str) -> Any: ...  # a table's Parquet file, if up to date
     def query(self, sql: str) -> pd.DataFrame: ...
 
 
@@ -110,48 +111,55 @@ class QueryError(InputError):
     """A query that cannot run: not a single SELECT, wrong SQL, too slow; one line."""
 
 
-def _class_names(codes: pd.Series, classes: list[str]) -> pd.Categorical:
-    """Class indices as names (missing where absent or out of range); a categorical, so a
-    million rows convert at once."""
-    c = pd.to_numeric(codes, errors="coerce").fillna(-1).to_numpy(np.int64, copy=True)
-    c[(c < 0) | (c >= len(classes))] = -1
-    return pd.Categorical.from_codes(c, categories=list(dict.fromkeys(classes)))
+def _sql_name(name: str) -> str:
+    """A column name as a quoted SQL identifier."""
+    return '"' + str(name).replace('"', '""') + '"'
 
 
-def _images_view(run: Run) -> pd.DataFrame:
-    img = run.images
+def _sql_text(text: str) -> str:
+    """A Python string as an SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
 
-    def name(col: str) -> pd.Series:
-        return _class_names(img[col], run.classes)
 
-    out = pd.DataFrame(
-        {
-            "image_id": img["image_id"],
-            "image": img["image"],
-            "label": img["label_name"],
-            "a_pred": name("pred_a"),
-            "b_pred": name("pred_b"),
-            "a_prob": img["prob_a"],
-            "b_prob": img["prob_b"],
-            "a_correct": img["correct_a"].astype(bool),
-            "b_correct": img["correct_b"].astype(bool),
-            "disagree": (img["pred_a"] != img["pred_b"]).to_numpy(bool),
-        }
-    )
+def _class_name(column: str, classes: list[str]) -> str:
+    """SQL for a class index column as its class name (NULL when missing or out of range)."""
+    names = "[" + ", ".join(_sql_text(c) for c in classes) + "]"
+    col = _sql_name(column)
+    return f"CASE WHEN {col} >= 0 THEN list_extract({names}, {col}::BIGINT + 1) END"
+
+
+def _images_sql(columns: list[str], run: Run, source: str) -> str:
+    """The ``images`` view's table from the stored images table (read from ``source``, with
+    ``columns``): A and B side by side, class indices as names."""
+    cls = run.classes
+    parts = [
+        "image_id",
+        "image",
+        "label_name AS label",
+        f"{_class_name('pred_a', cls)} AS a_pred",
+        f"{_class_name('pred_b', cls)} AS b_pred",
+        "prob_a AS a_prob",
+        "prob_b AS b_prob",
+        "correct_a::BOOLEAN AS a_correct",
+        "correct_b::BOOLEAN AS b_correct",
+        "pred_a <> pred_b AS disagree",
+    ]
     for src, dst in (("map_spearman", "agreement"), ("map_iou_top10", "map_iou")):
-        if src in img:
-            out[dst] = img[src]
-    for col in run.info.meta_columns:
-        if col in img and col not in out:
-            out[col] = img[col]
-    return out
+        if src in columns:
+            parts.append(f"{src} AS {dst}")
+    taken = {"label", "a_pred", "b_pred", "a_prob", "b_prob", "a_correct", "b_correct"}
+    taken |= {"disagree", "agreement", "map_iou", "image_id", "image"}
+    parts += [_sql_name(c) for c in run.info.meta_columns if c in columns and c not in taken]
+    return "SELECT " + ", ".join(parts) + f" FROM {source}"
 
 
-def _patches_view(run: Run) -> pd.DataFrame:
-    """The patches table with each model's answer to the patch alone as a class name."""
-    p = run.patches
-    names = {c: _class_names(p[c], run.classes) for c in ("alone_a", "alone_b") if c in p}
-    return p.assign(**names)
+def _patches_sql(columns: list[str], run: Run, source: str) -> str:
+    """The ``patches`` view's table: the stored one, what each model answers to a patch
+    alone as a class name."""
+    names = [
+        f"{_class_name(c, run.classes)} AS {c}" for c in ("alone_a", "alone_b") if c in columns
+    ]
+    return "SELECT * " + (f"REPLACE ({', '.join(names)}) " if names else "") + f"FROM {source}"
 
 
 def _whatif_view(run: Run) -> pd.DataFrame:
@@ -168,17 +176,12 @@ def _whatif_view(run: Run) -> pd.DataFrame:
     return w[cols]
 
 
-def _tables(run: Run) -> dict[str, pd.DataFrame]:
-    images = _images_view(run)
-    meta = images[["image_id", *[c for c in run.info.meta_columns if c in images]]]
+def _small_tables(run: Run) -> dict[str, pd.DataFrame]:
+    """The tables copied from pandas (the small ones, and what-if's, which are merged)."""
     return {
-        "t_images": images,
-        "t_patches": _patches_view(run),
         "t_clusters": run.clusters,
         "t_concepts": run.concepts,
         "t_whatif": _whatif_view(run),
-        "t_meta": meta,
-        "t_preds": run.images[["image_id", "pred_a", "pred_b"]],
     }
 
 
@@ -233,14 +236,48 @@ class QueryEngine:
             ) from None
         self._duckdb = duckdb
         con = duckdb.connect(":memory:", config={"threads": 2})
-        for name, frame in _tables(run).items():
+        src = {name: self._source(con, name) for name in ("images", "patches")}
+        cols = {
+            n: [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {s}").fetchall()]
+            for n, s in src.items()
+        }
+        con.execute(f"CREATE TABLE t_images AS {_images_sql(cols['images'], run, src['images'])}")
+        con.execute(f"CREATE TABLE t_preds AS SELECT image_id, pred_a, pred_b FROM {src['images']}")
+        con.execute(
+            f"CREATE TABLE t_patches AS {_patches_sql(cols['patches'], run, src['patches'])}"
+        )
+        meta = [c for c in run.info.meta_columns if c in cols["images"]]
+        con.execute(
+            "CREATE TABLE t_meta AS SELECT "
+            + ", ".join(["image_id", *(_sql_name(c) for c in meta)])
+            + " FROM t_images"
+        )
+        for name, frame in _small_tables(run).items():
             con.register(f"{name}_df", frame)
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_df")
             con.unregister(f"{name}_df")
+        for name in ("images", "patches"):
+            if src[name] == f"raw_{name}":
+                con.unregister(src[name])
         con.execute(_SETUP)
         for statement in _LOCKDOWN:
             con.execute(statement)
         self._con = con
+
+    def _source(self, con: Any, name: str) -> str:
+        """What to read table ``name`` from, as SQL: the run's Parquet file where it needs no
+        upgrade (DuckDB reads it in parallel, without pandas), else the run's upgraded frame
+        (registered under a name)."""
+        path = self.run.current_file(name)
+        if path is not None:
+            source = f"read_parquet({_sql_text(str(path))})"
+            try:
+                con.execute(f"DESCRIBE SELECT * FROM {source}")
+                return source
+            except self._duckdb.Error:  # a damaged file: the run's reader says why
+                pass
+        con.register(f"raw_{name}", getattr(self.run, name))
+        return f"raw_{name}"
 
     def schema(self) -> dict[str, list[tuple[str, str]]]:
         """``{view: [(column, type), ...]}`` of every view."""

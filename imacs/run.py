@@ -188,6 +188,21 @@ class Run:
                 f"{path}: unreadable ({type(exc).__name__}); re-run imacs analyze"
             ) from None
 
+    def current_file(self, name: str) -> Path | None:
+        """Table ``name``'s Parquet file when it needs no upgrade (it holds every column
+        this version declares), for readers that take Parquet directly; else None."""
+        try:
+            path = self._file(name)
+            import pyarrow.parquet as pq
+
+            columns = set(pq.read_schema(path).names)
+        except Exception:  # not listed, missing, unreadable: the table's reader says why
+            return None
+        needed = set(TABLES.get(name, {}))
+        if name == "patches":
+            needed |= {"concept", "attr_a_rel", "attr_b_rel"}
+        return path if needed <= columns else None
+
     @cached_property
     def images(self) -> pd.DataFrame:
         """One row per image: ``image_id, image, label, label_name, pred_a, pred_b, ...``,

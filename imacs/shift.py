@@ -14,9 +14,9 @@ slice, ``B - A``:
 
 Every measure has simultaneous intervals (``_lo``/``_hi``) over all groups at level ``ci``,
 from one bootstrap over images (:func:`imacs.comparison.simultaneous`). The two slices may
-share images (e.g. "autumn" and "A right"): the bootstrap then resamples three strata (only
-in X, only in Y, in both) separately, so a shared image is drawn once and counts in both
-slices, and the changes' intervals account for the overlap. ``a_shifted``/``b_shifted``/
+share images (e.g. "autumn" and "A right"): each image has one weight per resample (a
+Poisson bootstrap), so a shared image counts alike in both slices, and the changes'
+intervals account for the overlap. ``a_shifted``/``b_shifted``/
 ``gap_shifted`` say an interval lies wholly on one side of 0: the change is real at level
 ``ci`` for all groups together; never for a group with fewer than :data:`MIN_IMAGES` images
 in a slice (``few_images``: a bootstrap over a handful of images says little). There are no
@@ -129,22 +129,17 @@ def compare_slices(
         for s, rows in (("x", in_x), ("y", in_y))
         for m, v in (("a", a), ("b", b), ("n", ones))
     }
-    full = np.ones((1, shape[1]))
+    full = np.ones((shape[1], 1))
     est = _measures({k: ratio(mats[k], mats[f"n_{k[-1]}"], full)[0] for k in _KEYS})
     mats32 = {k: m.astype(np.float32) for k, m in mats.items()}  # float32 products: faster
 
-    # strata of images: only in X, only in Y, in both; each resampled within itself
-    img_x = np.bincount(i_codes[in_x], minlength=shape[1]) > 0
-    img_y = np.bincount(i_codes[in_y], minlength=shape[1]) > 0
-    strata = [np.flatnonzero(img_x & ~img_y), np.flatnonzero(~img_x & img_y)]
-    strata.append(np.flatnonzero(img_x & img_y))
     boot = {m: np.empty((settings.n_boot, shape[0])) for m in _MEASURES}
     rng = np.random.default_rng(settings.seed)
-    for start, w in resample_weights(rng, settings.n_boot, shape[1], strata):
+    for start, w in resample_weights(rng, settings.n_boot, shape[1]):
         means = {k: ratio(mats32[k], mats32[f"n_{k[-1]}"], w) for k in _KEYS}
         for m, values in _measures(means).items():
             if m in boot:
-                boot[m][start : start + len(w)] = values
+                boot[m][start : start + w.shape[1]] = values
     return _table(g_ids, est, boot, mats, settings, by)
 
 

@@ -330,17 +330,24 @@ class RunView:
             mask &= img[col].astype(str).isin(vals).to_numpy()
         return mask
 
-    def _kept(self, patches: pd.DataFrame, f: Filters) -> pd.DataFrame:
-        """The rows of ``patches`` whose image passes the filters."""
+    def patch_mask(self, f: Filters) -> np.ndarray:
+        """Bool per row of :attr:`patches` (and of the run's patches, in the same order):
+        the patch passes the filters (its image does; for a patch slice, it is in it)."""
+        p = self.patches
         if not f.active:
-            return patches
+            return np.ones(len(p), dtype=bool)
         keep = self.images.index[self.image_mask(f)]
-        kept = patches[patches["image_id"].isin(keep)]
+        mask = p["image_id"].isin(keep).to_numpy(copy=True)
         if f.query:
             sl = self.query_slice(f.query)
             if sl.kind == "patches":
-                kept = kept[kept["patch_id"].isin(sl.ids)]
-        return kept
+                mask &= sl.patch_mask(p)
+        return mask
+
+    def _kept(self, patches: pd.DataFrame, f: Filters) -> pd.DataFrame:
+        """The rows of ``patches`` (the run's patches, in their order) that pass the
+        filters."""
+        return patches if not f.active else patches[self.patch_mask(f)]
 
     def filtered_patches(self, f: Filters) -> pd.DataFrame:
         return self._kept(self.patches, f)
@@ -369,11 +376,13 @@ class RunView:
         return value
 
     def _filtered_clusters(self, f: Filters) -> pd.DataFrame:
-        p = self.filtered_patches(f)
-        if p.empty:
+        mask = self.patch_mask(f)
+        if not mask.any():
             return self.groups.iloc[0:0]
+        cols = ("image_id", "cluster", "attr_a", "attr_b", "saliency")
+        p = pd.DataFrame({c: self.patches[c].to_numpy()[mask] for c in cols})
         clusters, _ = compare_clusters(
-            p[["image_id", "cluster", "attr_a", "attr_b", "saliency"]],
+            p,
             self.images,
             self.run.classes,
             self.run.comparison_settings(),  # the very statistic the run was computed with
@@ -406,7 +415,7 @@ class RunView:
             why = sl.message or "the query returns no image_id or patch_id column"
             raise QueryError(f"slice Y: {why}")
         p = self.patches
-        masks = [p.index.isin(self._kept(p, h).index) for h in (f, g)]
+        masks = [self.patch_mask(h) for h in (f, g)]
         return compare_slices(
             reliance(p, "cluster", measure), *masks, self.run.comparison_settings(), by
         )

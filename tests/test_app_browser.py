@@ -783,3 +783,37 @@ def test_brw019_a_composed_query_slices_every_view(page, server, runs, marked_ru
     page.wait_for_selector(".query-table table")
     assert "no image_id or patch_id column" in page.locator("#q-out").inner_text()
     assert page.console_errors == []
+
+
+def test_brw020_slice_against_slice_shows_each_models_change_and_opens_a_concept(
+    page, server, runs, marked_run
+) -> None:
+    """Put the unmarked images (the query box) against the marked ones (the versus box):
+    the table shows the numbers the API gives, a link keeps both slices, a group's name
+    opens it, and a slice that selects nothing says why."""
+    want = marked_run.compare_slices("mark=no", "mark=yes").set_index("concept")
+    top = int(marked_run.concepts.iloc[0]["concept"])  # B's mark: only in the marked images
+    page.goto(f"{server}/?run=watermark&q=mark%3Dno")
+    page.wait_for_selector(".strip")
+    page.fill("#vs-sql", "mark=yes")
+    page.press("#vs-sql", "Enter")
+    _wait_for_query(page, "vs", "mark=yes")
+    row = page.locator(".versus-row", has_text=f"concept {top} ")
+    row.wait_for()
+    text = row.inner_text()
+    assert "(only in Y)" in text
+    lo, hi = want.loc[top, "diff_y_lo"], want.loc[top, "diff_y_hi"]
+    assert f"{want.loc[top, 'diff_y']:+.3f} [{lo:+.3f}, {hi:+.3f}]" in text
+    summary = page.locator(".versus-summary").inner_text()
+    assert "X: mark=no; Y: mark=yes" in summary and "simultaneous interval" in summary
+    # rank by B - A within Y: the mark comes first
+    page.goto(f"{server}/?run=watermark&q=mark%3Dno&vs=mark%3Dyes&vsby=y")
+    page.wait_for_selector(".versus-row")
+    assert f"concept {top}" in page.locator(".versus-row").first.inner_text()
+    page.locator(".versus-row").first.get_by_role("button").click()
+    _wait_for_query(page, "concept", str(top))
+    # a versus slice that selects nothing says so and compares nothing
+    page.fill("#vs-sql", "mark=maybe")
+    page.press("#vs-sql", "Enter")
+    page.wait_for_selector("#vs-out .query-error >> text=slice Y holds no patch")
+    assert page.console_errors == []

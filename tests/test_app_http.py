@@ -577,7 +577,7 @@ def test_app025_every_id_is_declared_by_the_component_that_renders_it() -> None:
             if isinstance(value, str) and not name.startswith("_"):
                 assert value not in declared, (value, module.__name__, declared.get(value))
                 declared[value] = module.__name__
-    assert len(declared) == 52  # 44 plain ids, 8 kinds of pattern-matching ids
+    assert len(declared) == 53  # 45 plain ids, 8 kinds of pattern-matching ids
 
 
 def _output(router, target: str) -> int:

@@ -191,3 +191,20 @@ def test_qry006_engine_is_torch_free_and_fast_to_build(shortcut_run) -> None:
     assert proc.returncode == 0, proc.stderr
     n, torch_loaded = proc.stdout.split()
     assert int(n) == len(shortcut_run.patches) and torch_loaded == "False"
+
+
+def test_qry007_column_equals_value_is_a_slice_of_images_and_cannot_escape(marked_run) -> None:
+    from imacs.query import run_slice, slice_sql
+
+    assert slice_sql("SELECT image_id FROM images") == "SELECT image_id FROM images"
+    assert slice_sql("  mark = 'yes' ") == (
+        "SELECT image_id FROM images WHERE CAST(\"mark\" AS VARCHAR) = 'yes'"
+    )
+    # a quote in the value stays inside the string: no second statement, no injection
+    assert slice_sql("mark=x' OR 1=1 --").endswith("= 'x'' OR 1=1 --'")
+    assert run_slice(marked_run, "mark=x' OR 1=1 --").images.size == 0
+    marked = run_slice(marked_run, "mark=yes")
+    want = marked_run.query("SELECT image_id FROM images WHERE mark = 'yes'")["image_id"]
+    assert marked.kind == "images" and set(marked.images) == set(want) and 0 < len(want) < 80
+    assert run_slice(marked_run, "").images.size == 80  # nothing: every image
+    assert run_slice(marked_run, "nosuch=1").kind == "error"

@@ -33,6 +33,7 @@ class ids:
     LEVEL = "rank-level"
     MEASURE = "rank-measure"
     RANKING = "ranking"
+    RANKING_DRAWN = "ranking-drawn"
     STRIPS = "strips"
 
     @staticmethod
@@ -129,6 +130,7 @@ def ranking_card() -> html.Section:
                 ),
             ),
             dcc.Loading(dcc.Graph(id=ids.RANKING, config={"displayModeBar": False})),
+            dcc.Store(id=ids.RANKING_DRAWN),
             html.Div(id=ids.STRIPS, className="strips"),
         ],
     )
@@ -380,10 +382,11 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         Output(filters.ids.DL_CLUSTERS, "href"),
         Output(filters.ids.DL_PATCHES, "href"),
         Output(ids.RANKING, "figure"),
+        Output(ids.RANKING_DRAWN, "data"),
         Output(ids.STRIPS, "children"),
         Input(navigation.ids.KEY_DATA, "data"),
     )
-    @guarded(8, blank=("", "", "", "", "", figures.empty("See the message above."), []))
+    @guarded(9, blank=("", "", "", "", "", figures.empty("See the message above."), None, []))
     def data_views(key):
         s = fmt.parse(key)
         view = view_of(catalog, s)
@@ -397,7 +400,8 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         ]
         title, hint = _title(view.unit)
         if clusters.empty:
-            return (summary, title, hint, *downloads, figures.empty(NO_MATCH, height=200), [])
+            empty = figures.empty(NO_MATCH, height=200)
+            return (summary, title, hint, *downloads, empty, None, [])
         relative = s.measure == "relative" and "diff_rel" in clusters.columns
         if relative:  # ranked by |diff_rel|; the figure and the strips show this order
             clusters = clusters.reindex(
@@ -406,24 +410,28 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         if relative:
             hint = f"{hint} {_left_out(view, f)}"
         figure = figures.ranking(clusters, view.run.names, None, relative, view.run.bar)
-        return (summary, title, hint, *downloads, figure, _strips(view, clusters, f, relative))
+        # what the highlight needs of the figure drawn: its rows and its own shapes
+        drawn = {
+            "order": [int(k) for k in figure.data[0].customdata],
+            "shapes": [shape.to_plotly_json() for shape in figure.layout.shapes],
+        }
+        strips = _strips(view, clusters, f, relative)
+        return (summary, title, hint, *downloads, figure, drawn, strips)
 
     @app.callback(
         Output(ids.RANKING, "figure", allow_duplicate=True),
         Input(navigation.ids.KEY_CLUSTER, "data"),
-        Input(ids.RANKING, "figure"),
+        Input(ids.RANKING_DRAWN, "data"),
         prevent_initial_call=True,
     )
-    def ranking_highlight(key, fig):
-        """Mark the selected cluster's row in the ranking (the figure is not rebuilt)."""
-        if not fig or not fig.get("data"):
+    def ranking_highlight(key, drawn):
+        """Mark the selected cluster's row in the ranking: a partial update of its shapes,
+        from what the ranking drew (a small store; the figure is neither rebuilt nor sent
+        back by the browser)."""
+        if not drawn:
             raise PreventUpdate
-        old = (fig.get("layout") or {}).get("shapes", [])
-        shapes = [s for s in old if s.get("name") == "bar"] + figures.ranking_marks(
-            fig["data"][0].get("customdata") or [], fmt.parse(key).cluster
-        )
-        if old == shapes:
-            raise PreventUpdate
+        marks = figures.ranking_marks(drawn["order"], fmt.parse(key).cluster)
+        shapes = list(drawn["shapes"]) + marks
         patch = Patch()
         patch["layout"]["shapes"] = shapes
         return patch

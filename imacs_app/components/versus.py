@@ -14,6 +14,7 @@ from dash import ALL, Dash, Input, Output, dcc, html
 
 from imacs.errors import InputError
 from imacs.settings import SHIFT_RANKINGS
+from imacs.shift import MIN_IMAGES
 
 from ..catalog import RunCatalog
 from ..declare import Click, Mirror, UrlFormat, UrlKey, choice_key, first
@@ -66,6 +67,7 @@ def layout() -> dict[str, list]:
     section = html.Section(
         className="card query versus",
         children=[
+            html.H3("Slice against slice", className="versus-title"),
             html.Div(
                 className="query-row",
                 children=[
@@ -134,7 +136,8 @@ def _row(row: pd.Series, unit: str) -> html.Tr:
         html.Td(_interval(row, "diff_x")),
         html.Td(_interval(row, "diff_y")),
     ]
-    return html.Tr(cells, className="versus-row")
+    few = bool(row["few_images"])
+    return html.Tr(cells, className="versus-row few" if few else "versus-row")
 
 
 def _result(catalog: RunCatalog, s: Any) -> list:
@@ -153,9 +156,9 @@ def _result(catalog: RunCatalog, s: Any) -> list:
             html.Th(unit),
             html.Th("images X / Y"),
             html.Th(f"{names['a']}: X → Y"),
-            html.Th("change"),
+            html.Th(f"{names['a']} change"),
             html.Th(f"{names['b']}: X → Y"),
-            html.Th("change"),
+            html.Th(f"{names['b']} change"),
             html.Th("B − A in X"),
             html.Th("B − A in Y"),
         ]
@@ -168,7 +171,8 @@ def _result(catalog: RunCatalog, s: Any) -> list:
         html.Div(
             f"X: {x}; Y: {s.versus} (both with the other filters). {n_shifted} of "
             f"{len(table)} {unit}s change for a model, ranked by {SHIFT_RANKINGS[s.vsby]}; "
-            f"changes in bold: their {ci:.0%} simultaneous interval excludes 0.",
+            f"changes in bold: their {ci:.0%} simultaneous interval excludes 0 (greyed: "
+            f"fewer than {MIN_IMAGES} images in a slice, never called).",
             className="query-slice versus-summary",
         ),
         html.Div(html.Table([html.Thead(head), html.Tbody(rows)]), className="query-table"),
