@@ -236,6 +236,22 @@ class QueryEngine:
             ) from None
         self._duckdb = duckdb
         con = duckdb.connect(":memory:", config={"threads": 2})
+        try:
+            self._build(con, run)
+        except duckdb.Error as exc:  # a file damaged past its footer
+            for name in ("images", "patches"):
+                getattr(run, name)  # the run's reader names the damaged file, if it sees it
+            raise InputError(
+                f"query: the run's tables cannot be read ({first_line(exc, 200)}); "
+                "re-run imacs analyze"
+            ) from None
+        con.execute(_SETUP)
+        for statement in _LOCKDOWN:
+            con.execute(statement)
+        self._con = con
+
+    def _build(self, con: Any, run: Run) -> None:
+        """The views' tables, from the run's files or frames."""
         src = {name: self._source(con, name) for name in ("images", "patches")}
         cols = {
             n: [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {s}").fetchall()]
@@ -259,10 +275,6 @@ class QueryEngine:
         for name in ("images", "patches"):
             if src[name] == f"raw_{name}":
                 con.unregister(src[name])
-        con.execute(_SETUP)
-        for statement in _LOCKDOWN:
-            con.execute(statement)
-        self._con = con
 
     def _source(self, con: Any, name: str) -> str:
         """What to read table ``name`` from, as SQL: the run's Parquet file where it needs no

@@ -208,3 +208,17 @@ def test_qry007_column_equals_value_is_a_slice_of_images_and_cannot_escape(marke
     assert marked.kind == "images" and set(marked.images) == set(want) and 0 < len(want) < 80
     assert run_slice(marked_run, "").images.size == 80  # nothing: every image
     assert run_slice(marked_run, "nosuch=1").kind == "error"
+
+
+def test_qry008_a_damaged_table_is_one_line_naming_the_file(shortcut_run, tmp_path) -> None:
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(shortcut_run.path, run_dir)
+    table = run_dir / "patches.parquet"
+    data = bytearray(table.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 200] = b"\0" * 200  # footer intact, pages not
+    table.write_bytes(bytes(data))
+    for args in (("query", "SELECT count(*) FROM patches"), ("compare-slices", "", "")):
+        out = run_cli(args[0], str(run_dir), *args[1:])
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert f"{table}: unreadable" in out.stderr and "re-run imacs analyze" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
