@@ -229,9 +229,10 @@ def resample_weights(
 
     A Poisson bootstrap: each unit's weight in each resample is an independent Poisson(1)
     draw (how often it would be drawn, as ``n`` draws with replacement give it for large
-    ``n``). For means (ratios of weighted sums) it is the ordinary bootstrap's equal, and
-    each unit's weight is its own: two slices that share images share their weights, and a
-    draw costs a 16-bit random number and a table look-up (a quarter of drawing indices).
+    ``n``). For means (ratios of weighted sums) it is asymptotically equivalent to the
+    ordinary bootstrap, and each unit's weight is its own: two slices that share images
+    share their weights. A draw costs a 16-bit random number and a table look-up (a fifth
+    of the time of drawing ``n`` indices and counting them).
 
     Args:
         rng (numpy.random.Generator): where the draws come from.
