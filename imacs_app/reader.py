@@ -386,6 +386,7 @@ class RunView:
             self.images,
             self.run.classes,
             self.run.comparison_settings(),  # the very statistic the run was computed with
+            with_classes=False,
         )
         # what-if removal was measured on all images: its columns are the run's, unfiltered
         clusters = merge_whatif(clusters, self.whatif, "cluster")

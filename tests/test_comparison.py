@@ -314,3 +314,35 @@ def test_cmp011_images_with_one_salient_patch_are_left_out_of_relative_reliance(
 
     rel = relative_shares(patches)
     assert np.isnan(rel["attr_a_rel"][8:60]).all() and not np.isnan(rel["attr_a_rel"][:8]).any()
+
+
+def test_cmp012_normal_theory_agrees_with_the_bootstrap_and_permutations_at_scale(
+    monkeypatch,
+) -> None:
+    """From NORMAL_ABOVE images on, intervals and p-values come from normal theory; on
+    30,000 images they match the bootstrap and the sign-flip permutations they replace
+    (within the bootstrap's own Monte Carlo noise), and take a fraction of the time."""
+    import imacs.comparison as comparison
+
+    rng = np.random.default_rng(3)
+    n = 30_000
+    image = np.repeat(np.arange(n), 4)
+    cluster = rng.integers(0, 40, len(image))
+    bias = rng.normal(0, 0.01, 40)
+    a = rng.beta(2, 8, len(image))
+    b = np.clip(rng.beta(2, 8, len(image)) + bias[cluster], 0, 1)
+    p = pd.DataFrame({"image_id": image, "cluster": cluster, "attr_a": a, "attr_b": b})
+    p = p.assign(**comparison.relative_shares(p))
+    pairs = (("attr_a_rel", "attr_b_rel"),)
+    assert n >= comparison.NORMAL_ABOVE
+    normal = comparison._family_stats(p, ComparisonSettings(), extra=pairs)
+    monkeypatch.setattr(comparison, "NORMAL_ABOVE", 10**9)
+    boot = comparison._family_stats(p, ComparisonSettings(), extra=pairs)
+    for j in range(2):
+        se = normal[j]["se"] / boot[j]["se"]
+        width = (normal[j]["hi"] - normal[j]["lo"]) / (boot[j]["hi"] - boot[j]["lo"])
+        assert 0.93 < se.min() and se.max() < 1.07 and abs(np.median(se) - 1) < 0.02
+        assert 0.93 < width.min() and width.max() < 1.07
+    p_n, p_b = normal[0]["p"], boot[0]["p"]
+    assert ((p_n < 0.05) == (p_b < 0.05)).all() and 5 < (p_n < 0.05).sum() < 40
+    assert np.abs(p_n - p_b).max() < 0.05
