@@ -409,7 +409,7 @@ def _sign_flip_p_values(
     return p_value
 
 
-def _max_abs_normal(cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def max_abs_normal(cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` draws of ``max_c |Z_c|`` for Z normal with the correlations of ``cov``
     (members with no variance left out; none left: zeros)."""
     sd = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -440,7 +440,7 @@ def _normal_intervals(
     influence = sparse.diags(inv) @ (sums - sparse.diags(r) @ counts)
     cov = (influence @ influence.T).toarray()
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    q = float(np.quantile(_max_abs_normal(cov, max(settings.n_boot, 2000), rng), settings.ci))
+    q = float(np.quantile(max_abs_normal(cov, max(settings.n_boot, 2000), rng), settings.ci))
     lo, hi = np.clip(diff - q * se, -1.0, 1.0), np.clip(diff + q * se, -1.0, 1.0)
     n_img = np.asarray((counts > 0).sum(1)).ravel()
     return {"se": se, "lo": lo, "hi": hi, "n_images": n_img}
@@ -455,7 +455,7 @@ def _normal_p_values(
     norm = np.sqrt(np.asarray(first.multiply(first).sum(1)).ravel())
     scale = np.where(norm > 0, norm, np.inf)
     observed = np.abs(np.asarray(first.sum(1)).ravel()) / scale
-    draws = _max_abs_normal((first @ first.T).toarray(), settings.n_perm, rng)
+    draws = max_abs_normal((first @ first.T).toarray(), settings.n_perm, rng)
     exceed = (draws[:, None] >= observed[None, :] - 1e-12).sum(0)
     p_value = (1.0 + exceed) / (settings.n_perm + 1.0)
     p_value[norm == 0] = 1.0

@@ -123,3 +123,20 @@ def test_sft005_the_cli_prints_the_ranking_writes_csv_and_refuses_bad_slices(
         out = run_cli("compare-slices", str(marked_run.path), x, "")
         assert out.returncode == 2 and says in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_sft006_normal_theory_agrees_with_the_bootstrap_at_scale(monkeypatch) -> None:
+    """From NORMAL_ABOVE images on, the intervals come from normal theory; on 30,000 images
+    (overlapping slices) they match the bootstrap's within its Monte Carlo noise."""
+    import imacs.shift as shift
+
+    p = _patches(7, n_images=30_000, lift=0.05)
+    x = (p["image_id"] % 3 != 0).to_numpy()  # two thirds
+    y = (p["image_id"] % 2 == 1).to_numpy()  # half: they share a third of the images
+    normal = compare_slices(p, x, y).set_index("cluster").sort_index()
+    monkeypatch.setattr(shift, "NORMAL_ABOVE", 10**9)
+    boot = compare_slices(p, x, y).set_index("cluster").sort_index()
+    for m in ("a_change", "b_change", "diff_x", "diff_y", "gap_change"):
+        ratio = (normal[f"{m}_hi"] - normal[f"{m}_lo"]) / (boot[f"{m}_hi"] - boot[f"{m}_lo"])
+        assert ratio.between(0.92, 1.08).all(), (m, ratio.to_numpy())
+    assert (normal["b_shifted"] == boot["b_shifted"]).all() and normal.loc[2, "b_shifted"]
