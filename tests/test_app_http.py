@@ -682,3 +682,41 @@ def test_app027_a_new_clickable_view_is_one_component(runs_root) -> None:
     lost = SimpleNamespace(layout=lambda: {"sidebar": [html.Div()]})
     with pytest.raises(ValueError, match="no page region 'sidebar'"):
         layout((*COMPONENTS, lost))
+
+
+def test_app028_the_dashboard_benchmark_drives_every_callback_and_a_click_uploads_little(
+    tmp_path,
+) -> None:
+    """benchmarks/bench_dashboard.py replays each interaction through the app's own
+    callback map (benchmarks/page_driver.py): on a small run every request it makes is
+    answered (200, or 204 when nothing changes), every view's callback is reached, and no
+    request uploads more than 50 kB (no figure goes back to the server)."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_dashboard", bench / "bench_dashboard.py"
+        )
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        run = mod.make_run(
+            tmp_path / "small", n_patches=2000, n_clusters=10, thumbs=20, current=True
+        )
+        results = mod.run_scenarios(create_app(run), run.name, repeats=1)
+    finally:
+        sys.path.remove(str(bench))
+    assert set(results) == set(mod.SCENARIOS)
+    reached = set()
+    for name, acts in results.items():
+        for act in acts:
+            bad = [(c.outputs, c.status) for c in act.calls if c.status not in (200, 204)]
+            assert bad == [], (name, bad)
+            assert act.up < 50_000, (name, act.up)
+            reached |= {c.outputs for c in act.calls if c.status == 200}
+    for view in ("summary.children", "map.figure", "cluster-detail.children", "image-detail",
+                 "vs-out.children", "q-out.children", "agreement.children"):  # fmt: skip
+        assert any(view in key for key in reached), view
+    opened = results["open the run"][0]
+    assert opened.down > 10_000 and any("ranking.figure" in c.outputs for c in opened.calls)
