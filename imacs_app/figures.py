@@ -201,12 +201,37 @@ def map_groups(patches: pd.DataFrame, colour: str, order: list[int] | None = Non
     return ranked + sorted(present - set(ranked))
 
 
+#: the most points the map draws; above it, a sample of every group (see :func:`map_sample`)
+MAP_POINTS = 100_000
+#: a group's points in a sampled map: at least this many (or all it has)
+MAP_MIN_GROUP = 200
+
+
+def map_sample(patches: pd.DataFrame, limit: int | None = None) -> pd.DataFrame:
+    """At most about ``limit`` (default :data:`MAP_POINTS`) of ``patches`` for the map: all
+    of them if they fit, else each group's share drawn at random in proportion to its size
+    (at least :data:`MAP_MIN_GROUP` points, or all it has, so a small group stays in
+    view), the same draw every time, in the table's order."""
+    limit = MAP_POINTS if limit is None else limit
+    if len(patches) <= limit:
+        return patches
+    rng = np.random.default_rng(0)
+    codes, _ = pd.factorize(patches["cluster"], sort=True)
+    keep = np.zeros(len(patches), dtype=bool)
+    for g, n_g in enumerate(np.bincount(codes)):
+        rows = np.flatnonzero(codes == g)
+        k = min(n_g, max(MAP_MIN_GROUP, round(limit * n_g / len(patches))))
+        keep[rng.choice(rows, size=k, replace=False)] = True
+    return patches[keep]
+
+
 def embedding_map(
     patches: pd.DataFrame,
     colour: str,
     n_clusters: int,
     unit: str = "cluster",
     order: list[int] | None = None,
+    total: int | None = None,
 ) -> go.Figure:
     """WebGL scatter of every patch's 2-D projection (stays responsive at 100k+ points),
     coloured by its group (``patches["cluster"]``: a cluster or a concept, ``unit``) or by
@@ -215,7 +240,8 @@ def embedding_map(
     Coloured by group, each group is a trace of its own colour with a legend entry, in
     ranking order (``order``): a click on the entry hides the group, a double click shows
     it alone. ``n_clusters`` is kept for callers; the colour of group ``g`` is
-    ``PALETTE[g % len(PALETTE)]``, whatever the filter leaves."""
+    ``PALETTE[g % len(PALETTE)]``, whatever the filter leaves. ``total``: how many patches
+    ``patches`` is a sample of (:func:`map_sample`), said above the map."""
     fig = go.Figure()
     x = patches["proj_x"].to_numpy().round(3)
     y = patches["proj_y"].to_numpy().round(3)
@@ -264,6 +290,13 @@ def embedding_map(
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)  # no fixed aspect: the points use the whole card
     fig.update_layout(dragmode="pan", uirevision="map")
+    if total is not None and total > len(patches):
+        fig.add_annotation(
+            text=f"a sample of {len(patches):,} of {total:,} patches, every {unit} in "
+            f"proportion; the selected {unit}'s outline shows all its points",
+            showarrow=False, x=0, y=1.0, xref="paper", yref="paper", xanchor="left",
+            yanchor="bottom", font={"size": 11, "color": "#6b7280"}, name="sample-note",
+        )  # fmt: skip
     _layout(fig, 460)
     fig.update_layout(
         height=None,  # fills its card (the graph's CSS height)

@@ -720,3 +720,49 @@ def test_app028_the_dashboard_benchmark_drives_every_callback_and_a_click_upload
         assert any(view in key for key in reached), view
     opened = results["open the run"][0]
     assert opened.down > 10_000 and any("ranking.figure" in c.outputs for c in opened.calls)
+
+
+def test_app029_a_map_above_its_limit_draws_a_sample_of_every_group_and_says_so(
+    tmp_path, monkeypatch
+) -> None:
+    import base64
+    import importlib.util
+
+    from imacs.run import load_run
+    from imacs_app import figures
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    spec = importlib.util.spec_from_file_location("make_large_run", bench / "make_large_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = mod.make_run(tmp_path / "many", n_patches=2000, n_clusters=10, thumbs=5, current=True)
+    monkeypatch.setattr(figures, "MAP_POINTS", 500)
+    monkeypatch.setattr(figures, "MAP_MIN_GROUP", 20)
+    client = create_app(run).server.test_client()
+    payload = {
+        "output": "..map.figure...map-drawn.data..",
+        "outputs": [{"id": "map", "property": "figure"}, {"id": "map-drawn", "property": "data"}],
+        "inputs": [{"id": "key-map", "property": "data", "value": "?run=many&level=cluster"}],
+        "changedPropIds": ["key-map.data"],
+        "state": [],
+    }
+    r = client.post("/_dash-update-component", json=payload)
+    assert r.status_code == 200
+    out = r.get_json()["response"]
+    fig, drawn = out["map"]["figure"], out["map-drawn"]["data"]
+    traces = fig["data"][:drawn]
+
+    def n_points(xs: dict | list) -> int:  # plotly sends numpy arrays as base64 typed arrays
+        if isinstance(xs, dict):
+            return len(np.frombuffer(base64.b64decode(xs["bdata"]), dtype=xs["dtype"]))
+        return len(xs)
+
+    sizes = {t["name"]: n_points(t["x"]) for t in traces}
+    patches = load_run(run).patches
+    assert drawn == patches["cluster"].nunique() == 10  # every group keeps its trace
+    assert 480 <= sum(sizes.values()) <= 560
+    for name, n in sizes.items():  # in proportion, at least 20
+        n_all = int((patches["cluster"] == int(name[1:])).sum())
+        assert n >= min(n_all, 20) and abs(n - 500 * n_all / 2000) <= 21, (name, n, n_all)
+    notes = [a["text"] for a in fig["layout"].get("annotations", [])]
+    assert any("a sample of" in t and "of 2,000 patches" in t for t in notes), notes

@@ -92,8 +92,9 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         if p.empty:
             return figures.empty(NO_MATCH), 0
         order = view.groups["cluster"].tolist()
-        fig = figures.embedding_map(p, s.color, len(view.groups), view.unit, order)
-        return fig, len(figures.map_groups(p, s.color, order))
+        shown = figures.map_sample(p)  # above MAP_POINTS, a sample of every group
+        fig = figures.embedding_map(shown, s.color, len(view.groups), view.unit, order, len(p))
+        return fig, len(figures.map_groups(shown, s.color, order))
 
     @app.callback(
         Output(ids.MAP, "figure", allow_duplicate=True),
