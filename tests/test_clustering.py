@@ -47,3 +47,22 @@ def test_clu003_default_number_and_errors() -> None:
     with pytest.raises(InputError, match="only 5 patches"):
         PatchClusterer(n_clusters=9).fit(X)
     assert PatchClusterer(projection="pca").fit(X).n_clusters_ == 4
+
+
+def test_clu005_a_large_set_is_mapped_by_umap_fitted_on_a_sample(monkeypatch) -> None:
+    """Above UMAP_FIT_AT_MOST patches UMAP is fitted on a seeded sample and places the rest
+    with transform: every patch gets a place, the blobs stay apart for the placed points as
+    for the fitted ones, and the same seed gives the same map."""
+    import imacs.clustering as clustering
+
+    monkeypatch.setattr(clustering, "UMAP_FIT_AT_MOST", 120)
+    X, y = _blobs(sizes=(150, 100, 50), seed=2)
+    one = PatchClusterer(n_clusters=3, projection="umap", random_state=3).fit(X)
+    two = PatchClusterer(n_clusters=3, projection="umap", random_state=3).fit(X)
+    assert one.projection_.shape == (300, 2) and np.isfinite(one.projection_).all()
+    assert np.array_equal(one.projection_, two.projection_)
+    assert silhouette_score(one.projection_, y) > 0.5
+    # each placed point lies nearest to the centre of its own blob in the map
+    centres = np.stack([one.projection_[y == k].mean(0) for k in range(3)])
+    nearest = np.argmin(((one.projection_[:, None] - centres[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == y).mean() > 0.95
