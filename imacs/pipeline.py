@@ -38,6 +38,7 @@ from .responses import responses_stage
 from .run import Run
 from .runformat import FORMAT_VERSION
 from .settings import AnalysisSettings
+from .slices import slices_stage
 from .stage import Stage, check_order
 from .store import check_destination, check_writable, commit, is_current, staging
 from .tables import comparison_stage, images_stage
@@ -60,6 +61,7 @@ STAGES: tuple[Stage, ...] = (
     agreement_stage,
     comparison_stage,
     concepts_stage,
+    slices_stage,
     trust_stage,
     whatif_stage,
 )

@@ -179,6 +179,8 @@ TABLES: dict[str, dict[str, str]] = {
         **_STATS,
         **_ALONE,
     },
+    # each common slice's (one class, one outcome) per-group statistics, at each level
+    "slice_stats": {"level": "object", "slice": "object", "cluster": "int64", **_STATS},
     "whatif": whatif_columns("cluster"),
     "whatif_images": whatif_image_columns("cluster"),
     "whatif_boxes": whatif_box_columns("cluster"),
@@ -300,9 +302,9 @@ def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
     if version == 1:
         m = _v1_to_v2(m)
     files = m.get("files") or {}
-    boxes = {  # runs made before what-if kept its regions removed their patch boxes
-        name: "empty"
-        for name in ("whatif_boxes", "concept_whatif_boxes")
+    boxes = {  # runs made before what-if kept its regions removed their patch boxes; runs
+        name: "empty"  # made before the common slices were precomputed lack their table
+        for name in ("whatif_boxes", "concept_whatif_boxes", "slice_stats")
         if name not in files and name not in m.get("derived", {})
     }
     if boxes:

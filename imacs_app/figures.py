@@ -287,16 +287,17 @@ def embedding_map(
             marker={"size": 7, "color": "rgba(0,0,0,0)", "line": {"width": 1.5, "color": "#111"}},
         )
     )
+    _map_layout(fig, colour, unit, len(groups))
+    if total is not None and total > len(patches):
+        _sample_note(fig, len(patches), total, unit)
+    return fig
+
+
+def _map_layout(fig: go.Figure, colour: str, unit: str, n_groups: int) -> None:
+    """The map's axes, size and legend."""
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)  # no fixed aspect: the points use the whole card
     fig.update_layout(dragmode="pan", uirevision="map")
-    if total is not None and total > len(patches):
-        fig.add_annotation(
-            text=f"a sample of {len(patches):,} of {total:,} patches, every {unit} in "
-            f"proportion; the selected {unit}'s outline shows all its points",
-            showarrow=False, x=0, y=1.0, xref="paper", yref="paper", xanchor="left",
-            yanchor="bottom", font={"size": 11, "color": "#6b7280"}, name="sample-note",
-        )  # fmt: skip
     _layout(fig, 460)
     fig.update_layout(
         height=None,  # fills its card (the graph's CSS height)
@@ -310,10 +311,19 @@ def embedding_map(
             "y": 1.0,
             "yanchor": "top",
             "itemsizing": "constant",
-            "font": {"size": 10 if len(groups) <= 20 else 8},
+            "font": {"size": 10 if n_groups <= 20 else 8},
         },
     )
-    return fig
+
+
+def _sample_note(fig: go.Figure, shown: int, total: int, unit: str) -> None:
+    """Say above the map that it draws a sample (:func:`map_sample`)."""
+    fig.add_annotation(
+        text=f"a sample of {shown:,} of {total:,} patches, every {unit} in proportion; the "
+        f"selected {unit}'s outline shows all its points",
+        showarrow=False, x=0, y=1.0, xref="paper", yref="paper", xanchor="left",
+        yanchor="bottom", font={"size": 11, "color": "#6b7280"}, name="sample-note",
+    )  # fmt: skip
 
 
 #: height of the cluster detail's figures, in pixels

@@ -28,16 +28,11 @@ from imacs.query import QueryError, Slice, run_slice
 from imacs.run import Run
 from imacs.runformat import merge_whatif
 from imacs.shift import compare_slices, reliance
+from imacs.slices import outcomes, slice_input, slice_key
 
 #: the levels a view ranks: concepts (clusters grouped) or plain clusters
 LEVELS = ("concept", "cluster")
 
-OUTCOMES = {
-    "both_right": "both right",
-    "only_a": "only A right",
-    "only_b": "only B right",
-    "both_wrong": "both wrong",
-}
 #: meta columns with more distinct values than this are not offered as filters
 MAX_META_VALUES = 50
 #: representative thumbnails shown per cluster in the ranking
@@ -119,10 +114,7 @@ class RunView:
     @cached_property
     def images(self) -> pd.DataFrame:
         img = self.run.images.copy()
-        a, b = img["correct_a"].to_numpy(), img["correct_b"].to_numpy()
-        img["outcome"] = np.select(
-            [a & b, a & ~b, ~a & b], ["both_right", "only_a", "only_b"], "both_wrong"
-        )
+        img["outcome"] = outcomes(img)
         return img.set_index("image_id", drop=False)
 
     @cached_property
@@ -376,18 +368,18 @@ class RunView:
         return value
 
     def _filtered_clusters(self, f: Filters) -> pd.DataFrame:
-        mask = self.patch_mask(f)
-        if not mask.any():
-            return self.groups.iloc[0:0]
-        cols = ("image_id", "cluster", "attr_a", "attr_b", "saliency")
-        p = pd.DataFrame({c: self.patches[c].to_numpy()[mask] for c in cols})
-        clusters, _ = compare_clusters(
-            p,
-            self.images,
-            self.run.classes,
-            self.run.comparison_settings(),  # the very statistic the run was computed with
-            with_classes=False,
-        )
+        clusters = self._stored_slice(f)
+        if clusters is None:
+            mask = self.patch_mask(f)
+            if not mask.any():
+                return self.groups.iloc[0:0]
+            clusters, _ = compare_clusters(
+                slice_input(self.patches, "cluster", mask),
+                self.images,
+                self.run.classes,
+                self.run.comparison_settings(),  # the very statistic the run was computed with
+                with_classes=False,
+            )
         # what-if removal was measured on all images: its columns are the run's, unfiltered
         clusters = merge_whatif(clusters, self.whatif, "cluster")
         extra = [c for c in self.groups.columns if c not in clusters.columns]
@@ -420,6 +412,22 @@ class RunView:
         return compare_slices(
             reliance(p, "cluster", measure), *masks, self.run.comparison_settings(), by
         )
+
+    @cached_property
+    def _slice_stats(self) -> dict[str, pd.DataFrame]:
+        """The run's precomputed common slices at this level (:mod:`imacs.slices`), by
+        name; none for a run made before them."""
+        t = self.run.table("slice_stats")
+        t = t[t["level"] == self.level].drop(columns=["level"])
+        return {k: g.drop(columns="slice").reset_index(drop=True) for k, g in t.groupby("slice")}
+
+    def _stored_slice(self, f: Filters) -> pd.DataFrame | None:
+        """The stored statistics of ``f`` when it is one common slice (one class, or one
+        outcome, and nothing else), else None."""
+        if f.meta or f.query or bool(f.classes) == bool(f.outcome) or len(f.classes) > 1:
+            return None
+        key = slice_key("class", f.classes[0]) if f.classes else slice_key("outcome", f.outcome)
+        return self._slice_stats.get(key)
 
     def export_patches(self, f: Filters) -> pd.DataFrame:
         return self._kept(self.run.patch_rows(), f)

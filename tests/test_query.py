@@ -222,3 +222,37 @@ def test_qry008_a_damaged_table_is_one_line_naming_the_file(shortcut_run, tmp_pa
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert f"{table}: unreadable" in out.stderr and "re-run imacs analyze" in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_qry009_common_slices_are_stored_at_analysis_and_equal_the_computed_ones(
+    shortcut_run, monkeypatch
+) -> None:
+    """Each class and each outcome's statistics are computed once by the analysis (the
+    ``slice_stats`` table); the dashboard reads them for such a filter, and they are the
+    numbers it would compute."""
+    import imacs_app.reader as reader
+    from imacs.comparison import compare_clusters
+    from imacs_app.reader import Filters, RunView
+
+    stored = shortcut_run.table("slice_stats")
+    assert set(stored["slice"]) >= {"class=horizontal", "class=vertical", "outcome=both_right"}
+    assert set(stored["level"]) == {"concept", "cluster"}
+    for level in ("concept", "cluster"):
+        computed = RunView("r", shortcut_run, level)
+        for f in (Filters(classes=("vertical",)), Filters(outcome="both_right")):
+            keep = computed.patch_mask(f)
+            want, _ = compare_clusters(
+                reader.slice_input(computed.patches, "cluster", keep),
+                computed.images,
+                shortcut_run.classes,
+                shortcut_run.comparison_settings(),
+            )
+            got = computed._stored_slice(f)
+            assert got is not None
+            pd.testing.assert_frame_equal(got[want.columns], want, check_dtype=False)
+    # the view reads them: with the statistic unavailable, a common slice still ranks
+    monkeypatch.setattr(reader, "compare_clusters", None)
+    view = RunView("r", shortcut_run, "concept")
+    assert len(view.clusters(Filters(classes=("horizontal",)))) > 0
+    with pytest.raises(TypeError):  # anything else is computed
+        view.clusters(Filters(classes=("horizontal", "vertical")))

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dash import dcc, html
 
+from imacs.slices import OUTCOMES
+
 from ..catalog import RunCatalog
 from ..declare import Click, Hit, Mirror, Query, UrlKey, ViewState, first
-from ..reader import OUTCOMES, RunView
+from ..reader import RunView
 
 
 class ids:
