@@ -422,6 +422,36 @@ def max_abs_normal(cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     return np.abs(rng.standard_normal((n, len(vals))) @ root.T).max(axis=1)
 
 
+def influence(
+    sums: sparse.spmatrix, counts: sparse.spmatrix, mean: np.ndarray
+) -> sparse.csr_matrix:
+    """Each unit's influence on each group's mean ``sums / counts`` (groups × units): its
+    sum less the mean times its count, over the group's whole count (the delta method; 0
+    for a group with no count)."""
+    total = np.asarray(counts.sum(1)).ravel()
+    inv = np.where(total > 0, 1.0 / np.where(total > 0, total, 1.0), 0.0)
+    return sparse.diags(inv) @ (sums - sparse.diags(np.nan_to_num(mean)) @ counts)
+
+
+def normal_bounds(
+    influences: sparse.spmatrix,
+    estimate: np.ndarray,
+    settings: ComparisonSettings,
+    rng: np.random.Generator,
+    bound: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simultaneous intervals in normal theory for a family of estimates whose per-unit
+    influences are ``influences`` (family × units): ``lo``, ``hi`` (clipped to
+    [-bound, bound]) and the standard errors ``se``; the multiplier is the ``ci`` quantile
+    of the max |Z| over the family under their joint normal law."""
+    cov = (influences @ influences.T).toarray()
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    q = float(np.quantile(max_abs_normal(cov, max(settings.n_boot, 2000), rng), settings.ci))
+    lo = np.clip(estimate - q * se, -bound, bound)
+    hi = np.clip(estimate + q * se, -bound, bound)
+    return lo, hi, se
+
+
 def _normal_intervals(
     sums: sparse.csr_matrix,
     counts: sparse.csr_matrix,
@@ -433,15 +463,7 @@ def _normal_intervals(
     standard error from the images' influence on its mean (the delta method), and the
     simultaneous intervals' multiplier from the joint normal law of all clusters' means
     (their covariance from the same influences)."""
-    total = np.asarray(counts.sum(1)).ravel()
-    r = np.nan_to_num(diff)
-    inv = np.where(total > 0, 1.0 / np.where(total > 0, total, 1.0), 0.0)
-    # an image's influence on a cluster's mean: (its sum - mean x its count) / all counts
-    influence = sparse.diags(inv) @ (sums - sparse.diags(r) @ counts)
-    cov = (influence @ influence.T).toarray()
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    q = float(np.quantile(max_abs_normal(cov, max(settings.n_boot, 2000), rng), settings.ci))
-    lo, hi = np.clip(diff - q * se, -1.0, 1.0), np.clip(diff + q * se, -1.0, 1.0)
+    lo, hi, se = normal_bounds(influence(sums, counts, diff), diff, settings, rng, bound=1.0)
     n_img = np.asarray((counts > 0).sum(1)).ravel()
     return {"se": se, "lo": lo, "hi": hi, "n_images": n_img}
 

@@ -35,7 +35,8 @@ from scipy import sparse
 
 from .comparison import (
     NORMAL_ABOVE,
-    max_abs_normal,
+    influence,
+    normal_bounds,
     ratio,
     relative_shares,
     resample_weights,
@@ -186,20 +187,11 @@ def _normal(
     images on): each mean's per-image influence (the delta method), each measure's as the
     signed sum of its means', and the simultaneous multiplier from their joint normal law
     (see :func:`imacs.comparison._normal_intervals`)."""
-    influence = {}
-    for k in _KEYS:
-        sums, counts = mats[k], mats[f"n_{k[-1]}"]
-        total = np.asarray(counts.sum(1)).ravel()
-        inv = np.where(total > 0, 1.0 / np.where(total > 0, total, 1.0), 0.0)
-        mean = sparse.diags(np.nan_to_num(est[k]))
-        influence[k] = sparse.diags(inv) @ (sums - mean @ counts)
+    infl = {k: influence(mats[k], mats[f"n_{k[-1]}"], est[k]) for k in _KEYS}
     out = {}
     for m, bound in _MEASURES.items():
-        u = sum(sign * influence[k] for k, sign in _COMBOS[m])
-        cov = (u @ u.T).toarray()
-        se = np.sqrt(np.clip(np.diag(cov), 0, None))
-        q = float(np.quantile(max_abs_normal(cov, max(settings.n_boot, 2000), rng), settings.ci))
-        out[m] = (np.clip(est[m] - q * se, -bound, bound), np.clip(est[m] + q * se, -bound, bound))
+        u = sum(sign * infl[k] for k, sign in _COMBOS[m])
+        out[m] = normal_bounds(u, est[m], settings, rng, bound)[:2]
     return out
 
 
