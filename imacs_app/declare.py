@@ -123,6 +123,24 @@ def integer_key(field: str, position: int, scope: str = "data") -> UrlKey:
     return UrlKey(field, None, lambda q: integer(q, field), write, (field,), scope, True, position)
 
 
+def text_key(field: str, name: str, position: int) -> UrlKey:
+    """A key that holds free text (a query) under ``name``, stripped; empty is the default.
+
+    Args:
+        field (str): the state's field.
+        name (str): the query name.
+        position (int): see :class:`UrlKey`.
+    """
+
+    def write(s: ViewState) -> list[tuple[str, str]]:
+        value = getattr(s, field)
+        return [(name, value)] if value else []
+
+    return UrlKey(
+        field, "", lambda q: (first(q, name) or "").strip(), write, (name,), position=position
+    )
+
+
 @dataclass(frozen=True)
 class Hit:
     """What fired a click.

@@ -14,7 +14,7 @@ from imacs.errors import InputError
 from imacs.query import EXAMPLES, HELPERS, VIEWS
 
 from ..catalog import RunCatalog
-from ..declare import Click, Mirror, UrlFormat, UrlKey, first
+from ..declare import Click, Mirror, UrlFormat, text_key
 from . import navigation
 from .common import problem, view_of
 
@@ -36,16 +36,7 @@ class ids:
         return {"type": "q-example", "index": index}
 
 
-URL_KEYS = (
-    UrlKey(
-        "query",
-        "",
-        read=lambda q: (first(q, "q") or "").strip(),
-        write=lambda s: [("q", s.query)] if s.query else [],
-        names=("q",),
-        position=75,
-    ),
-)
+URL_KEYS = (text_key("query", "q", position=75),)
 _EXAMPLES = list(EXAMPLES.values())
 CLICKS = (
     # the box is read on Enter or when it loses focus (debounced), not on every key

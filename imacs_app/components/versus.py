@@ -17,7 +17,7 @@ from imacs.settings import SHIFT_RANKINGS
 from imacs.shift import MIN_IMAGES
 
 from ..catalog import RunCatalog
-from ..declare import Click, Mirror, UrlFormat, UrlKey, choice_key, first
+from ..declare import Click, Mirror, UrlFormat, choice_key, text_key
 from . import navigation
 from .common import view_of
 
@@ -40,14 +40,7 @@ class ids:
 
 
 URL_KEYS = (
-    UrlKey(
-        "versus",
-        "",
-        read=lambda q: (first(q, "vs") or "").strip(),
-        write=lambda s: [("vs", s.versus)] if s.versus else [],
-        names=("vs",),
-        position=76,
-    ),
+    text_key("versus", "vs", position=76),
     choice_key("vsby", tuple(SHIFT_RANKINGS), position=77, per_run=False),
 )
 CLICKS = (
