@@ -231,7 +231,7 @@ def relative_shares(patches: pd.DataFrame) -> dict[str, np.ndarray]:
 
 #: from this many images on, intervals and p-values are computed in normal theory (the
 #: delta method and the joint normal law of the clusters' statistics), which the bootstrap
-#: and the permutations agree with at such sizes (test cmp013), in a fraction of the time
+#: and the permutations agree with at such sizes (test cmp012), in a fraction of the time
 NORMAL_ABOVE = 20_000
 
 
@@ -356,10 +356,10 @@ def _family_stats(
     if n_i >= NORMAL_ABOVE:
         triples = zip(sums, counts, diff, strict=True)
         out = [_normal_intervals(s, c, d, settings, rng) for s, c, d in triples]
-        out[0]["p"] = _normal_p_values(sums[0], settings, rng)
+        out[0]["p"] = _p_values(sums[0], settings, rng, normal=True)
         return out
     out = _bootstrap_intervals(sums, counts, diff, settings, rng)
-    out[0]["p"] = _sign_flip_p_values(sums[0], settings, rng)
+    out[0]["p"] = _p_values(sums[0], settings, rng, normal=False)
     return out
 
 
@@ -387,26 +387,45 @@ def _bootstrap_intervals(
     return out
 
 
-def _sign_flip_p_values(
-    first: sparse.csr_matrix, settings: ComparisonSettings, rng: np.random.Generator
+def _p_values(
+    first: sparse.csr_matrix,
+    settings: ComparisonSettings,
+    rng: np.random.Generator,
+    normal: bool,
 ) -> np.ndarray:
-    """Family-wise p-values (max-T) from sign-flip permutations of the images: swapping A
-    and B in an image flips its differences' sign."""
-    n_c, n_i = first.shape
-    first32 = first.astype(np.float32)
+    """Family-wise p-values (max-T) of each cluster's statistic, its summed difference over
+    the root of its per-image sums of squares, against the max over clusters under random
+    sign flips of the images (swapping A and B in an image flips its differences' sign):
+    drawn as ``settings.n_perm`` permutations, or with ``normal`` from their normal law
+    (each statistic has mean 0, variance 1 and, with another cluster, the correlation of
+    their per-image sums)."""
     norm = np.sqrt(np.asarray(first.multiply(first).sum(1)).ravel())
     scale = np.where(norm > 0, norm, np.inf)
     observed = np.abs(np.asarray(first.sum(1)).ravel()) / scale
-    exceed = np.zeros(n_c)
-    block = max(1, 4_000_000 // max(n_i, 1))
-    for start in range(0, settings.n_perm, block):
-        b = min(block, settings.n_perm - start)
-        signs = random_signs(rng, b, n_i)
-        max_z = (np.abs((first32 @ signs).T) / scale).max(axis=1)
+    maxima = (
+        [max_abs_normal((first @ first.T).toarray(), settings.n_perm, rng)]
+        if normal
+        else _sign_flip_maxima(first, scale, settings.n_perm, rng)
+    )
+    exceed = np.zeros(first.shape[0])
+    for max_z in maxima:
         exceed += (max_z[:, None] >= observed[None, :] - 1e-12).sum(0)
     p_value = (1.0 + exceed) / (settings.n_perm + 1.0)
     p_value[norm == 0] = 1.0
     return p_value
+
+
+def _sign_flip_maxima(
+    first: sparse.csr_matrix, scale: np.ndarray, n_perm: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """The max over clusters of the statistic under ``n_perm`` sign-flip permutations, a
+    block of permutations at a time."""
+    n_i = first.shape[1]
+    first32 = first.astype(np.float32)
+    block = max(1, 4_000_000 // max(n_i, 1))
+    for start in range(0, n_perm, block):
+        signs = random_signs(rng, min(block, n_perm - start), n_i)
+        yield (np.abs((first32 @ signs).T) / scale).max(axis=1)
 
 
 def max_abs_normal(cov: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -466,19 +485,3 @@ def _normal_intervals(
     lo, hi, se = normal_bounds(influence(sums, counts, diff), diff, settings, rng, bound=1.0)
     n_img = np.asarray((counts > 0).sum(1)).ravel()
     return {"se": se, "lo": lo, "hi": hi, "n_images": n_img}
-
-
-def _normal_p_values(
-    first: sparse.csr_matrix, settings: ComparisonSettings, rng: np.random.Generator
-) -> np.ndarray:
-    """:func:`_sign_flip_p_values` in normal theory: under random sign flips each cluster's
-    statistic has mean 0, variance 1 and, with another cluster, the correlation of their
-    per-image sums; the max over clusters is drawn from that normal law."""
-    norm = np.sqrt(np.asarray(first.multiply(first).sum(1)).ravel())
-    scale = np.where(norm > 0, norm, np.inf)
-    observed = np.abs(np.asarray(first.sum(1)).ravel()) / scale
-    draws = max_abs_normal((first @ first.T).toarray(), settings.n_perm, rng)
-    exceed = (draws[:, None] >= observed[None, :] - 1e-12).sum(0)
-    p_value = (1.0 + exceed) / (settings.n_perm + 1.0)
-    p_value[norm == 0] = 1.0
-    return p_value
