@@ -252,11 +252,9 @@ class QueryEngine:
 
     def _build(self, con: Any, run: Run) -> None:
         """The views' tables, from the run's files or frames."""
-        src = {name: self._source(con, name) for name in ("images", "patches")}
-        cols = {
-            n: [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {s}").fetchall()]
-            for n, s in src.items()
-        }
+        src, cols = {}, {}
+        for name in ("images", "patches"):
+            src[name], cols[name] = self._source(con, name)
         con.execute(f"CREATE TABLE t_images AS {_images_sql(cols['images'], run, src['images'])}")
         con.execute(f"CREATE TABLE t_preds AS SELECT image_id, pred_a, pred_b FROM {src['images']}")
         con.execute(
@@ -276,20 +274,21 @@ class QueryEngine:
             if src[name] == f"raw_{name}":
                 con.unregister(src[name])
 
-    def _source(self, con: Any, name: str) -> str:
-        """What to read table ``name`` from, as SQL: the run's Parquet file where it needs no
-        upgrade (DuckDB reads it in parallel, without pandas), else the run's upgraded frame
-        (registered under a name)."""
+    def _source(self, con: Any, name: str) -> tuple[str, list[str]]:
+        """What to read table ``name`` from, as SQL, and its columns: the run's Parquet file
+        where it needs no upgrade (DuckDB reads it in parallel, without pandas), else the
+        run's upgraded frame (registered under a name)."""
         path = self.run.current_file(name)
         if path is not None:
             source = f"read_parquet({_sql_text(str(path))})"
             try:
-                con.execute(f"DESCRIBE SELECT * FROM {source}")
-                return source
+                described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+                return source, [r[0] for r in described]
             except self._duckdb.Error:  # a damaged file: the run's reader says why
                 pass
-        con.register(f"raw_{name}", getattr(self.run, name))
-        return f"raw_{name}"
+        frame = getattr(self.run, name)
+        con.register(f"raw_{name}", frame)
+        return f"raw_{name}", [str(c) for c in frame.columns]
 
     def schema(self) -> dict[str, list[tuple[str, str]]]:
         """``{view: [(column, type), ...]}`` of every view."""
