@@ -29,10 +29,17 @@ DEMO_SETTINGS: dict[str, object] = {
 }
 
 
+#: the sample models' architecture: eager modules, so the view inside the networks works
+#: (``model_*.pt`` hold the same models as TorchScript, for ``imacs analyze`` examples)
+FACTORY = "imacs.sample_data.landcover:small_cnn"
+
+
 def sample_files(sample_dir: Path = SAMPLE_DIR) -> dict[str, Path]:
     files = {
         "model_a": sample_dir / "model_a.pt",
         "model_b": sample_dir / "model_b.pt",
+        "weights_a": sample_dir / "model_a.safetensors",
+        "weights_b": sample_dir / "model_b.safetensors",
         "labels_csv": sample_dir / "labels.csv",
         "classes": sample_dir / "classes.txt",
     }
@@ -58,10 +65,12 @@ def demo_run(
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     files = sample_files()
     return analyze(
-        files["model_a"],
-        files["model_b"],
+        FACTORY,
+        FACTORY,
         SAMPLE_DIR,
         root / "demo" / "landcover",
+        weights_a=files["weights_a"],
+        weights_b=files["weights_b"],
         labels_csv=files["labels_csv"],
         classes=files["classes"],
         overwrite=True,  # the demo owns this folder: a changed sample replaces the old run

@@ -31,6 +31,7 @@ from .distributed import Ranks, from_environment
 from .embedding import embedding_stage
 from .encoders import load_encoder
 from .errors import InputError
+from .layers import layers_stage
 from .models import ModelSpec, load_model, model_class_names, model_preprocess
 from .patches import patches_stage
 from .progress import Progress, StageTimer
@@ -64,6 +65,7 @@ STAGES: tuple[Stage, ...] = (
     slices_stage,
     trust_stage,
     whatif_stage,
+    layers_stage,
 )
 
 #: what the board holds before the first stage (see :func:`_start` and :func:`_stages`)

@@ -283,6 +283,42 @@ class Run:
         return self.table("concept_whatif_boxes")
 
     @cached_property
+    def layer_agreement(self) -> pd.DataFrame:
+        """Inside the networks (:mod:`imacs.layers`): per model (``role``), layer (``depth``
+        1.., ``layer``; the last depth is the model's ``output``) and top ``concept`` (-1:
+        every image), how often a cross-fitted linear probe on the layer's pooled
+        activations agrees with the model's final answer on the concept's images
+        (``agree``, ``n_images``) and on the others (``agree_without``, ``n_without``).
+        Empty for a model that takes no hooks (``layers`` in the manifest says why), a run
+        made with ``--no-layers`` or before the stage existed."""
+        return self.table("layer_agreement")
+
+    @cached_property
+    def layer_cka(self) -> pd.DataFrame:
+        """Linear CKA of every layer of A (``layer_a``, ``depth_a``) with every layer of B,
+        on every image (``concept`` -1) and on each top concept's images."""
+        return self.table("layer_cka")
+
+    @cached_property
+    def layer_channels(self) -> pd.DataFrame:
+        """Each top concept's top channels in each model's last two layers looked at
+        (``rank``, ``channel``, ``score``: mean attribution inside the concept's boxes,
+        ``share`` of its positive total), the ablation check (``flip_top``,
+        ``flip_random``: zeroing the top channels or as many random ones; ``n_zeroed``,
+        ``flip_top_k``, ``flip_random_k``: the same with the top ``n_zeroed``, the first
+        count that flips half the images) and ``top_patches``, the ids of the patches that
+        activate the channel most."""
+        return self.table("layer_channels")
+
+    def inside_sentence(self, concept: int) -> str:
+        """Inside the networks for one concept, in a sentence (empty when not computed)."""
+        from .layers import concept_sentence
+
+        return concept_sentence(
+            self.layer_agreement, self.layer_channels, concept, self.settings.layers.decided
+        )
+
+    @cached_property
     def cluster_classes(self) -> pd.DataFrame:
         """Per-cluster, per-class breakdown."""
         return self.table("cluster_classes")
@@ -489,6 +525,37 @@ class Run:
         table = compare_slices(p, masks[0], masks[1], self.comparison_settings(), by)
         return table.rename(columns={"cluster": level})
 
+    def _inside_lines(self) -> list[str]:
+        """The run-level lines of the view inside the networks: each model's layers and
+        where its probe reaches the decided share, CKA of the two models' last layers, and
+        why a model's part is absent."""
+        info = self.info.layers or {}
+        lines = []
+        ag = self.layer_agreement
+        from .layers import decided_at, depth_name
+
+        for r in ROLES:
+            names = (info.get("layers") or {}).get(r)
+            if names and not ag.empty:
+                d = decided_at(ag, r, -1, "agree", self.settings.layers.decided)
+                lines.append(
+                    f"  inside {r.upper()}: layers {', '.join(names)}; its probes agree with "
+                    f"its answer on {self.settings.layers.decided:.0%} of the images from "
+                    f"{depth_name(ag, r, d)}"
+                )
+        cka = self.layer_cka
+        every = cka[cka["concept"] == -1]
+        if len(every):
+            last = every[(every["depth_a"] == every["depth_a"].max())
+                         & (every["depth_b"] == every["depth_b"].max())]  # fmt: skip
+            lines.append(
+                f"  CKA of A's and B's last layers: {float(last['cka'].iloc[0]):.2f} "
+                "(1 = the same representation up to rotation and scale)"
+            )
+        for why in (info.get("absent") or {}).values():
+            lines.append(f"  inside: {why}")
+        return lines
+
     def summary(self) -> str:
         """A few lines for a terminal: accuracies and the top clusters."""
         s = self.info.summary
@@ -531,6 +598,10 @@ class Run:
                 )
             if isinstance(getattr(row, "whatif_verdict", None), str):
                 lines.append(f"        what-if: {row.whatif_effect}: {row.whatif_verdict}")
+            inside = self.inside_sentence(int(row.concept))
+            if inside:
+                lines.append(f"        inside: {inside}")
+        lines += self._inside_lines()
         trust = self.trust  # runs before issue 10 have none
         for r in ROLES:
             if trust.get(r, {}).get("reading"):

@@ -16,6 +16,9 @@ Layout of a run directory (format version 2)::
                              (and those of its random control)
     concept_whatif.parquet, concept_whatif_images.parquet, concept_whatif_boxes.parquet
                              the same for concepts, keyed ``concept``
+    layer_agreement.parquet, layer_cka.parquet, layer_channels.parquet
+                             inside the networks (:mod:`imacs.layers`): each layer's probe
+                             agreement, CKA of A's and B's layers, each top concept's channels
     attr_a.npy, attr_b.npy   (images, H, W) float16 attribution maps, each image's map divided
                              by its largest absolute value (``attr_scale_a/b`` in images)
     probs_a.npy, probs_b.npy (images, classes) float32 class probabilities
@@ -187,7 +190,48 @@ TABLES: dict[str, dict[str, str]] = {
     "concept_whatif": whatif_columns("concept"),
     "concept_whatif_images": whatif_image_columns("concept"),
     "concept_whatif_boxes": whatif_box_columns("concept"),
+    # inside the networks (imacs.layers): concept -1 is every image
+    "layer_agreement": {
+        "role": "object",
+        "depth": "int64",
+        "layer": "object",
+        "channels": "int64",
+        "concept": "int64",
+        "agree": "float64",
+        "n_images": "int64",
+        "agree_without": "float64",
+        "n_without": "int64",
+    },
+    "layer_cka": {
+        "concept": "int64",
+        "layer_a": "object",
+        "layer_b": "object",
+        "depth_a": "int64",
+        "depth_b": "int64",
+        "cka": "float64",
+        "n_images": "int64",
+    },
+    "layer_channels": {
+        "concept": "int64",
+        "role": "object",
+        "layer": "object",
+        "depth": "int64",
+        "rank": "int64",
+        "channel": "int64",
+        "score": "float64",
+        "share": "float64",
+        "flip_top": "float64",
+        "flip_random": "float64",
+        "n_zeroed": "int64",
+        "flip_top_k": "float64",
+        "flip_random_k": "float64",
+        "n_ablated": "int64",
+        "top_patches": "object",
+    },
 }
+
+#: the tables of the view inside the networks
+LAYER_TABLES = ("layer_agreement", "layer_cka", "layer_channels")
 
 #: the run's arrays (``.npy``, memory-mappable)
 ARRAYS = ("embedding", *(f"{k}_{r}" for k in ("attr", "probs") for r in ROLES))
@@ -238,6 +282,7 @@ class Manifest:
     trust: dict[str, Any] = field(default_factory=dict)
     whatif: dict[str, Any] = field(default_factory=dict)
     embedding: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, Any] = field(default_factory=dict)
     #: tables this run lacks and how the reader makes them (filled by :func:`upgrade`)
     derived: dict[str, str] = field(default_factory=dict)
     format: str = FORMAT
@@ -303,8 +348,8 @@ def upgrade(manifest: dict[str, Any]) -> dict[str, Any]:
         m = _v1_to_v2(m)
     files = m.get("files") or {}
     boxes = {  # runs made before what-if kept its regions removed their patch boxes; runs
-        name: "empty"  # made before the common slices were precomputed lack their table
-        for name in ("whatif_boxes", "concept_whatif_boxes", "slice_stats")
+        name: "empty"  # made before the common slices or the layer view lack their tables
+        for name in ("whatif_boxes", "concept_whatif_boxes", "slice_stats", *LAYER_TABLES)
         if name not in files and name not in m.get("derived", {})
     }
     if boxes:

@@ -563,6 +563,84 @@ class WhatIfSettings:
         validate(self)
 
 
+def layer_names(value: Any) -> tuple[str, ...]:
+    """``"layer3,layer4"`` (or a list of names) -> ``("layer3", "layer4")``."""
+    if value is None:
+        return ()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(v).strip() for v in items if str(v).strip())
+    if len(set(names)) != len(names):
+        raise ValueError("name each layer once, e.g. layer2,layer3,layer4")
+    return names
+
+
+@dataclass(frozen=True)
+class LayerSettings:
+    """Inside the networks (:mod:`imacs.layers`).
+
+    Args:
+        enabled (bool): run the stage. Default: True.
+        layers_a (tuple[str, ...]): model A's layers to look at, by module name; empty: its
+            top-level stages, found automatically. Default: ().
+        layers_b (tuple[str, ...]): the same for model B. Default: ().
+        top (int): the concepts ranked 1..top get their decided-at depth, CKA and channels.
+            Default: 5.
+        decided (float): a depth has decided a set of images when the layer's probe agrees
+            with the model's final answer on at least this share of them. Default: 0.9.
+        folds (int): the probes' cross-fitting folds. Default: 5.
+        channels (int): the top channels per concept and layer (and the random channels of
+            the ablation check). Default: 3.
+        draws (int): random channel sets of the ablation check. Default: 5.
+        ablation_images (int): at most this many of a concept's images in the ablation
+            check (a seeded sample). Default: 200.
+        top_patches (int): patches shown per channel. Default: 6.
+    """
+
+    enabled: bool = setting(
+        True,
+        flag="--layers",
+        convert=boolean,
+        group="inside the models",
+        help="probe each model's layers, compare them (CKA) and find the channels that carry "
+        "each top concept (default: on; needs eager models)",
+    )
+    layers_a: tuple[str, ...] = setting(
+        (),
+        flag="--layers-a",
+        parse=str,
+        convert=layer_names,
+        metavar="NAME,...",
+        group="inside the models",
+        help="model A's layers, by module name (default: its top-level stages)",
+    )
+    layers_b: tuple[str, ...] = setting(
+        (),
+        flag="--layers-b",
+        parse=str,
+        convert=layer_names,
+        metavar="NAME,...",
+        group="inside the models",
+        help="model B's layers, by module name (default: its top-level stages)",
+    )
+    top: int = setting(
+        5,
+        flag="--layers-top",
+        metavar="N",
+        convert=whole(0, 1000),
+        group="inside the models",
+        help="look inside the models for the N top concepts (default: 5)",
+    )
+    decided: float = setting(0.9, convert=real(0.5, 1.0))
+    folds: int = setting(5, convert=whole(2, 20))
+    channels: int = setting(3, convert=whole(1, 64))
+    draws: int = setting(5, convert=whole(1, 100))
+    ablation_images: int = setting(200, convert=whole(1, 1_000_000))
+    top_patches: int = setting(6, convert=whole(1, 100))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
 @dataclass(frozen=True)
 class AnalysisSettings:
     """Every setting of an analysis; the defaults are the CLI's defaults. Each stage takes
@@ -577,6 +655,7 @@ class AnalysisSettings:
     concepts: ConceptSettings = field(default_factory=ConceptSettings)
     trust: TrustSettings = field(default_factory=TrustSettings)
     whatif: WhatIfSettings = field(default_factory=WhatIfSettings)
+    layers: LayerSettings = field(default_factory=LayerSettings)
     seed: int = setting(
         0,
         flag="--seed",

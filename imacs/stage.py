@@ -25,6 +25,7 @@ SECTIONS = {
     "trust": "trust",
     "whatif_info": "whatif",
     "embedding_info": "embedding",
+    "layers_info": "layers",
 }
 
 

@@ -250,17 +250,23 @@ def train_looks(mode: str, seed: int, n: int = 900, epochs: int = 12) -> nn.Modu
 
 
 def write_looks_set(root: Path, models: Path, n_per_class: int = 60, seed: int = 5) -> dict:
-    """The three-looks eval set (ImageFolder) and both models (TorchScript).
+    """The three-looks eval set (ImageFolder) and both models (TorchScript, and their
+    weights for the factory ``tests.helpers:make_tiny_cnn`` as ``a_weights``, ``b_weights``).
 
-    Returns ``{"a", "b", "data", "looks": {relpath: look}, "boxes": {relpath: x0, y0, x1,
-    y1 of the mark}}``.
+    Returns ``{"a", "b", "a_weights", "b_weights", "data", "looks": {relpath: look},
+    "boxes": {relpath: x0, y0, x1, y1 of the mark}}``.
     """
     models.mkdir(parents=True, exist_ok=True)
     out: dict = {}
+    from safetensors.torch import save_file
+
     for role in ("a", "b"):
         path = models / f"looks_{role}.pt"
-        torch.jit.script(train_looks(role, seed=seed + (role == "b"))).save(str(path))
+        model = train_looks(role, seed=seed + (role == "b"))
+        torch.jit.script(model).save(str(path))
         out[role] = path
+        out[f"{role}_weights"] = weights = models / f"looks_{role}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     rng = np.random.default_rng(seed + 10)
     looks: dict[str, str | None] = {}
     boxes: dict[str, tuple | None] = {}
