@@ -70,6 +70,8 @@ ELEMENTWISE = frozenset(
     }
 )
 #: why a model's part is absent, and how to get it (``{R}``: A or B, ``{kind}``: its format)
+#: how :data:`ABSENT` names a model format that takes no hooks
+_FORMAT_WORDS = {"torchscript": "TorchScript", "export": "torch.export"}
 ABSENT = (
     "model {R} is a {kind} model, whose layers take no hooks: give it as an eager module "
     "(package.module:factory with --weights-{r} FILE.safetensors, timm:NAME or hf:DIR) to "
@@ -209,8 +211,8 @@ def _shapes(module: nn.Module, names: list[str], probe: Tensor, forward: Callabl
 
 def default_layers(module: nn.Module, probe: Tensor, forward: Callable) -> list[str]:
     """A few layers of ``module``, named relative to the user's model (:func:`user_root`):
-    timm's ``feature_info`` modules; a Hugging Face model's encoder blocks (the longest
-    ``ModuleList`` under its encoder); otherwise the top-level children (or those of its
+    timm's ``feature_info`` modules; a Hugging Face model's encoder blocks (its outermost
+    ``ModuleList`` of more than one block); otherwise the top-level children (or those of its
     top-level ``Sequential`` containers) whose output is a spatial map of more than one
     position and whose next sibling is not elementwise (so a block's last activation, not
     its convolution); at most :data:`MAX_LAYERS`, evenly spaced."""
@@ -221,13 +223,13 @@ def default_layers(module: nn.Module, probe: Tensor, forward: Callable) -> list[
     if isinstance(info, list | tuple) and info and all(isinstance(d, dict) for d in info):
         return _spaced([str(d["module"]) for d in info if "module" in d])
     if type(root).__module__.startswith("transformers"):
-        lists = [
-            (len(m), n)
+        lists = [  # the outermost list of blocks (the encoder's stages or layers)
+            (n.count("."), -len(m), n)
             for n, m in root.named_modules()
-            if isinstance(m, nn.ModuleList) and "encoder" in n and len(m) > 1
+            if isinstance(m, nn.ModuleList) and len(m) > 1
         ]
         if lists:
-            _, name = max(lists)
+            _, _, name = min(lists)
             return _spaced([f"{name}.{i}" for i in range(len(root.get_submodule(name)))])
     for flatten in (False, True):
         kids: list[tuple[str, nn.Module]] = []
@@ -265,6 +267,27 @@ def resolve(module: nn.Module, names: Iterable[str], flag: str) -> dict[str, nn.
             )
         out[n] = mods[n]
     return out
+
+
+def check_names(models: dict[str, LoadedModel], settings: LayerSettings) -> None:
+    """Before any work: the layers named with ``--layers-a/--layers-b`` exist, in a model
+    that takes hooks."""
+    from .errors import InputError
+
+    for r in ROLES:
+        names = getattr(settings, f"layers_{r}")
+        if not names or not settings.enabled:
+            continue
+        if not models[r].eager:
+            raise InputError(
+                f"--layers-{r}: "
+                + ABSENT.format(
+                    R=r.upper(),
+                    r=r,
+                    kind=_FORMAT_WORDS.get(models[r].spec.format.name, models[r].spec.format.name),
+                )
+            )
+        resolve(models[r].module, names, f"--layers-{r}")
 
 
 # --- activations ----------------------------------------------------------------------
@@ -366,27 +389,34 @@ class _Model:
 
         lga = LayerGradientXActivation(margin, [self.modules[n] for n in self.last])
         out = lga.attribute(self.tensor(x), target=torch.from_numpy(target).to(self.engine.device))
-        return [o.detach() for o in (out if isinstance(out, list) else [out])]
+        return [_first(o).detach() for o in (out if isinstance(out, list) else [out])]
 
-    def predictions_without(self, x: np.ndarray, layer: str, channels: np.ndarray) -> np.ndarray:
-        """The predicted classes with ``channels`` of ``layer`` zeroed."""
+    def predictions_without(
+        self, x: np.ndarray, layer: str, zeroed: list[np.ndarray], width: int
+    ) -> np.ndarray:
+        """(variants, n): the predicted classes of the images ``x`` with each variant's
+        channels of ``layer`` (of ``width``) zeroed, every variant in one forward pass."""
         import torch
 
-        ch = torch.as_tensor(channels, dtype=torch.long)
+        v, n = len(zeroed), len(x)
+        keep = torch.ones(v, width)
+        for i, ch in enumerate(zeroed):
+            keep[i, torch.as_tensor(ch, dtype=torch.long)] = 0
+        keep = keep.repeat_interleave(n, 0).to(self.engine.device)
 
         def zero(_m: nn.Module, _i: Any, out: Any) -> Any:
             t = _first(out)
-            t = t.clone()
-            if t.ndim == 3 and as_map(t) is not None:
-                t[..., ch.to(t.device)] = 0
+            if t.ndim == 3:  # a transformer's tokens: channels are the last axis
+                t = t * keep[:, None, :].to(t.dtype)
             else:
-                t[:, ch.to(t.device)] = 0
+                t = t * keep.view(*keep.shape, *([1] * (t.ndim - 2))).to(t.dtype)
             return (t, *out[1:]) if isinstance(out, tuple) else t
 
         hook = self.modules[layer].register_forward_hook(zero)
         try:
             with torch.no_grad():
-                return self.forward(self.tensor(x)).argmax(1).cpu().numpy()
+                xs = self.tensor(x).repeat(v, *([1] * (x.ndim - 1)))
+                return self.forward(xs).argmax(1).cpu().numpy().reshape(v, n)
         finally:
             hook.remove()
 
@@ -523,13 +553,18 @@ def _flips(
     layer: str,
     batches: list[tuple[np.ndarray, np.ndarray]],
     before: np.ndarray,
-    channels: np.ndarray,
-) -> int:
-    """How many of the images change their predicted class with ``channels`` zeroed."""
-    return sum(
-        int((m.predictions_without(x, layer, channels) != before[part]).sum())
-        for part, x in batches
-    )
+    zeroed: list[np.ndarray],
+    width: int,
+) -> np.ndarray:
+    """(variants,): on how many of the images each variant (channels to zero) changes the
+    predicted class; the variants of a few images at a time share a forward pass."""
+    out = np.zeros(len(zeroed), np.int64)
+    for part, x in batches:
+        step = max(1, len(part) // len(zeroed))
+        for s in range(0, len(part), step):
+            after = m.predictions_without(x[s : s + step], layer, zeroed, width)
+            out += (after != before[part[s : s + step]][None]).sum(1)
+    return out
 
 
 def _ablation(
@@ -549,12 +584,9 @@ def _ablation(
     for k in ladder(settings.channels, len(order)):
         top = order[:k]
         others = np.setdiff1d(np.arange(len(order)), top)
-        flip = _flips(m, layer, batches, before, top) / max(1, n)
-        rand = [
-            _flips(m, layer, batches, before, rng.choice(others, k, replace=False))
-            for _ in range(settings.draws)
-        ]
-        flip_random = sum(rand) / max(1, n * settings.draws)
+        draws = [rng.choice(others, k, replace=False) for _ in range(settings.draws)]
+        flips = _flips(m, layer, batches, before, [top, *draws], len(order)) / max(1, n)
+        flip, flip_random = float(flips[0]), float(flips[1:].mean())
         if "flip_top" not in out:
             out |= {"flip_top": flip, "flip_random": flip_random}
         out |= {"n_zeroed": k, "flip_top_k": flip, "flip_random_k": flip_random}
@@ -739,7 +771,11 @@ def layers_stage(
 ) -> dict[str, object]:
     """Layer probes, CKA and the channels that carry each top concept (module docstring)."""
     absent = {
-        r: ABSENT.format(R=r.upper(), r=r, kind=models[r].spec.kind)
+        r: ABSENT.format(
+            R=r.upper(),
+            r=r,
+            kind=_FORMAT_WORDS.get(models[r].spec.format.name, models[r].spec.format.name),
+        )
         for r in ROLES
         if not models[r].eager
     }
@@ -779,6 +815,7 @@ __all__ = [
     "OUTPUT",
     "ablation_sentence",
     "as_map",
+    "check_names",
     "concept_sentence",
     "decided_at",
     "default_layers",

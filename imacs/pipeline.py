@@ -31,7 +31,7 @@ from .distributed import Ranks, from_environment
 from .embedding import embedding_stage
 from .encoders import load_encoder
 from .errors import InputError
-from .layers import layers_stage
+from .layers import check_names, layers_stage
 from .models import ModelSpec, load_model, model_class_names, model_preprocess
 from .patches import patches_stage
 from .progress import Progress, StageTimer
@@ -254,6 +254,7 @@ def _start(job: _Job, settings: AnalysisSettings) -> tuple[dict[str, Any], Analy
     """Load the models, the encoder and the data set; the board the stages start from, the
     settings completed by what the models state, and the run's fingerprint."""
     models = {"a": load_model(job.spec_a, "--model-a"), "b": load_model(job.spec_b, "--model-b")}
+    check_names(models, settings.layers)
     emb = settings.embedding
     encoder = load_encoder(emb.kind, emb.encoder_weights, emb.encoder_size)
     settings = replace(settings, preprocess=model_preprocess(settings.preprocess, models))

@@ -388,12 +388,16 @@ def write_kind_set(
     root: Path, models: Path, kind: str, n_per_class: int = 40, seed: int = 7,
     identical: bool = False,
 ) -> dict:  # fmt: skip
-    """The shortcut set of ``kind`` (ImageFolder, 48 px) and its two models (TorchScript):
-    A trained on clean labels (the shortcut present at random), B on labels the shortcut
-    gives away; with ``identical`` B is A's very file.
+    """The shortcut set of ``kind`` (ImageFolder, 48 px) and its two models (TorchScript,
+    and their weights for the factory ``tests.helpers:make_tiny_cnn``): A trained on clean
+    labels (the shortcut present at random), B on labels the shortcut gives away; with
+    ``identical`` B is A's very file.
 
-    Returns ``{"a", "b", "data", "present": {relpath: carries the shortcut}}``.
+    Returns ``{"a", "b", "a_weights", "b_weights", "data", "present": {relpath: carries the
+    shortcut}}``.
     """
+    from safetensors.torch import save_file
+
     models.mkdir(parents=True, exist_ok=True)
     out: dict = {}
     for role in ("a", "b"):
@@ -404,6 +408,8 @@ def write_kind_set(
         model = train(f"{kind}:{role}", seed + (role == "b"), n=400, epochs=8, draw=kind_sample)
         torch.jit.script(model).save(str(path))
         out[role] = path
+        out[f"{role}_weights"] = weights = models / f"{kind}_{role}.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     rng = np.random.default_rng(seed + 10)
     present: dict[str, bool] = {}
     for label, name in enumerate(CLASSES):
