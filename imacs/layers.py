@@ -3,8 +3,9 @@ A and B part ways, and which filters carry a concept.
 
 For a few layers of each model (:func:`default_layers`: timm's ``feature_info``, a Hugging
 Face model's encoder blocks, otherwise the top-level children whose output is a spatial map;
-``--layers-a/--layers-b NAME,...`` to choose), every analysed image's activations are pooled
-(mean and max over the positions of a map, or the tokens of a transformer) and:
+``--layers-a/--layers-b NAME,...`` to choose), every analysed image's activations (at most
+``sample``, 5,000 by default: a seeded sample of a larger set) are pooled (mean and max over
+the positions of a map, or the tokens of a transformer) and:
 
 * **Layer-specific predictions.** A linear probe per layer (logistic regression on the
   standardised pooled activations), *cross-fitted*: the images are split in ``folds`` and
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .runformat import ROLES, empty
+from .runformat import LAYER_TABLES, ROLES, empty
 from .settings import AttributionSettings, LayerSettings, Preprocess
 from .stage import stage
 
@@ -779,10 +780,11 @@ def layers_stage(
         for r in ROLES
         if not models[r].eager
     }
-    out: dict[str, object] = {
-        n: empty(n) for n in ("layer_agreement", "layer_cka", "layer_channels")
-    }
+    out: dict[str, object] = {n: empty(n) for n in LAYER_TABLES}
     top = [int(c) for c in concepts.sort_values("rank")["concept"].head(layers.top)]
+    if len(images) > layers.sample:  # a seeded sample bounds the passes and the memory
+        images = images.sample(layers.sample, random_state=seed).sort_values("image_id")
+        patches = patches[patches["image_id"].isin(images["image_id"])]
     inside: dict[str, _Inside] = {}
     for r in ROLES if layers.enabled and not images.empty else ():
         if r in absent:
@@ -806,7 +808,10 @@ def layers_stage(
     if len(inside) == 2:
         out["layer_cka"] = _cka_table(inside, patches, top)
     found = {r: i.names for r, i in inside.items()}
-    out["layers_info"] = _info(layers, found, absent) | {"enabled": layers.enabled}
+    out["layers_info"] = _info(layers, found, absent) | {
+        "enabled": layers.enabled,
+        "n_images": len(images),
+    }
     return out
 
 

@@ -594,6 +594,8 @@ class LayerSettings:
         ablation_images (int): at most this many of a concept's images in the ablation
             check (a seeded sample). Default: 200.
         top_patches (int): patches shown per channel. Default: 6.
+        sample (int): at most this many images (a seeded sample) go through the stage's
+            passes: the probes, CKA, channels and their patches. Default: 5000.
     """
 
     enabled: bool = setting(
@@ -636,6 +638,7 @@ class LayerSettings:
     draws: int = setting(5, convert=whole(1, 100))
     ablation_images: int = setting(200, convert=whole(1, 1_000_000))
     top_patches: int = setting(6, convert=whole(1, 100))
+    sample: int = setting(5000, convert=whole(10, 10_000_000))
 
     def __post_init__(self) -> None:
         validate(self)

@@ -3,6 +3,7 @@ concept and their ablation check, on planted shortcuts of every kind."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,14 @@ from tests import helpers
 FACTORY = "tests.helpers:make_tiny_cnn"
 
 
-def _eager_run(s: dict, out: Path, cache: Path, *, b: str = "b", **extra: object) -> imacs.Run:
+def _eager_run(
+    s: dict, out: Path, cache: Path, settings: imacs.AnalysisSettings | None = None, *,
+    b: str = "b", **extra: object,
+) -> imacs.Run:  # fmt: skip
     """The set ``s`` analysed with both models as eager modules (the factory + weights)."""
     return imacs.analyze(
-        FACTORY, FACTORY, s["data"], out, weights_a=s["a_weights"], weights_b=s[f"{b}_weights"],
+        FACTORY, FACTORY, s["data"], out, settings, weights_a=s["a_weights"],
+        weights_b=s[f"{b}_weights"],
         image_size=helpers.KIND_SIZE if "present" in s else 32, steps=16, projection="pca",
         trust_sample=0, whatif=False, progress=False, cache_dir=cache, **extra,
     )  # fmt: skip
@@ -230,12 +235,18 @@ def test_lay008_layer_names_are_checked_before_any_work(looks: dict, tmp_path: P
     assert not (tmp_path / "run").exists() and not (tmp_path / "ts").exists()
 
 
-def test_lay009_chosen_layers_are_used(looks: dict, tmp_path: Path) -> None:
+def test_lay009_chosen_layers_are_used_on_a_sample_of_the_images(
+    looks: dict, tmp_path: Path
+) -> None:
+    base = imacs.AnalysisSettings()
+    sampled = replace(base, layers=replace(base.layers, sample=50))
     run = _eager_run(
-        looks, tmp_path / "run", tmp_path / "cache", layers_top=1,
+        looks, tmp_path / "run", tmp_path / "cache", sampled, layers_top=1,
         layers_a="features.3,features.5", layers_b=["features.5"],
     )  # fmt: skip
+    assert len(run.images) == 120 and run.info.layers["n_images"] == 50
     ag = run.layer_agreement
+    assert (ag.loc[ag["concept"] == -1, "n_images"] == 50).all()
     assert list(ag.loc[ag["role"] == "a", "layer"].unique()) == [
         "features.3",
         "features.5",

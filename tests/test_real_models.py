@@ -90,6 +90,14 @@ def test_real001_timm_models_find_the_planted_shortcut_with_the_timm_encoder(
     diff, on_mark, significant = _top_on_mark(out, timm_pair["marks"])
     print(f"timm resnet18: top cluster B - A {diff:+.3f}, {on_mark:.0%} on the mark")
     assert diff > 0.3 and significant and on_mark >= 0.75
+    # inside the networks: timm's feature_info stages, probes, CKA and channels
+    import imacs
+
+    run = imacs.load_run(out)
+    assert run.info.layers["layers"]["b"] == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    ch = run.layer_channels
+    assert set(ch["role"]) == {"a", "b"} and set(ch["layer"]) == {"layer3", "layer4"}
+    assert len(run.layer_cka[run.layer_cka["concept"] == -1]) == 25
 
     info = run_cli("info", str(out))
     assert info.returncode == 0, info.stderr
@@ -160,6 +168,12 @@ def test_real002_a_hugging_face_vit_against_a_timm_deit_then_served(tmp_path: Pa
     assert manifest["summary"]["n_images"] == 8 and manifest["summary"]["n_patches"] > 0
     info = run_cli("info", str(runs / "hf-vs-timm"))
     assert info.returncode == 0 and "deit_tiny_patch16_224 (deit-b)" in info.stdout
+    # inside the networks: the HF ViT's encoder blocks and timm DeiT's feature_info blocks,
+    # their tokens laid on the patch grid for the channels
+    layers = manifest["layers"]["layers"]
+    assert len(layers["a"]) == 2 and layers["a"][-1].endswith(".1")
+    assert len(layers["b"]) == 6 and layers["b"][-1] == "blocks.11"
+    assert "inside A: layers" in info.stdout and "inside B: layers" in info.stdout
 
     port = _free_port()
     server = subprocess.Popen(
