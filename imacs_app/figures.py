@@ -381,3 +381,164 @@ def agreement_histogram(spearman: pd.Series) -> go.Figure:
     fig.update_xaxes(range=[-1, 1], gridcolor="#eee")
     fig.update_yaxes(gridcolor="#eee", title="images")
     return _layout(fig, DETAIL_HEIGHT)
+
+
+#: the height of a layer-agreement curve (:func:`layer_curves`)
+LAYER_HEIGHT = 230
+
+
+def _depth_axis(fig: go.Figure, agreement: pd.DataFrame) -> None:
+    """x: one tick per depth, named by its layer (``A's · B's`` where the models differ;
+    a module named by a number, as in a ``Sequential``, is ``module 3``)."""
+    ticks: dict[int, str] = {}
+    for depth, rows in agreement.groupby("depth", sort=True):
+        names = dict.fromkeys(
+            _layer_label(n) for n in rows.sort_values("role")["layer"].astype(str)
+        )
+        ticks[int(depth)] = " · ".join(names)
+    fig.update_xaxes(
+        tickvals=list(ticks), ticktext=list(ticks.values()), title="depth", gridcolor="#eee"
+    )
+
+
+def _agreement_axis(fig: go.Figure, values: pd.Series, threshold: float) -> None:
+    """y: agreement as a percentage, from a little below the lowest value (or the
+    threshold) to 100%, with the threshold as a dotted line."""
+    low = float(np.nanmin([*values.to_numpy(float), threshold]))
+    fig.update_yaxes(
+        range=[max(0.0, low - 0.06), 1.03], tickformat=".0%", gridcolor="#eee", title="agreement"
+    )
+    fig.add_hline(
+        y=threshold,
+        line={"dash": "dot", "color": "#999", "width": 1},
+        annotation_text=f"decided: {threshold:.0%}",
+        annotation_position="bottom right",
+        annotation_font={"size": 10, "color": "#6b7280"},
+    )
+
+
+def _curve(
+    fig: go.Figure,
+    rows: pd.DataFrame,
+    column: str,
+    name: str,
+    colour: str,
+    decided: int | None,
+    dash: str = "solid",
+    width: int = 2,
+) -> None:
+    """One line of probe agreement over depth, with a star at the depth that decides."""
+    rows = rows[rows[column].notna()]
+    if rows.empty:
+        return
+    n = "n_images" if column == "agree" else "n_without"
+    fig.add_scatter(
+        x=rows["depth"].tolist(),
+        y=rows[column].tolist(),
+        name=name,
+        mode="lines+markers",
+        line={"color": colour, "dash": dash, "width": width},
+        marker={"size": 6},
+        customdata=list(zip(rows["layer"].astype(str), rows[n].astype(int), strict=True)),
+        hovertemplate="depth %{x} (%{customdata[0]}): %{y:.1%} of %{customdata[1]} images"
+        "<extra>" + name + "</extra>",
+    )
+    hit = rows[rows["depth"] == decided]
+    if len(hit):
+        fig.add_scatter(
+            x=[decided],
+            y=[float(hit[column].iloc[0])],
+            mode="markers",
+            marker={"symbol": "star", "size": 15, "color": colour, "line": {"color": "white"}},
+            name=f"decided at depth {decided}",
+            showlegend=False,
+            hovertemplate=f"{name}: decided at depth {decided}<extra></extra>",
+        )
+
+
+def layer_curves(
+    rows: pd.DataFrame,
+    colour: str,
+    on: int | None,
+    off: int | None,
+    threshold: float,
+) -> go.Figure:
+    """One model's probe agreement with its final answer over its depth, on a concept's
+    images (``agree``) and on the others (``agree_without``, dashed), from the rows of
+    ``layer_agreement`` of one model and concept; stars mark the depths that decide
+    (``on``, ``off``: :func:`imacs.layers.decided_at`), a dotted line where the concept's
+    images are decided."""
+    fig = go.Figure()
+    _curve(fig, rows, "agree", "its images", colour, on)
+    _curve(fig, rows, "agree_without", "other images", "#9ca3af", off, dash="dash")
+    if on is not None:
+        fig.add_vline(x=on, line={"dash": "dot", "color": colour, "width": 1})
+    _depth_axis(fig, rows)
+    _agreement_axis(fig, pd.concat([rows["agree"], rows["agree_without"]]), threshold)
+    fig.update_layout(title={"text": "probe agrees with its answer", "x": 0})
+    return _legend_top(_layout(fig, LAYER_HEIGHT))
+
+
+def run_layer_curves(
+    rows: pd.DataFrame,
+    names: dict[str, str],
+    decided: dict[str, int | None],
+    threshold: float,
+) -> go.Figure:
+    """Both models' probe agreement with their final answer over depth on every image (the
+    rows of ``layer_agreement`` with concept -1); stars mark the depth that decides."""
+    fig = go.Figure()
+    for role, colour, width in (("a", COLOUR_A, 5), ("b", COLOUR_B, 2)):  # A shows under B
+        own = rows[rows["role"] == role]
+        name = f"{role.upper()}: {names[role]}"
+        _curve(fig, own, "agree", name, colour, decided.get(role), width=width)
+    _depth_axis(fig, rows)
+    _agreement_axis(fig, rows["agree"], threshold)
+    fig.update_layout(title={"text": "probe agrees with the model's answer, every image", "x": 0})
+    return _legend_top(_layout(fig, LAYER_HEIGHT))
+
+
+def _legend_top(fig: go.Figure) -> go.Figure:
+    """The legend at the top right, beside the title (below, it hides the depth's names)."""
+    fig.update_layout(
+        legend={"orientation": "h", "y": 1.0, "yanchor": "bottom", "x": 1, "xanchor": "right"}
+    )
+    return fig
+
+
+def _layer_label(name: str) -> str:
+    return f"module {name}" if name.isdigit() else name
+
+
+def cka_height(cka: pd.DataFrame) -> int:
+    """The height of :func:`cka_heatmap` for these rows."""
+    return 70 + 34 * int(cka["depth_a"].nunique())
+
+
+def cka_heatmap(cka: pd.DataFrame, names: dict[str, str]) -> go.Figure:
+    """Linear CKA of each of A's layers (rows, first at the top) with each of B's
+    (columns), from the rows of ``layer_cka`` of one concept."""
+    z = cka.pivot(index="depth_a", columns="depth_b", values="cka").sort_index()
+    z = z.reindex(sorted(z.columns), axis=1)
+    a = cka.drop_duplicates("depth_a").set_index("depth_a")["layer_a"].astype(str)
+    b = cka.drop_duplicates("depth_b").set_index("depth_b")["layer_b"].astype(str)
+    x = [f"{d}: {_layer_label(b[d])}" for d in z.columns]
+    y = [f"{d}: {_layer_label(a[d])}" for d in z.index]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z.to_numpy().round(3).tolist(),
+            x=x,
+            y=y,
+            zmin=0,
+            zmax=1,
+            colorscale="Blues",
+            texttemplate="%{z:.2f}",
+            hovertemplate="A %{y} · B %{x}: CKA %{z:.3f}<extra></extra>",
+            colorbar={"thickness": 10, "len": 0.9},
+        )
+    )
+    fig.update_xaxes(type="category", title=f"B: {names['b']}", side="bottom")
+    fig.update_yaxes(type="category", title=f"A: {names['a']}", autorange="reversed")
+    fig = _layout(fig, cka_height(cka))
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    return fig

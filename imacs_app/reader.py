@@ -59,6 +59,40 @@ class Filters:
 QuerySlice = Slice
 
 
+@dataclass(frozen=True)
+class Inside:
+    """The view inside the models (:mod:`imacs.layers`) of one concept, or of every image
+    (``concept`` -1): the rows of the run's three tables that belong to it.
+
+    Attributes:
+        concept (int): the concept (-1: every image).
+        agreement (DataFrame): its rows of ``layer_agreement``, by role and depth.
+        cka (DataFrame): its rows of ``layer_cka``, by A's depth then B's.
+        channels (DataFrame): its rows of ``layer_channels``, by role, depth and rank.
+        layers (dict): each model's layers looked at, by role ("a", "b").
+        absent (dict): why a model's part is absent, by role (a model without hooks).
+        decided (float): the share of agreement at which a depth has decided.
+        top (int): the concepts ranked 1..top were looked at.
+        made (bool): the run has the stage's tables, or says why a part is absent (False:
+            made before the stage, or with ``--no-layers``).
+    """
+
+    concept: int
+    agreement: pd.DataFrame
+    cka: pd.DataFrame
+    channels: pd.DataFrame
+    layers: dict[str, list[str]]
+    absent: dict[str, str]
+    decided: float
+    top: int
+    made: bool
+
+    @property
+    def looked_at(self) -> bool:
+        """Whether the stage looked at this concept (every image always is, if made)."""
+        return not self.agreement.empty
+
+
 @dataclass
 class RunView:
     """A loaded run plus the derived tables the dashboard needs."""
@@ -428,6 +462,35 @@ class RunView:
             return None
         key = slice_key("class", f.classes[0]) if f.classes else slice_key("outcome", f.outcome)
         return self._slice_stats.get(key)
+
+    def inside(self, concept: int) -> Inside:
+        """The view inside the models of ``concept`` (-1: every image); see :class:`Inside`.
+        The tables are on every image of the run: the filters do not apply."""
+        run = self.run
+        info = run.info.layers or {}
+        ag, cka, ch = run.layer_agreement, run.layer_cka, run.layer_channels
+        absent = {str(r): str(why) for r, why in (info.get("absent") or {}).items()}
+        made = bool(absent) or not (ag.empty and cka.empty and ch.empty)
+        return Inside(
+            concept=concept,
+            agreement=ag[ag["concept"] == concept].sort_values(["role", "depth"]),
+            cka=cka[cka["concept"] == concept].sort_values(["depth_a", "depth_b"]),
+            channels=ch[ch["concept"] == concept].sort_values(["role", "depth", "rank"]),
+            layers={str(r): list(v) for r, v in (info.get("layers") or {}).items()},
+            absent=absent,
+            decided=float(info.get("decided", run.settings.layers.decided)),
+            top=int(info.get("top", run.settings.layers.top)),
+            made=made,
+        )
+
+    @cached_property
+    def _patch_images(self) -> pd.Series:
+        return self.run.patches.set_index("patch_id")["image_id"]
+
+    def patch_images(self, patch_ids: list[int]) -> dict[int, int]:
+        """The image of each patch id that is in the run (others are left out)."""
+        known = self._patch_images
+        return {int(p): int(known.loc[p]) for p in patch_ids if p in known.index}
 
     def export_patches(self, f: Filters) -> pd.DataFrame:
         return self._kept(self.run.patch_rows(), f)

@@ -817,3 +817,104 @@ def test_brw020_slice_against_slice_shows_each_models_change_and_opens_a_concept
     page.press("#vs-sql", "Enter")
     page.wait_for_selector("#vs-out .query-error >> text=slice Y holds no patch")
     assert page.console_errors == []
+
+
+def test_brw021_inside_the_models_shows_where_each_model_decides_a_concept(
+    page, demo, tmp_path
+) -> None:
+    """The demo's models are eager: a concept's panel shows, per model, the decided-at
+    sentence the API gives, the channels of its last two layers with the flip rates of the
+    ablation check as stored, their top patches (one opens its image) and the concept's
+    CKA; the run's part, opened, shows both models on every image."""
+    from imacs.layers import ablation_sentence, decided_at, depth_name
+
+    ag, ch, cka = demo.layer_agreement, demo.layer_channels, demo.layer_cka
+    t = demo.info.layers["decided"]
+    k = int(demo.concepts.sort_values("rank").iloc[0]["concept"])
+    assert len(ch[ch["concept"] == k]) and len(cka[cka["concept"] == k])
+    with _serving(demo.path) as url:
+        page.goto(f"{url}/?run={demo.path.name}&concept={k}")
+        page.wait_for_selector(".inside-models .inside-b .main-svg")
+        page.wait_for_selector(".inside-models .inside-a .main-svg")
+        for role in ("b", "a"):
+            model = page.locator(f".inside-models .inside-{role}")
+            on = depth_name(ag, role, decided_at(ag, role, k, "agree", t))
+            off = depth_name(ag, role, decided_at(ag, role, k, "agree_without", t))
+            want = f"{role.upper()} decides it at {on} on its images, at {off} elsewhere."
+            assert model.locator(".inside-decided").inner_text() == want
+            rows = ch[(ch["concept"] == k) & (ch["role"] == role)]
+            layers = model.locator(".inside-layer")
+            assert layers.count() == rows["depth"].nunique() == 2  # its last two layers
+            for i, (_, g) in enumerate(rows.sort_values(["depth", "rank"]).groupby("depth")):
+                shown = layers.nth(i)
+                first = g.iloc[0]
+                assert shown.locator(".flip-top").inner_text() == f"{first['flip_top']:.1%}"
+                assert shown.locator(".flip-random").inner_text() == f"{first['flip_random']:.1%}"
+                if int(first["n_zeroed"]) != len(g):
+                    top_k = shown.locator(".flip-top-k").inner_text()
+                    assert top_k == f"{first['flip_top_k']:.1%}"
+                    random_k = shown.locator(".flip-random-k").inner_text()
+                    assert random_k == f"{first['flip_random_k']:.1%}"
+                check = ablation_sentence(g)
+                assert shown.locator(".inside-ablation").inner_text() == (
+                    check[0].upper() + check[1:] + "."
+                )
+                channels = shown.locator(".inside-channel")
+                assert channels.count() == len(g)
+                for j, r in enumerate(g.itertuples()):
+                    text = channels.nth(j).inner_text()
+                    assert f"channel {r.channel}" in text and f"share {r.share:.1%}" in text
+                    srcs = (
+                        channels.nth(j)
+                        .locator("img")
+                        .evaluate_all("els => els.map(e => e.getAttribute('src'))")
+                    )
+                    pids = r.top_patches.split(",")
+                    assert [s.split("/")[-1].split(".")[0] for s in srcs] == pids
+        n_images = int(ag[(ag["concept"] == k)]["n_images"].iloc[0])
+        title = page.locator(".inside-models + .inside-cka h3").inner_text()
+        assert title == f"How A's layers resemble B's on concept {k}'s {n_images} images"
+        page.wait_for_selector(".inside-models + .inside-cka .main-svg")
+        # a channel's top patch opens its image
+        button = page.locator(".inside-b .inside-patch").first
+        pid = int(button.locator("img").get_attribute("alt").split()[-1])
+        image = int(demo.patches.set_index("patch_id").loc[pid, "image_id"])
+        button.click()
+        _wait_for_query(page, "image", str(image))
+        page.wait_for_selector(f"#image-detail >> text=Image {image}", timeout=10_000)
+        # every image, once opened: each model's decided-at depth on all images
+        page.locator("#inside-run-summary").click()
+        page.wait_for_selector("#inside-run-body .main-svg")
+        body = page.locator("#inside-run-body").inner_text()
+        for role in ("a", "b"):
+            d = depth_name(ag, role, decided_at(ag, role, -1, "agree", t))
+            assert f"of the images from {d}." in body
+        assert f"on all {len(demo.images)} images" in body
+    assert page.console_errors == []
+
+
+def test_brw022_inside_the_models_says_why_a_run_or_model_has_none(
+    page, server, looks_run, tmp_path
+) -> None:
+    """A TorchScript model takes no hooks: each model's part is the manifest's sentence; a
+    run made before the stage says how to get the view; at the cluster level a line says
+    the view is per concept."""
+    absent = looks_run.info.layers["absent"]
+    assert set(absent) == {"a", "b"} and looks_run.layer_agreement.empty
+    top = int(looks_run.concepts.sort_values("rank").iloc[0]["concept"])
+    page.goto(f"{server}/?run=looks&concept={top}")
+    page.wait_for_selector(".inside-b .inside-absent")
+    assert page.locator(".inside-b .inside-absent").inner_text() == absent["b"]
+    assert page.locator(".inside-a .inside-absent").inner_text() == absent["a"]
+    assert "CKA needs both models' layers." in page.locator(".inside-cka").inner_text()
+    page.goto(f"{server}/?run=looks&level=cluster&cluster=0")
+    page.wait_for_selector("#inside-concept >> text=looked at per concept")
+    root = tmp_path / "runs"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v1", root / "old")
+    with _serving(root) as url:
+        page.goto(f"{url}/?run=old&concept=2")
+        page.wait_for_selector(".inside-without")
+        line = page.locator(".inside-without").inner_text()
+        assert "made without the view inside the models" in line
+        assert "--layers is on by default" in line
+    assert page.console_errors == []

@@ -532,6 +532,12 @@ def test_app024_removed_rendering_shows_exactly_what_was_removed(client, shortcu
     big = removed.repeat(scale, 0).repeat(scale, 1)
     inner = binary_erosion(big, iterations=2)  # off the outline drawn around it
     outside = ~binary_dilation(big, iterations=1)
+    # the plain rendering outlines every patch of the image, of any cluster: not compared
+    pats = shortcut_run.patches[shortcut_run.patches["image_id"] == image_id]
+    for p in pats.itertuples():
+        box = np.zeros_like(big)
+        box[p.y0 * scale : p.y1 * scale, p.x0 * scale : p.x1 * scale] = True
+        outside &= ~(binary_dilation(box, iterations=2) & ~binary_erosion(box, iterations=3))
     diff = np.abs(shown["removed"] - shown["image"]).max(2)
     assert diff[outside].max() <= 3  # the rest of the image is untouched
     # inside: the run's fill (road) of the image at the model's size, with its noise seed
@@ -577,7 +583,7 @@ def test_app025_every_id_is_declared_by_the_component_that_renders_it() -> None:
             if isinstance(value, str) and not name.startswith("_"):
                 assert value not in declared, (value, module.__name__, declared.get(value))
                 declared[value] = module.__name__
-    assert len(declared) == 53  # 45 plain ids, 8 kinds of pattern-matching ids
+    assert len(declared) == 59  # 50 plain ids, 9 kinds of pattern-matching ids
 
 
 def _output(router, target: str) -> int:
@@ -595,8 +601,9 @@ def test_app026_the_state_callback_follows_every_components_clicks(runs_root) ->
     router = Router(COMPONENTS, RunCatalog(runs_root))
     # the hand-written router's 16 inputs and 12 outputs, the meta filter's visibility, and
     # the query box (its text, clear and the examples; the box mirrors the query), and the
-    # slice-against-slice card (its text, clear, ranking and group names; two mirrors)
-    assert len(router.inputs) == 23 and len(router.outputs) == 16
+    # slice-against-slice card (its text, clear, ranking and group names; two mirrors), and
+    # the patches that top a channel inside the models
+    assert len(router.inputs) == 24 and len(router.outputs) == 16
     level = _output(router, f"{overview.ids.LEVEL}.value")
     out = router.route("?run=shortcut&level=cluster", overview.ids.strip(5), "n_clicks", 1)
     assert out[0] == "?run=shortcut&cluster=5"
@@ -766,3 +773,75 @@ def test_app029_a_map_above_its_limit_draws_a_sample_of_every_group_and_says_so(
         assert n >= min(n_all, 20) and abs(n - 500 * n_all / 2000) <= 21, (name, n, n_all)
     notes = [a["text"] for a in fig["layout"].get("annotations", [])]
     assert any("a sample of" in t and "of 2,000 patches" in t for t in notes), notes
+
+
+def _update(client, outputs: list[tuple[str, str]], inputs: list[tuple[str, str, object]],
+            state: list[tuple[str, str, object]] = ()) -> tuple[int, dict]:  # fmt: skip
+    """Answer one callback as the page asks for it: its outputs, inputs and state, as
+    (id, property[, value])."""
+    names = [f"{i}.{p}" for i, p in outputs]
+    payload = {
+        "output": names[0] if len(names) == 1 else ".." + "...".join(names) + "..",
+        "outputs": [{"id": i, "property": p} for i, p in outputs]
+        if len(outputs) > 1
+        else {"id": outputs[0][0], "property": outputs[0][1]},
+        "inputs": [{"id": i, "property": p, "value": v} for i, p, v in inputs],
+        "changedPropIds": [f"{inputs[0][0]}.{inputs[0][1]}"],
+        "state": [{"id": i, "property": p, "value": v} for i, p, v in state],
+    }
+    r = client.post("/_dash-update-component", json=payload)
+    return r.status_code, (r.get_json() or {}).get("response", {}) if r.status_code == 200 else {}
+
+
+def test_app030_inside_the_models_renders_per_concept_and_says_why_when_absent(
+    client, runs_root, shortcut_run, tmp_path
+) -> None:
+    """The panel inside the models: the shortcut run's models are TorchScript, so each
+    model's part is the manifest's sentence; a run made before the stage says how to get
+    it; the run's part is drawn once opened, and not again while the run is the same."""
+    from imacs_app.components import inside, navigation
+
+    absent = shortcut_run.info.layers["absent"]
+    assert set(absent) == {"a", "b"}
+    view = RunCatalog(runs_root).get("shortcut").at("concept")
+    got = view.inside(0)
+    assert got.made and not got.looked_at and got.absent == absent
+    key = navigation.ids.KEY_CLUSTER
+    status, out = _update(
+        client, [(inside.ids.CONCEPT, "children")], [(key, "data", "?run=shortcut&concept=0")]
+    )
+    assert status == 200
+    text = str(out[inside.ids.CONCEPT]["children"])
+    assert absent["a"] in text and absent["b"] in text and "CKA needs both" in text
+    assert len(str(out)) < 20_000  # sentences, no figure
+
+    # the run's part: nothing until opened (an even count of clicks on its summary: closed)
+    def run_part(clicks: int, search: str, drawn: str | None) -> tuple[int, dict]:
+        return _update(
+            client,
+            [(inside.ids.RUN_BODY, "children"), (inside.ids.RUN_DRAWN, "data")],
+            [
+                (inside.ids.RUN_SUMMARY, "n_clicks", clicks),
+                (navigation.ids.KEY_DATA, "data", search),
+            ],
+            [(inside.ids.RUN_DRAWN, "data", drawn)],
+        )
+
+    assert run_part(0, "?run=shortcut", None)[0] == 204
+    status, out = run_part(1, "?run=shortcut", None)
+    assert status == 200 and absent["a"] in str(out[inside.ids.RUN_BODY]["children"])
+    drawn = out[inside.ids.RUN_DRAWN]["data"]
+    # the filters changed, not the run: the tables cover every image, nothing is redrawn
+    assert run_part(3, "?run=shortcut&class=vertical", drawn)[0] == 204
+
+    # a run made before the stage
+    root = tmp_path / "runs"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v1", root / "old")
+    old = RunCatalog(root).get("old").at("concept")
+    assert not old.inside(2).made
+    c = create_app(root).server.test_client()
+    status, out = _update(
+        c, [(inside.ids.CONCEPT, "children")], [(key, "data", "?run=old&concept=2")]
+    )
+    assert status == 200
+    assert "made without the view inside the models" in str(out)

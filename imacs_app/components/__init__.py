@@ -33,6 +33,7 @@ from . import (
     cluster,
     filters,
     image,
+    inside,
     navigation,
     overview,
     patch_map,
@@ -42,7 +43,7 @@ from . import (
 
 #: the page's components, in page order (within each region of :mod:`imacs_app.layout`)
 COMPONENTS = (
-    *(navigation, overview, filters, query, versus, patch_map, cluster, image, agreement),
+    *(navigation, overview, filters, query, versus, patch_map, cluster, inside, image, agreement),
 )
 
 
