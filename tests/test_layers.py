@@ -192,7 +192,9 @@ def test_lay005_every_kind_of_shortcut_is_carried_by_channels_b_needs(
     """A mark, a frame, a background and a texture: each time, zeroing the channels that
     carry B's shortcut concept flips B, and random channels do not."""
     s = kind_set(kind)
-    run = _eager_run(s, tmp_path / "run", tmp_path / "cache", layers_top=1)
+    # B's shortcut concept need not rank first (on the background set a concept A relies on
+    # more does): the top 3 are looked at
+    run = _eager_run(s, tmp_path / "run", tmp_path / "cache", layers_top=3)
     _check_claims(run, kind)
 
 
