@@ -574,6 +574,19 @@ def layer_names(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _layers_of(role: str) -> Any:
+    """The ``--layers-a`` / ``--layers-b`` setting: one model's layers, by module name."""
+    return setting(
+        (),
+        flag=f"--layers-{role}",
+        parse=str,
+        convert=layer_names,
+        metavar="NAME,...",
+        group="inside the models",
+        help=f"model {role.upper()}'s layers, by module name (default: its top-level stages)",
+    )
+
+
 @dataclass(frozen=True)
 class LayerSettings:
     """Inside the networks (:mod:`imacs.layers`).
@@ -606,24 +619,8 @@ class LayerSettings:
         help="probe each model's layers, compare them (CKA) and find the channels that carry "
         "each top concept (default: on; needs eager models)",
     )
-    layers_a: tuple[str, ...] = setting(
-        (),
-        flag="--layers-a",
-        parse=str,
-        convert=layer_names,
-        metavar="NAME,...",
-        group="inside the models",
-        help="model A's layers, by module name (default: its top-level stages)",
-    )
-    layers_b: tuple[str, ...] = setting(
-        (),
-        flag="--layers-b",
-        parse=str,
-        convert=layer_names,
-        metavar="NAME,...",
-        group="inside the models",
-        help="model B's layers, by module name (default: its top-level stages)",
-    )
+    layers_a: tuple[str, ...] = _layers_of("a")
+    layers_b: tuple[str, ...] = _layers_of("b")
     top: int = setting(
         5,
         flag="--layers-top",
