@@ -19,6 +19,7 @@ from PIL import Image
 
 from imacs.comparison import ComparisonSettings, compare_clusters, relative_shares
 from imacs.runformat import FORMAT
+from imacs.slices import slices_stage
 from imacs.store import write_array, write_table
 
 
@@ -115,6 +116,9 @@ def make_run(
             np.concatenate([xy, rng.normal(0, 0.1, (n_patches, 6))], 1).astype(np.float32),
         ),
     }
+    if current:  # the common slices' statistics, as the analysis's slices stage stores them
+        stats = slices_stage.fn(patches, images, classes, ComparisonSettings())["slice_stats"]
+        files["slice_stats"] = write_table(out, "slice_stats", stats)
     for role in ("a", "b"):
         maps = rng.normal(0, 0.3, (n_images, size, size)).astype(np.float16)
         files[f"attr_{role}"] = write_array(out, f"attr_{role}", maps)

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 MAX_LAYERS = 6
 #: a concept's CKA and agreement split need at least this many images on each side
 MIN_IMAGES = 10
+#: a probe reads at most this many dimensions of a layer (a PCA fitted on its training folds)
+PROBE_DIMS = 256
 #: the name of the last depth: the model's own answer
 OUTPUT = "output"
 #: modules that keep a map's shape and do not end a block (a block ends before the next
@@ -91,6 +93,20 @@ def decided_at(agreement: pd.DataFrame, role: str, concept: int, column: str, th
     t = t.sort_values("depth")
     hit = t[t[column].to_numpy(float) >= threshold - 1e-12]
     return None if hit.empty else int(hit["depth"].iloc[0])
+
+
+def decided_words(
+    agreement: pd.DataFrame, role: str, concept: int, column: str, threshold: float
+) -> str:
+    """Where model ``role`` decides ``concept`` (:func:`decided_at`) in words, ``depth 2
+    (layer2)``, or why it cannot be said: ``no depth`` (its probes never agree that often)
+    or ``too few images to say (4)`` (under :data:`MIN_IMAGES`, the agreement is not
+    computed)."""
+    t = agreement[(agreement["role"] == role) & (agreement["concept"] == concept)]
+    if len(t) and t[column].isna().all():
+        n = int(t["n_images" if column == "agree" else "n_without"].iloc[0])
+        return f"too few images to say ({n})"
+    return depth_name(agreement, role, decided_at(agreement, role, concept, column, threshold))
 
 
 def depth_name(agreement: pd.DataFrame, role: str, depth: int | None) -> str:
@@ -134,10 +150,8 @@ def concept_sentence(
         t = agreement[(agreement["role"] == r) & (agreement["concept"] == concept)]
         if t.empty:
             continue
-        on = depth_name(agreement, r, decided_at(agreement, r, concept, "agree", threshold))
-        off = depth_name(
-            agreement, r, decided_at(agreement, r, concept, "agree_without", threshold)
-        )
+        on = decided_words(agreement, r, concept, "agree", threshold)
+        off = decided_words(agreement, r, concept, "agree_without", threshold)
         text = f"{r.upper()} decides it at {on} on its images, at {off} elsewhere"
         ch = channels[(channels["role"] == r) & (channels["concept"] == concept)]
         if len(ch):
@@ -146,19 +160,40 @@ def concept_sentence(
     return "; ".join(parts)
 
 
+def _hsic(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased estimator of HSIC with linear kernels (Song et al., 2012), of two
+    representations of the same n >= 4 examples: the Gram matrices' diagonals left out, so
+    that with few examples and many features unrelated representations score about 0. In
+    the Gram form or the feature form, whichever is smaller."""
+    n = len(x)
+    if n <= min(x.shape[1], y.shape[1]):
+        k, lm = x @ x.T, y @ y.T
+        np.fill_diagonal(k, 0.0)
+        np.fill_diagonal(lm, 0.0)
+        cross = float((k * lm).sum())
+        k_sum, l_sum, k_row, l_row = float(k.sum()), float(lm.sum()), k.sum(1), lm.sum(1)
+    else:
+        d, e = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
+        cross = float(np.square(x.T @ y).sum()) - float(d @ e)
+        sx, sy = x.sum(0), y.sum(0)
+        k_sum, l_sum = float(sx @ sx) - float(d.sum()), float(sy @ sy) - float(e.sum())
+        k_row, l_row = x @ sx - d, y @ sy - e
+    both = k_sum * l_sum / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * float(k_row @ l_row)
+    return (cross + both) / (n * (n - 3))
+
+
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
-    """Linear CKA of two representations of the same n examples, (n, p) and (n, q): 1 for
-    representations equal up to rotation and scale, 0 for unrelated ones; NaN when one is
-    constant."""
+    """Debiased linear CKA (Kornblith et al., 2019, with Song et al.'s unbiased HSIC, as in
+    Nguyen et al., 2021) of two representations of the same n examples, (n, p) and (n, q):
+    1 for representations equal up to rotation and scale, about 0 for unrelated ones even
+    with far more features than examples (plain linear CKA drifts towards 1 there: 0.99 on
+    10 unrelated examples of 1,024 features); NaN when one is constant or n < 4."""
     x = np.asarray(x, np.float64) - np.mean(x, axis=0)
     y = np.asarray(y, np.float64) - np.mean(y, axis=0)
-    if len(x) <= min(x.shape[1], y.shape[1]):
-        k, lm = x @ x.T, y @ y.T
-        num, den = float((k * lm).sum()), math.sqrt(float((k * k).sum()) * float((lm * lm).sum()))
-    else:
-        num = float(np.square(y.T @ x).sum())
-        den = math.sqrt(float(np.square(x.T @ x).sum()) * float(np.square(y.T @ y).sum()))
-    return num / den if den > 0 else float("nan")
+    if len(x) < 4:
+        return float("nan")
+    den = _hsic(x, x) * _hsic(y, y)
+    return _hsic(x, y) / math.sqrt(den) if den > 0 else float("nan")
 
 
 # --- finding the layers -----------------------------------------------------------------
@@ -300,10 +335,12 @@ def pooled(t: Tensor) -> np.ndarray:
     t = _first(t).float()
     if t.ndim == 4:
         flat = t.flatten(2)
-        return np.concatenate([flat.mean(2).cpu().numpy(), flat.amax(2).cpu().numpy()], 1)
-    if t.ndim == 3:
-        return np.concatenate([t.mean(1).cpu().numpy(), t.amax(1).cpu().numpy()], 1)
-    return t.reshape(len(t), -1).cpu().numpy()
+        out = np.concatenate([flat.mean(2).cpu().numpy(), flat.amax(2).cpu().numpy()], 1)
+    elif t.ndim == 3:
+        out = np.concatenate([t.mean(1).cpu().numpy(), t.amax(1).cpu().numpy()], 1)
+    else:
+        out = t.reshape(len(t), -1).cpu().numpy()
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)  # a layer's inf or NaN
 
 
 def as_map(t: Tensor) -> Tensor | None:
@@ -456,7 +493,7 @@ def _first_pass(
             amap = as_map(a)
             if amap is None:
                 continue
-            arr = amap.float().cpu().numpy()
+            arr = np.nan_to_num(amap.float().cpu().numpy(), nan=0.0, posinf=0.0, neginf=0.0)
             for k, img in enumerate(part.tolist()):
                 for c, bx in boxes.get(img, {}).items():
                     mask = np.zeros(arr.shape[2:], bool)
@@ -471,14 +508,19 @@ def _first_pass(
 
 def probe_predictions(
     features: np.ndarray, answer: np.ndarray, folds: int, seed: int
-) -> np.ndarray:
+) -> np.ndarray | None:
     """Cross-fitted linear probe: each image's class as predicted by a logistic regression
-    fitted on the other folds' images (standardised features), never on its own."""
+    fitted on the other folds' images (standardised features, reduced by a PCA fitted on
+    the same folds to :data:`PROBE_DIMS` when wider), never on its own. None under
+    :data:`MIN_IMAGES` images (a probe says nothing there)."""
+    from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import KFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    if len(answer) < MIN_IMAGES:
+        return None
     out = np.empty(len(answer), answer.dtype)
     k = max(2, min(folds, len(answer)))
     for train, test in KFold(k, shuffle=True, random_state=seed).split(features):
@@ -486,7 +528,11 @@ def probe_predictions(
         if len(classes) == 1:
             out[test] = classes[0]
             continue
-        probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
+        steps: list = [StandardScaler()]
+        dims = min(PROBE_DIMS, len(train) - 1)
+        if features.shape[1] > dims:  # thousands of features: the fit's cost, not its answer
+            steps.append(PCA(dims, svd_solver="randomized", random_state=seed))
+        probe = make_pipeline(*steps, LogisticRegression(C=1.0, max_iter=300))
         out[test] = probe.fit(features[train], answer[train]).predict(features[test])
     return out
 
@@ -495,26 +541,29 @@ def _agreement_rows(
     role: str,
     names: list[str],
     channels: dict[str, int],
-    agree: dict[str, np.ndarray],
+    agree: dict[str, np.ndarray | None],
     holds: dict[int, np.ndarray],
+    n_images: int,
 ) -> list[dict[str, object]]:
     """Rows of ``layer_agreement`` for one model: all images (concept -1) and each top
-    concept's images against the others, at every depth (the output last)."""
+    concept's images against the others, at every depth (the output last). Without probes
+    (``agree`` None: too few images), every agreement is missing."""
     rows = []
     layers = [*names, OUTPUT]
     for d, n in enumerate(layers, start=1):
-        ok = agree[n] if n != OUTPUT else np.ones_like(next(iter(agree.values())))
+        probed = agree[n] if n != OUTPUT else np.ones(n_images, bool)
+        ok = probed if probed is not None and n_images >= MIN_IMAGES else np.full(n_images, np.nan)
         base = {"role": role, "depth": d, "layer": n, "channels": channels.get(n, 0)}
         rows.append(
             {**base, "concept": -1, "agree": float(ok.mean()), "n_images": len(ok),
              "agree_without": float("nan"), "n_without": 0}
         )  # fmt: skip
-        for c, has in holds.items():
+        for c, has in holds.items():  # a share of fewer than MIN_IMAGES images is not kept
+            on, off = int(has.sum()), int((~has).sum())
             rows.append(
-                {**base, "concept": c, "agree": float(ok[has].mean()) if has.any() else np.nan,
-                 "n_images": int(has.sum()),
-                 "agree_without": float(ok[~has].mean()) if (~has).any() else np.nan,
-                 "n_without": int((~has).sum())}
+                {**base, "concept": c, "n_images": on, "n_without": off,
+                 "agree": float(ok[has].mean()) if on >= MIN_IMAGES else np.nan,
+                 "agree_without": float(ok[~has].mean()) if off >= MIN_IMAGES else np.nan}
             )  # fmt: skip
     return rows
 
@@ -574,15 +623,17 @@ def _ablation(
     batches: list[tuple[np.ndarray, np.ndarray]],
     before: np.ndarray,
     order: np.ndarray,
+    first: int,
     settings: LayerSettings,
     rng: np.random.Generator,
 ) -> dict[str, object]:
-    """The causal check of a concept's channels in one layer: zero its top ``channels``
-    channels, and as many random other ones (``draws`` sets); then, if that flips fewer
-    than half the images, the top 6, 12... (:func:`ladder`) until it flips half."""
+    """The causal check of a concept's channels in one layer: zero its top ``first``
+    channels (those its rows list), and as many random other ones (``draws`` sets); then,
+    if that flips fewer than half the images, twice as many and so on (:func:`ladder`)
+    until it flips half or half the layer is zeroed."""
     n = sum(len(p) for p, _ in batches)
     out: dict[str, object] = {"n_ablated": n}
-    for k in ladder(settings.channels, len(order)):
+    for k in ladder(first, len(order)):
         top = order[:k]
         others = np.setdiff1d(np.arange(len(order)), top)
         draws = [rng.choice(others, k, replace=False) for _ in range(settings.draws)]
@@ -616,12 +667,13 @@ def _channel_rows(
         imgs = members[c]
         if len(imgs) > settings.ablation_images:
             imgs = np.sort(rng.choice(imgs, settings.ablation_images, replace=False))
-        k = min(settings.channels, len(s) - 1, int((s > 0).sum()))
+        # the channels listed are the ones the first ablation step zeroes: at most half
+        k = min(settings.channels, max(1, len(s) // 2), int((s > 0).sum()))
         if k < 1 or len(imgs) == 0:
             continue  # no channel carries any of it here
         order = np.argsort(-s, kind="stable")
         batches = list(_batches(records, imgs, preprocess, batch))
-        check = _ablation(m, n, batches, pred, order, settings, rng)
+        check = _ablation(m, n, batches, pred, order, k, settings, rng)
         positive = float(s[s > 0].sum())
         for rank, ch in enumerate(order[:k], start=1):
             rows.append(
@@ -717,10 +769,11 @@ def _inside(
     feats, scores, done = _first_pass(m, records, ids, pred, boxes, preprocess, batch)
     found = _Inside(names, done, feats)
     answer = pred[done]
-    agree = {n: probe_predictions(feats[n], answer, settings.folds, seed) == answer for n in names}
+    probed = {n: probe_predictions(feats[n], answer, settings.folds, seed) for n in names}
+    agree = {n: None if p is None else p == answer for n, p in probed.items()}
     holds = {c: np.isin(done, members[c]) for c in top}
     width = {n: int(feats[n].shape[1] // 2) for n in names}
-    found.agreement = _agreement_rows(role, names, width, agree, holds)
+    found.agreement = _agreement_rows(role, names, width, agree, holds, len(done))
     rows = _channel_rows(m, records, scores, members, pred, settings, preprocess, batch, seed)
     _top_patches(m, records, patches, rows, preprocess, batch, settings.top_patches)
     found.channels = rows
@@ -778,7 +831,7 @@ def layers_stage(
             kind=_FORMAT_WORDS.get(models[r].spec.format.name, models[r].spec.format.name),
         )
         for r in ROLES
-        if not models[r].eager
+        if layers.enabled and not models[r].eager  # --no-layers says so, not this
     }
     out: dict[str, object] = {n: empty(n) for n in LAYER_TABLES}
     top = [int(c) for c in concepts.sort_values("rank")["concept"].head(layers.top)]
@@ -823,6 +876,7 @@ __all__ = [
     "check_names",
     "concept_sentence",
     "decided_at",
+    "decided_words",
     "default_layers",
     "depth_name",
     "ladder",

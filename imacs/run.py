@@ -295,7 +295,8 @@ class Run:
 
     @cached_property
     def layer_cka(self) -> pd.DataFrame:
-        """Linear CKA of every layer of A (``layer_a``, ``depth_a``) with every layer of B,
+        """Debiased linear CKA of every layer of A (``layer_a``, ``depth_a``) with every
+        layer of B (about 0 for unrelated representations, even on few images),
         on every image (``concept`` -1) and on each top concept's images."""
         return self.table("layer_cka")
 
@@ -532,16 +533,17 @@ class Run:
         info = self.info.layers or {}
         lines = []
         ag = self.layer_agreement
-        from .layers import decided_at, depth_name
+        from .layers import decided_words
 
+        if info.get("enabled") is False:
+            return ["  inside the models: not looked at (made with --no-layers)"]
         for r in ROLES:
             names = (info.get("layers") or {}).get(r)
             if names and not ag.empty:
-                d = decided_at(ag, r, -1, "agree", self.settings.layers.decided)
+                d = decided_words(ag, r, -1, "agree", self.settings.layers.decided)
                 lines.append(
                     f"  inside {r.upper()}: layers {', '.join(names)}; its probes agree with "
-                    f"its answer on {self.settings.layers.decided:.0%} of the images from "
-                    f"{depth_name(ag, r, d)}"
+                    f"its answer on {self.settings.layers.decided:.0%} of the images from {d}"
                 )
         cka = self.layer_cka
         every = cka[cka["concept"] == -1]

@@ -52,6 +52,9 @@ def test_lay001_linear_cka_is_one_for_the_same_representation_and_low_for_unrela
     assert linear_cka(x, rng.normal(size=(200, 12))) < 0.15
     wide = rng.normal(size=(20, 50))  # fewer examples than features: the Gram form
     assert linear_cka(wide, wide @ np.linalg.qr(rng.normal(size=(50, 50)))[0]) == pytest.approx(1)
+    # few examples of many features: plain linear CKA gives unrelated ones ~0.97; debiased ~0
+    few = [rng.normal(size=(20, 500)) for _ in range(2)]
+    assert abs(linear_cka(*few)) < 0.2
     assert np.isnan(linear_cka(np.ones((10, 3)), x[:10]))
     assert ladder(3, 48) == [3, 6, 12, 24]
     assert ladder(3, 4) == [2]
@@ -163,6 +166,11 @@ def _check_claims(run: imacs.Run, what: str) -> dict[str, float]:
         f"random ones {random:.0%}"
     )
     assert flip >= 0.5 and flip >= 5 * random, (what, flip, random)
+    # the channels a row lists are the ones the first step zeroed; the ladder doubles them
+    width = run.layer_agreement.set_index(["role", "layer"])["channels"].groupby(level=[0, 1])
+    for (role, layer, _), g in ch.groupby(["role", "layer", "concept"]):
+        steps = ladder(len(g), int(width.first()[role, layer]))
+        assert steps[0] == len(g) and int(g["n_zeroed"].iloc[0]) in steps, (what, layer)
     return {"flip": flip, "random": random}
 
 
@@ -256,3 +264,34 @@ def test_lay009_chosen_layers_are_used_on_a_sample_of_the_images(
     ]
     assert list(ag.loc[ag["role"] == "b", "layer"].unique()) == ["features.5", "output"]
     assert set(run.layer_cka["layer_b"]) == {"features.5"}
+
+
+def test_lay010_too_few_images_bad_values_and_no_layers_say_so_instead_of_a_number() -> None:
+    """A concept on 3 images gets no agreement (not 0 % or 100 % of 3), a run of fewer than
+    10 images no probes, a layer's inf or NaN does not stop the stage, and with --no-layers
+    a TorchScript model is not reported as the reason."""
+    import pandas as pd
+
+    from imacs.layers import _agreement_rows, decided_words, layers_stage, pooled
+    from imacs.settings import LayerSettings
+
+    agree = {"l1": np.ones(40, bool)}
+    few = np.zeros(40, bool)
+    few[:3] = True
+    ag = pd.DataFrame(_agreement_rows("b", ["l1"], {"l1": 8}, agree, {7: few}, 40))
+    mine = ag[ag["concept"] == 7]
+    assert mine["agree"].isna().all() and (mine["agree_without"] == 1.0).all()
+    assert decided_words(ag, "b", 7, "agree", 0.9) == "too few images to say (3)"
+    assert decided_words(ag, "b", 7, "agree_without", 0.9) == "depth 1 (l1)"
+    assert probe_predictions(np.zeros((5, 4)), np.arange(5) % 2, 5, 0) is None
+    bad = torch.tensor([[[[1.0, float("nan")], [float("inf"), 2.0]]]])
+    assert np.isfinite(pooled(bad)).all()
+    torchscript = type("M", (), {"eager": False})()
+    out = layers_stage.fn(
+        engine=None, models={"a": torchscript, "b": torchscript}, records=[],
+        images=pd.DataFrame({"image_id": [0]}), patches=pd.DataFrame({"image_id": [0]}),
+        concepts=pd.DataFrame({"concept": [0], "rank": [1]}), say=print,
+        layers=LayerSettings(enabled=False), preprocess=None, attribution=None, seed=0,
+    )  # fmt: skip
+    assert out["layers_info"]["absent"] == {} and out["layers_info"]["enabled"] is False
+    assert all(out[n].empty for n in ("layer_agreement", "layer_cka", "layer_channels"))

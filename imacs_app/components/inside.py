@@ -18,7 +18,7 @@ import pandas as pd
 from dash import ALL, Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from imacs.layers import MIN_IMAGES, ablation_sentence, decided_at, depth_name
+from imacs.layers import MIN_IMAGES, ablation_sentence, decided_at, decided_words, depth_name
 
 from .. import figures
 from ..catalog import RunCatalog
@@ -122,12 +122,12 @@ def without(view: RunView) -> str:
 def decided_sentence(agreement: pd.DataFrame, role: str, concept: int, threshold: float) -> str:
     """``B decides it at depth 2 (layer2) on its images, at depth 4 (layer4) elsewhere``
     (:func:`imacs.layers.decided_at` at ``threshold``)."""
-    on = decided_at(agreement, role, concept, "agree", threshold)
-    text = f"{role.upper()} decides it at {depth_name(agreement, role, on)} on its images"
+    on = decided_words(agreement, role, concept, "agree", threshold)
+    text = f"{role.upper()} decides it at {on} on its images"
     rows = agreement[(agreement["role"] == role) & (agreement["concept"] == concept)]
     if rows["agree_without"].notna().any():
-        off = decided_at(agreement, role, concept, "agree_without", threshold)
-        return f"{text}, at {depth_name(agreement, role, off)} elsewhere"
+        off = decided_words(agreement, role, concept, "agree_without", threshold)
+        return f"{text}, at {off} elsewhere"
     return f"{text} (too few other images to compare)"
 
 
