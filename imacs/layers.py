@@ -602,18 +602,20 @@ def _flips(
     m: _Model,
     layer: str,
     batches: list[tuple[np.ndarray, np.ndarray]],
-    before: np.ndarray,
     zeroed: list[np.ndarray],
     width: int,
 ) -> np.ndarray:
     """(variants,): on how many of the images each variant (channels to zero) changes the
-    predicted class; the variants of a few images at a time share a forward pass."""
+    predicted class, against the same pass with nothing zeroed (so that a near tie that
+    rounds differently in a larger batch, as on a GPU, is not counted as a flip); the
+    variants of a few images at a time share a forward pass."""
     out = np.zeros(len(zeroed), np.int64)
+    variants = [np.zeros(0, np.int64), *zeroed]
     for part, x in batches:
-        step = max(1, len(part) // len(zeroed))
+        step = max(1, len(part) // len(variants))
         for s in range(0, len(part), step):
-            after = m.predictions_without(x[s : s + step], layer, zeroed, width)
-            out += (after != before[part[s : s + step]][None]).sum(1)
+            after = m.predictions_without(x[s : s + step], layer, variants, width)
+            out += (after[1:] != after[0][None]).sum(1)
     return out
 
 
@@ -621,7 +623,6 @@ def _ablation(
     m: _Model,
     layer: str,
     batches: list[tuple[np.ndarray, np.ndarray]],
-    before: np.ndarray,
     order: np.ndarray,
     first: int,
     settings: LayerSettings,
@@ -637,7 +638,7 @@ def _ablation(
         top = order[:k]
         others = np.setdiff1d(np.arange(len(order)), top)
         draws = [rng.choice(others, k, replace=False) for _ in range(settings.draws)]
-        flips = _flips(m, layer, batches, before, [top, *draws], len(order)) / max(1, n)
+        flips = _flips(m, layer, batches, [top, *draws], len(order)) / max(1, n)
         flip, flip_random = float(flips[0]), float(flips[1:].mean())
         if "flip_top" not in out:
             out |= {"flip_top": flip, "flip_random": flip_random}
@@ -652,7 +653,6 @@ def _channel_rows(
     records: list[ImageRecord],
     scores: dict[tuple[int, str], np.ndarray],
     members: dict[int, np.ndarray],
-    pred: np.ndarray,
     settings: LayerSettings,
     preprocess: Preprocess,
     batch: int,
@@ -673,7 +673,7 @@ def _channel_rows(
             continue  # no channel carries any of it here
         order = np.argsort(-s, kind="stable")
         batches = list(_batches(records, imgs, preprocess, batch))
-        check = _ablation(m, n, batches, pred, order, k, settings, rng)
+        check = _ablation(m, n, batches, order, k, settings, rng)
         positive = float(s[s > 0].sum())
         for rank, ch in enumerate(order[:k], start=1):
             rows.append(
@@ -774,7 +774,7 @@ def _inside(
     holds = {c: np.isin(done, members[c]) for c in top}
     width = {n: int(feats[n].shape[1] // 2) for n in names}
     found.agreement = _agreement_rows(role, names, width, agree, holds, len(done))
-    rows = _channel_rows(m, records, scores, members, pred, settings, preprocess, batch, seed)
+    rows = _channel_rows(m, records, scores, members, settings, preprocess, batch, seed)
     _top_patches(m, records, patches, rows, preprocess, batch, settings.top_patches)
     found.channels = rows
     return found

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -54,29 +58,12 @@ def _layout(fig: go.Figure, height: int) -> go.Figure:
     return fig
 
 
-def ranking(
-    clusters: pd.DataFrame,
-    names: dict[str, str],
-    selected: int | None,
-    relative: bool = False,
-    bar: float = 0.0,
-) -> go.Figure:
-    """Paired bars of A's and B's mean share per cluster, and B - A with its interval; with
-    ``relative``, the shares renormalised over each image's patches (``*_rel`` columns), in
-    the order given (the caller ranks them), numbered from 1. A grey band shows ``±bar``,
-    the difference an interval must clear to be significant (not in the relative view,
-    which has no bar of its own)."""
+@lru_cache(maxsize=16)
+def _ranking_frame(relative: bool, bar: float) -> str:
+    """The ranking's two panels (layout only, as JSON): plotly's subplots and template
+    resolved once per (view, bar), so that a ranking is then built as plain data."""
     from plotly.subplots import make_subplots
 
-    sfx = "_rel" if relative else ""
-    a, b, d = f"attr_a{sfx}", f"attr_b{sfx}", f"diff{sfx}"
-    if relative:
-        c = clusters
-        ranks = range(1, len(c) + 1)
-    else:
-        c = clusters.sort_values("rank")
-        ranks = c["rank"]
-    labels = [f"#{r} · c{k}" for r, k in zip(ranks, c["cluster"], strict=True)]
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -90,63 +77,90 @@ def ranking(
             "B − A (95% interval)" + (f"; grey: within ±{bar:.2f}" if bar and not relative else ""),
         ),
     )
-    # plain lists: plotly sends numpy arrays as typed arrays, which click events may omit
-    custom = [int(k) for k in c["cluster"]]
-    fig.add_bar(
-        y=labels,
-        x=c[a],
-        name=f"A: {names['a']}",
-        orientation="h",
-        marker_color=COLOUR_A,
-        customdata=custom,
-        row=1,
-        col=1,
-    )
-    fig.add_bar(
-        y=labels,
-        x=c[b],
-        name=f"B: {names['b']}",
-        orientation="h",
-        marker_color=COLOUR_B,
-        customdata=custom,
-        row=1,
-        col=1,
-    )
-    _diff_bars(fig, c, d, labels, custom)
-    band = [] if relative or not bar else [bar_band(bar)]
-    fig.update_layout(shapes=[*band, *ranking_marks(custom, selected)])
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(gridcolor="#eee", zerolinecolor="#999")
     fig.update_layout(barmode="group", bargap=0.25, clickmode="event")
-    _layout(fig, max(260, 26 * len(c) + 90))
+    _layout(fig, 260)  # the height is the ranking's own
     # the legend under the tick labels, not over them
     fig.update_layout(margin={"b": 50}, legend={"yref": "container", "y": 0, "yanchor": "bottom"})
-    return fig
+    return json.dumps(fig.to_plotly_json()["layout"])
 
 
-def _diff_bars(
-    fig: go.Figure, c: pd.DataFrame, d: str, labels: list[str], custom: list[int]
-) -> None:
+def ranking(
+    clusters: pd.DataFrame,
+    names: dict[str, str],
+    selected: int | None,
+    relative: bool = False,
+    bar: float = 0.0,
+) -> dict:
+    """Paired bars of A's and B's mean share per cluster, and B - A with its interval; with
+    ``relative``, the shares renormalised over each image's patches (``*_rel`` columns), in
+    the order given (the caller ranks them), numbered from 1. A grey band shows ``±bar``,
+    the difference an interval must clear to be significant (not in the relative view,
+    which has no bar of its own).
+
+    A plain figure dict (plotly's validation of every property cost more than the data
+    work on a large run): ``data`` (A's bars, B's bars, the B − A bars) and ``layout``."""
+    sfx = "_rel" if relative else ""
+    a, b, d = f"attr_a{sfx}", f"attr_b{sfx}", f"diff{sfx}"
+    if relative:
+        c = clusters
+        ranks = range(1, len(c) + 1)
+    else:
+        c = clusters.sort_values("rank")
+        ranks = c["rank"]
+    labels = [f"#{r} · c{k}" for r, k in zip(ranks, c["cluster"], strict=True)]
+    # plain lists: plotly sends numpy arrays as typed arrays, which click events may omit
+    custom = [int(k) for k in c["cluster"]]
+    bars = [
+        {
+            "type": "bar",
+            "y": labels,
+            "x": _floats(c[col]),
+            "name": f"{role.upper()}: {names[role]}",
+            "orientation": "h",
+            "marker": {"color": colour},
+            "customdata": custom,
+            "xaxis": "x",
+            "yaxis": "y",
+        }
+        for role, col, colour in (("a", a, COLOUR_A), ("b", b, COLOUR_B))
+    ]
+    layout = json.loads(_ranking_frame(bool(relative), float(bar)))
+    band = [] if relative or not bar else [bar_band(bar)]
+    layout["shapes"] = [*band, *ranking_marks(custom, selected)]
+    layout["height"] = max(260, 26 * len(c) + 90)
+    return {"data": [*bars, _diff_bars(c, d, labels, custom)], "layout": layout}
+
+
+def _floats(values: pd.Series | np.ndarray) -> list:
+    """Plain floats for a figure dict (a missing value is None: a gap)."""
+    arr = np.asarray(values, dtype=np.float64)
+    return [None if math.isnan(v) else v for v in arr.tolist()]
+
+
+def _diff_bars(c: pd.DataFrame, d: str, labels: list[str], custom: list[int]) -> dict:
     """The B − A panel's bars (column ``d``) with their intervals (``d_lo``, ``d_hi``)."""
-    fig.add_bar(
-        y=labels,
-        x=c[d],
-        orientation="h",
-        marker_color=np.where(c[d] >= 0, COLOUR_B, COLOUR_A),
-        showlegend=False,
-        customdata=custom,
-        name="B − A",
-        error_x={
+    return {
+        "type": "bar",
+        "y": labels,
+        "x": _floats(c[d]),
+        "orientation": "h",
+        "marker": {"color": np.where(c[d] >= 0, COLOUR_B, COLOUR_A).tolist()},
+        "showlegend": False,
+        "customdata": custom,
+        "name": "B − A",
+        "error_x": {
             "type": "data",
             "symmetric": False,
-            "array": c[f"{d}_hi"] - c[d],
-            "arrayminus": c[d] - c[f"{d}_lo"],
+            "array": _floats(c[f"{d}_hi"] - c[d]),
+            "arrayminus": _floats(c[d] - c[f"{d}_lo"]),
             "color": "#444",
             "thickness": 1,
         },
-        row=1,
-        col=2,
-    )
+        "xaxis": "x2",
+        "yaxis": "y2",
+    }
 
 
 def bar_band(bar: float) -> dict:

@@ -145,7 +145,10 @@ def test_qry005_a_query_slice_is_what_every_view_computes_on(shortcut_run, tmp_p
     # a slice of images: the same numbers as the class filter that selects them
     by_query = Filters(query="SELECT image_id FROM images WHERE label = 'vertical'")
     by_class = Filters(classes=("vertical",))
-    pd.testing.assert_frame_equal(view.clusters(by_query), view.clusters(by_class))
+    # (a class filter reads the statistics the analysis stored; their float widths differ)
+    pd.testing.assert_frame_equal(
+        view.clusters(by_query), view.clusters(by_class), check_dtype=False
+    )
     assert view.summary(by_query) == view.summary(by_class)
     # a slice of patches keeps only those patches (and their images)
     top = int(view.groups.iloc[0]["cluster"])

@@ -412,8 +412,8 @@ def register(app: Dash, catalog: RunCatalog, fmt: UrlFormat) -> None:
         figure = figures.ranking(clusters, view.run.names, None, relative, view.run.bar)
         # what the highlight needs of the figure drawn: its rows and its own shapes
         drawn = {
-            "order": [int(k) for k in figure.data[0].customdata],
-            "shapes": [shape.to_plotly_json() for shape in figure.layout.shapes],
+            "order": list(figure["data"][0]["customdata"]),
+            "shapes": list(figure["layout"]["shapes"]),
         }
         strips = _strips(view, clusters, f, relative)
         return (summary, title, hint, *downloads, figure, drawn, strips)
