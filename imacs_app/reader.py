@@ -393,7 +393,7 @@ class RunView:
         return self._memoised("patches", f, self._filtered_patches, keep=FRAMES_KEPT)
 
     def _filtered_patches(self, f: Filters) -> pd.DataFrame:
-        return self.patches[self.patch_mask(f)]
+        return self._kept(self.patches, f)
 
     def clusters(self, f: Filters) -> pd.DataFrame:
         """Per-cluster statistics over the filtered images (the stored table when unfiltered).
